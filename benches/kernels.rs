@@ -1,0 +1,329 @@
+//! Kernel benchmarks: `cargo bench --bench kernels [-- --sweep] [-- --quick]`.
+//!
+//! Each GPU figure is the mean over many dispatches recorded into one submission (so the ~0.1 ms
+//! per-dispatch cost of a software driver is included, as in real use). Beside each matmul, the
+//! same product on the CPU with the `matrixmultiply` crate's sgemm on all cores, measured in the
+//! same run, and the ratio GPU / CPU.
+
+use rectiflow::ops::{self, Activation, MatmulSpec, MatmulTiling};
+use rectiflow::{Gpu, Tensor};
+use std::time::{Duration, Instant};
+
+fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
+    use rand::{Rng, SeedableRng};
+    let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n).map(|_| r.random_range(-1.0..1.0)).collect()
+}
+
+/// Mean seconds per call of `f` (which records GPU work), over enough calls for ~`budget`.
+fn time_gpu(gpu: &Gpu, budget: Duration, mut f: impl FnMut()) -> f64 {
+    f();
+    gpu.synchronize().unwrap(); // compile, warm up
+    let t = Instant::now();
+    f();
+    gpu.synchronize().unwrap();
+    let one = t.elapsed().as_secs_f64().max(1e-6);
+    let reps = ((budget.as_secs_f64() / one) as usize).clamp(2, 200);
+    let t = Instant::now();
+    for _ in 0..reps {
+        f();
+    }
+    gpu.synchronize().unwrap();
+    t.elapsed().as_secs_f64() / reps as f64
+}
+
+fn time_cpu(budget: Duration, mut f: impl FnMut()) -> f64 {
+    f();
+    let t = Instant::now();
+    f();
+    let one = t.elapsed().as_secs_f64().max(1e-7);
+    let reps = ((budget.as_secs_f64() / one) as usize).clamp(2, 200);
+    let t = Instant::now();
+    for _ in 0..reps {
+        f();
+    }
+    t.elapsed().as_secs_f64() / reps as f64
+}
+
+fn cpu_sgemm(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            a.as_ptr(),
+            k as isize,
+            1,
+            b.as_ptr(),
+            n as isize,
+            1,
+            0.0,
+            c.as_mut_ptr(),
+            n as isize,
+            1,
+        );
+    }
+}
+
+struct Row {
+    kernel: String,
+    shape: String,
+    secs: f64,
+    gflops: Option<f64>,
+    gbs: Option<f64>,
+    cpu_secs: Option<f64>,
+}
+
+fn print_rows(rows: &[Row]) {
+    println!(
+        "| {:<28} | {:<22} | {:>10} | {:>9} | {:>8} | {:>12} | {:>9} |",
+        "kernel", "shape", "time (ms)", "GFLOP/s", "GB/s", "CPU ref (ms)", "GPU/CPU"
+    );
+    println!(
+        "|{:-<30}|{:-<24}|{:->12}|{:->11}|{:->10}|{:->14}|{:->11}|",
+        "", "", "", "", "", "", ""
+    );
+    for r in rows {
+        let f = |v: Option<f64>, p: usize| v.map(|x| format!("{x:.p$}")).unwrap_or("-".into());
+        println!(
+            "| {:<28} | {:<22} | {:>10.3} | {:>9} | {:>8} | {:>12} | {:>9} |",
+            r.kernel,
+            r.shape,
+            r.secs * 1e3,
+            f(r.gflops, 2),
+            f(r.gbs, 2),
+            f(r.cpu_secs.map(|s| s * 1e3), 3),
+            f(r.cpu_secs.map(|c| c / r.secs), 3),
+        );
+    }
+}
+
+fn bench_matmul(
+    gpu: &Gpu,
+    name: &str,
+    batch: usize,
+    (m, k, n): (usize, usize, usize),
+    spec: MatmulSpec,
+    budget: Duration,
+    with_cpu: bool,
+) -> Row {
+    let (ra, ca) = if spec.trans_a { (k, m) } else { (m, k) };
+    let (rb, cb) = if spec.trans_b { (n, k) } else { (k, n) };
+    let a_shape: Vec<usize> = if batch > 1 {
+        vec![batch, ra, ca]
+    } else {
+        vec![ra, ca]
+    };
+    let a = Tensor::from_slice(gpu, &a_shape, &rand_vec(batch * m * k, 1)).unwrap();
+    let b = Tensor::from_slice(gpu, &[rb, cb], &rand_vec(k * n, 2)).unwrap();
+    let mut out_shape = a_shape.clone();
+    let last = out_shape.len() - 1;
+    out_shape[last - 1] = m;
+    out_shape[last] = n;
+    let out = Tensor::uninit(gpu, &out_shape, rectiflow::DType::F32).unwrap();
+    let secs = time_gpu(gpu, budget, || {
+        ops::matmul_into(&a, &b, &spec, &out, false).unwrap()
+    });
+    let flops = 2.0 * (batch * m * n * k) as f64;
+    let cpu_secs = with_cpu.then(|| {
+        let (ha, hb) = (rand_vec(batch * m * k, 1), rand_vec(k * n, 2));
+        let mut hc = vec![0f32; batch * m * n];
+        time_cpu(budget, || {
+            for i in 0..batch {
+                cpu_sgemm(
+                    m,
+                    k,
+                    n,
+                    &ha[i * m * k..][..m * k],
+                    &hb,
+                    &mut hc[i * m * n..][..m * n],
+                );
+            }
+        })
+    });
+    let shape = if batch > 1 {
+        format!("{batch}x{m}x{k}x{n}")
+    } else {
+        format!("{m}x{k}x{n}")
+    };
+    Row {
+        kernel: name.into(),
+        shape,
+        secs,
+        gflops: Some(flops / secs / 1e9),
+        gbs: None,
+        cpu_secs,
+    }
+}
+
+fn bench_unary(
+    gpu: &Gpu,
+    name: &str,
+    n: usize,
+    budget: Duration,
+    f: fn(&Tensor) -> rectiflow::Result<Tensor>,
+) -> Row {
+    let x = Tensor::from_slice(gpu, &[n], &rand_vec(n, 3)).unwrap();
+    let secs = time_gpu(gpu, budget, || drop(f(&x).unwrap()));
+    Row {
+        kernel: name.into(),
+        shape: format!("{n}"),
+        secs,
+        gflops: None,
+        gbs: Some(8.0 * n as f64 / secs / 1e9),
+        cpu_secs: None,
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let budget = Duration::from_millis(if quick { 200 } else { 1000 });
+    let gpu = Gpu::new().expect("no GPU adapter");
+    let info = gpu.adapter_info();
+    println!(
+        "adapter: {} ({:?}, {:?}, {} {}); immediates: {}; CPU threads: {}",
+        info.name,
+        info.device_type,
+        info.backend,
+        info.driver,
+        info.driver_info,
+        gpu.uses_immediates(),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+
+    if args.iter().any(|a| a == "--sweep") {
+        let mut rows = Vec::new();
+        let n: usize = args
+            .iter()
+            .find_map(|a| a.strip_prefix("--size=").and_then(|s| s.parse().ok()))
+            .unwrap_or(1024);
+        for (wg_m, wg_n, tm, tn, bk) in [
+            (16, 16, 4, 4, 16),
+            (8, 8, 4, 4, 16),
+            (8, 8, 8, 8, 16),
+            (8, 8, 8, 8, 32),
+            (8, 8, 8, 8, 8),
+            (16, 8, 4, 8, 16),
+            (8, 16, 8, 4, 16),
+            (4, 16, 8, 4, 16),
+            (16, 16, 8, 8, 8),
+            (16, 16, 8, 8, 16),
+            (4, 8, 8, 8, 16),
+            (8, 4, 8, 8, 16),
+            (4, 4, 8, 8, 16),
+            (1, 64, 4, 4, 16),
+            (1, 64, 8, 4, 16),
+            (1, 32, 8, 8, 16),
+            (1, 64, 8, 8, 16),
+            (1, 128, 4, 4, 16),
+            (1, 64, 4, 8, 16),
+            (2, 32, 4, 4, 16),
+        ] {
+            let tiling = MatmulTiling::new(wg_m, wg_n, tm, tn, bk);
+            if let Err(e) = tiling.validate(&gpu) {
+                println!("skipped: {e}");
+                continue;
+            }
+            let spec = MatmulSpec {
+                tiling: Some(tiling),
+                ..Default::default()
+            };
+            let name = format!("wg{wg_m}x{wg_n} t{tm}x{tn} k{bk}");
+            rows.push(bench_matmul(&gpu, &name, 1, (n, n, n), spec, budget, false));
+        }
+        print_rows(&rows);
+        return;
+    }
+
+    let mut rows = Vec::new();
+    let sizes: &[usize] = if quick {
+        &[256, 512, 1024]
+    } else {
+        &[256, 512, 1024, 2048]
+    };
+    for &s in sizes {
+        rows.push(bench_matmul(
+            &gpu,
+            "matmul A B",
+            1,
+            (s, s, s),
+            MatmulSpec::default(),
+            budget,
+            true,
+        ));
+    }
+    // The linear layers of a transformer block: tokens x width -> tokens x 4 width and back,
+    // forward (A W^T, with bias and GELU) and the two backward products.
+    let tokens = 64 * 16; // 16 images of 64 tokens
+    for (width, hidden) in [(128usize, 512usize), (256, 1024)] {
+        let spec_fwd = MatmulSpec {
+            trans_b: true,
+            activation: Activation::Gelu,
+            ..Default::default()
+        };
+        rows.push(bench_matmul(
+            &gpu,
+            "linear fwd (A W^T, gelu)",
+            1,
+            (tokens, width, hidden),
+            spec_fwd,
+            budget,
+            true,
+        ));
+        let spec_dx = MatmulSpec::default();
+        rows.push(bench_matmul(
+            &gpu,
+            "linear dX (dY W)",
+            1,
+            (tokens, hidden, width),
+            spec_dx,
+            budget,
+            true,
+        ));
+        let spec_dw = MatmulSpec {
+            trans_a: true,
+            ..Default::default()
+        };
+        rows.push(bench_matmul(
+            &gpu,
+            "linear dW (dY^T X)",
+            1,
+            (hidden, tokens, width),
+            spec_dw,
+            budget,
+            true,
+        ));
+    }
+    rows.push(bench_matmul(
+        &gpu,
+        "batched (heads) A B^T",
+        32,
+        (64, 32, 64),
+        MatmulSpec {
+            trans_b: true,
+            ..Default::default()
+        },
+        budget,
+        true,
+    ));
+    rows.push(bench_matmul(
+        &gpu,
+        "matmul odd edges",
+        1,
+        (257, 127, 65),
+        MatmulSpec::default(),
+        budget,
+        true,
+    ));
+    let n = 1 << 22;
+    rows.push(bench_unary(&gpu, "gelu", n, budget, ops::gelu));
+    rows.push(bench_unary(&gpu, "silu", n, budget, ops::silu));
+    rows.push(bench_unary(&gpu, "scale", n, budget, |x| {
+        ops::scale(x, 2.0)
+    }));
+    print_rows(&rows);
+}

@@ -1,0 +1,89 @@
+// Elementwise kernels: out[i] = f(x[i]) or f(x[i], y[i]), one element per invocation.
+// Every entry binds (x, y, out); an entry that does not use x or y gets a placeholder buffer.
+// The operation is chosen by the override constant OP, folded away when the pipeline is built.
+
+struct Params {
+    n: u32,      // element count
+    alpha: f32,  // scale factor (scale, axpy) or fill value
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> y: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@group(1) @binding(0) var<uniform> params: Params;
+
+const WG: u32 = 256u;
+
+// Unary ops.
+const OP_GELU: u32 = 0u;
+const OP_SILU: u32 = 1u;
+const OP_SCALE: u32 = 2u;
+// Binary ops.
+const OP_ADD: u32 = 10u;
+const OP_SUB: u32 = 11u;
+const OP_MUL: u32 = 12u;
+
+override OP: u32 = 0u;
+
+// Global element index of this invocation; the workgroup grid may be split over x, y and z.
+fn element(lid: u32, wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return (wid.x + wid.y * nwg.x + wid.z * nwg.x * nwg.y) * WG + lid;
+}
+
+// GELU, tanh approximation. The argument is clamped where tanh is already +-1 in f32, since some
+// drivers compute tanh through exp and would return NaN for large inputs.
+fn gelu(v: f32) -> f32 {
+    let u = clamp(0.7978845608028654 * (v + 0.044715 * v * v * v), -15.0, 15.0);
+    return 0.5 * v * (1.0 + tanh(u));
+}
+
+fn silu(v: f32) -> f32 {
+    return v / (1.0 + exp(-v));
+}
+
+@compute @workgroup_size(WG)
+fn unary(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+         @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = element(lid, wid, nwg);
+    if (i >= params.n) { return; }
+    let v = x[i];
+    switch OP {
+        case OP_GELU: { out[i] = gelu(v); }
+        case OP_SILU: { out[i] = silu(v); }
+        case OP_SCALE: { out[i] = params.alpha * v; }
+        default: { out[i] = v; }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn binary(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+          @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = element(lid, wid, nwg);
+    if (i >= params.n) { return; }
+    switch OP {
+        case OP_ADD: { out[i] = x[i] + y[i]; }
+        case OP_SUB: { out[i] = x[i] - y[i]; }
+        case OP_MUL: { out[i] = x[i] * y[i]; }
+        default: { out[i] = x[i]; }
+    }
+}
+
+// out += alpha * x (in place; out is the accumulator).
+@compute @workgroup_size(WG)
+fn axpy(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = element(lid, wid, nwg);
+    if (i >= params.n) { return; }
+    out[i] = fma(params.alpha, x[i], out[i]);
+}
+
+// out = alpha.
+@compute @workgroup_size(WG)
+fn fill(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = element(lid, wid, nwg);
+    if (i >= params.n) { return; }
+    out[i] = params.alpha;
+}

@@ -1,0 +1,266 @@
+// Tiled matrix multiply with a fused epilogue, batched:
+//   C[b] = act(alpha * op(A[b]) op(B[b]) + bias)      (+ C[b] when ACCUMULATE)
+// op(A) is A (M x K) or, with TRANS_A, the transpose of a stored K x M matrix; op(B) is B (K x N)
+// or, with TRANS_B, the transpose of a stored N x K matrix. A batch stride of 0 shares a matrix
+// across the batch (a weight applied to every sample).
+//
+// Each workgroup computes a BM x BN tile of C. Per step along K it stages a BM x BK slice of
+// op(A) and a BK x BN slice of op(B) in workgroup memory, k-major, so that every invocation
+// reads its TM rows of A and TN columns of B as vec4s and does TM * TN fused multiply-adds per
+// k from registers. Tile shape comes from override constants so it can be tuned per adapter.
+// `matmul` loads scalars and handles any shape; `matmul_vec4` loads and stores vec4s and needs
+// the contiguous dimension of each operand, and N, to be multiples of 4.
+
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    batch: u32,
+    a_stride: u32,  // elements between consecutive batch items of A (0 = shared)
+    b_stride: u32,
+    c_stride: u32,
+    tiles_m: u32,   // ceil(m / BM)
+    tiles_n: u32,   // ceil(n / BN)
+    alpha: f32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<storage, read> a: array<f32>;
+@group(0) @binding(1) var<storage, read> b: array<f32>;
+@group(0) @binding(2) var<storage, read> bias: array<f32>;
+@group(0) @binding(3) var<storage, read_write> c: array<f32>;
+@group(1) @binding(0) var<uniform> params: Params;
+
+// The same bindings seen as vec4 arrays, used by `matmul_vec4` only.
+@group(0) @binding(0) var<storage, read> a4: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> b4: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> c4: array<vec4<f32>>;
+
+override WG_M: u32 = 16u;   // invocations along M
+override WG_N: u32 = 16u;   // invocations along N
+override TM: u32 = 4u;      // rows of C per invocation: 4 or 8
+override TN: u32 = 4u;      // columns of C per invocation: 4 or 8
+override BK: u32 = 16u;     // depth of a K step, a multiple of 4
+override TRANS_A: bool = false;
+override TRANS_B: bool = false;
+override HAS_BIAS: bool = false;
+override ACT: u32 = 0u;     // 0 none, 1 GELU (tanh), 2 SiLU
+override ACCUMULATE: bool = false;
+
+override BM: u32 = WG_M * TM;
+override BN: u32 = WG_N * TN;
+override WG_SIZE: u32 = WG_M * WG_N;
+override AS_LEN: u32 = BK * BM / 4u;
+override BS_LEN: u32 = BK * BN / 4u;
+
+var<workgroup> As: array<vec4<f32>, AS_LEN>;  // As[kk][m], m fastest, 4 per vec4
+var<workgroup> Bs: array<vec4<f32>, BS_LEN>;  // Bs[kk][n], n fastest, 4 per vec4
+var<private> acc: array<vec4<f32>, 16>;       // TM x TN/4 accumulators (at most 8 x 2)
+
+struct Tile {
+    a_base: u32,
+    b_base: u32,
+    c_base: u32,
+    m0: u32,
+    n0: u32,
+    valid: bool,
+}
+
+// Which tile of which batch item this workgroup computes (the grid may be split over x, y, z).
+fn tile_of(wid: vec3<u32>, nwg: vec3<u32>) -> Tile {
+    let g = wid.x + wid.y * nwg.x + wid.z * nwg.x * nwg.y;
+    let per_batch = params.tiles_m * params.tiles_n;
+    let item = g / per_batch;
+    let r = g % per_batch;
+    return Tile(item * params.a_stride, item * params.b_stride, item * params.c_stride,
+                (r / params.tiles_n) * BM, (r % params.tiles_n) * BN, item < params.batch);
+}
+
+fn act(v: f32) -> f32 {
+    if (ACT == 1u) {
+        let u = clamp(0.7978845608028654 * (v + 0.044715 * v * v * v), -15.0, 15.0);
+        return 0.5 * v * (1.0 + tanh(u));
+    }
+    if (ACT == 2u) {
+        return v / (1.0 + exp(-v));
+    }
+    return v;
+}
+
+// alpha * sum + bias, activated, for four consecutive columns starting at `col`.
+fn epilogue(sum: vec4<f32>, col: u32) -> vec4<f32> {
+    var v = params.alpha * sum;
+    if (HAS_BIAS) {
+        for (var q = 0u; q < 4u; q++) {
+            if (col + q < params.n) { v[q] += bias[col + q]; }
+        }
+    }
+    return vec4(act(v.x), act(v.y), act(v.z), act(v.w));
+}
+
+fn clear_acc() {
+    for (var i = 0u; i < 16u; i++) { acc[i] = vec4(0.0); }
+}
+
+// TM x TN multiply-adds per k, all operands from workgroup memory into registers.
+fn compute_tile(tx: u32, ty: u32) {
+    for (var kk = 0u; kk < BK; kk++) {
+        var ra: array<vec4<f32>, 2>;
+        var rb: array<vec4<f32>, 2>;
+        for (var i = 0u; i < TM / 4u; i++) { ra[i] = As[(kk * BM + ty * TM) / 4u + i]; }
+        for (var j = 0u; j < TN / 4u; j++) { rb[j] = Bs[(kk * BN + tx * TN) / 4u + j]; }
+        for (var i = 0u; i < TM; i++) {
+            let av = vec4(ra[i / 4u][i % 4u]);
+            for (var j = 0u; j < TN / 4u; j++) {
+                acc[i * (TN / 4u) + j] = fma(av, rb[j], acc[i * (TN / 4u) + j]);
+            }
+        }
+    }
+}
+
+// ---- scalar path: any shape ----
+
+fn load_scalar(t: Tile, k0: u32, lid: u32) {
+    for (var e = lid; e < BM * BK; e += WG_SIZE) {
+        var mm: u32;
+        var kk: u32;
+        // Walk the operand's contiguous dimension with consecutive invocations.
+        if (TRANS_A) { mm = e % BM; kk = e / BM; } else { kk = e % BK; mm = e / BK; }
+        let m = t.m0 + mm;
+        let k = k0 + kk;
+        var v = 0.0;
+        if (m < params.m && k < params.k) {
+            if (TRANS_A) { v = a[t.a_base + k * params.m + m]; } else { v = a[t.a_base + m * params.k + k]; }
+        }
+        As[(kk * BM + mm) / 4u][mm % 4u] = v;
+    }
+    for (var e = lid; e < BN * BK; e += WG_SIZE) {
+        var nn: u32;
+        var kk: u32;
+        if (TRANS_B) { kk = e % BK; nn = e / BK; } else { nn = e % BN; kk = e / BN; }
+        let n = t.n0 + nn;
+        let k = k0 + kk;
+        var v = 0.0;
+        if (n < params.n && k < params.k) {
+            if (TRANS_B) { v = b[t.b_base + n * params.k + k]; } else { v = b[t.b_base + k * params.n + n]; }
+        }
+        Bs[(kk * BN + nn) / 4u][nn % 4u] = v;
+    }
+}
+
+fn store_scalar(t: Tile, tx: u32, ty: u32) {
+    for (var i = 0u; i < TM; i++) {
+        let row = t.m0 + ty * TM + i;
+        if (row >= params.m) { break; }
+        for (var j = 0u; j < TN / 4u; j++) {
+            let col = t.n0 + tx * TN + 4u * j;
+            let v = epilogue(acc[i * (TN / 4u) + j], col);
+            for (var q = 0u; q < 4u; q++) {
+                if (col + q < params.n) {
+                    let idx = t.c_base + row * params.n + col + q;
+                    var out = v[q];
+                    if (ACCUMULATE) { out += c[idx]; }
+                    c[idx] = out;
+                }
+            }
+        }
+    }
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn matmul(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+          @builtin(num_workgroups) nwg: vec3<u32>) {
+    let t = tile_of(wid, nwg);
+    if (!t.valid) { return; }
+    let tx = lid % WG_N;
+    let ty = lid / WG_N;
+    clear_acc();
+    for (var k0 = 0u; k0 < params.k; k0 += BK) {
+        load_scalar(t, k0, lid);
+        workgroupBarrier();
+        compute_tile(tx, ty);
+        workgroupBarrier();
+    }
+    store_scalar(t, tx, ty);
+}
+
+// ---- vec4 path: contiguous dimensions and N multiples of 4 ----
+
+fn load_vec4(t: Tile, k0: u32, lid: u32) {
+    for (var e = lid; e < BM * BK / 4u; e += WG_SIZE) {
+        if (TRANS_A) {
+            // Stored K x M: four consecutive rows m of one k.
+            let mq = e % (BM / 4u);
+            let kk = e / (BM / 4u);
+            let m = t.m0 + 4u * mq;
+            let k = k0 + kk;
+            var v = vec4(0.0);
+            if (m < params.m && k < params.k) { v = a4[(t.a_base + k * params.m + m) / 4u]; }
+            As[kk * BM / 4u + mq] = v;
+        } else {
+            // Stored M x K: four consecutive k of one row m.
+            let kq = e % (BK / 4u);
+            let mm = e / (BK / 4u);
+            let m = t.m0 + mm;
+            let k = k0 + 4u * kq;
+            var v = vec4(0.0);
+            if (m < params.m && k < params.k) { v = a4[(t.a_base + m * params.k + k) / 4u]; }
+            for (var q = 0u; q < 4u; q++) { As[((4u * kq + q) * BM + mm) / 4u][mm % 4u] = v[q]; }
+        }
+    }
+    for (var e = lid; e < BN * BK / 4u; e += WG_SIZE) {
+        if (TRANS_B) {
+            // Stored N x K: four consecutive k of one column n.
+            let kq = e % (BK / 4u);
+            let nn = e / (BK / 4u);
+            let n = t.n0 + nn;
+            let k = k0 + 4u * kq;
+            var v = vec4(0.0);
+            if (n < params.n && k < params.k) { v = b4[(t.b_base + n * params.k + k) / 4u]; }
+            for (var q = 0u; q < 4u; q++) { Bs[((4u * kq + q) * BN + nn) / 4u][nn % 4u] = v[q]; }
+        } else {
+            // Stored K x N: four consecutive columns n of one k.
+            let nq = e % (BN / 4u);
+            let kk = e / (BN / 4u);
+            let n = t.n0 + 4u * nq;
+            let k = k0 + kk;
+            var v = vec4(0.0);
+            if (n < params.n && k < params.k) { v = b4[(t.b_base + k * params.n + n) / 4u]; }
+            Bs[kk * BN / 4u + nq] = v;
+        }
+    }
+}
+
+fn store_vec4(t: Tile, tx: u32, ty: u32) {
+    for (var i = 0u; i < TM; i++) {
+        let row = t.m0 + ty * TM + i;
+        if (row >= params.m) { break; }
+        for (var j = 0u; j < TN / 4u; j++) {
+            let col = t.n0 + tx * TN + 4u * j;
+            if (col < params.n) {
+                let idx = (t.c_base + row * params.n + col) / 4u;
+                var out = epilogue(acc[i * (TN / 4u) + j], col);
+                if (ACCUMULATE) { out += c4[idx]; }
+                c4[idx] = out;
+            }
+        }
+    }
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn matmul_vec4(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+               @builtin(num_workgroups) nwg: vec3<u32>) {
+    let t = tile_of(wid, nwg);
+    if (!t.valid) { return; }
+    let tx = lid % WG_N;
+    let ty = lid / WG_N;
+    clear_acc();
+    for (var k0 = 0u; k0 < params.k; k0 += BK) {
+        load_vec4(t, k0, lid);
+        workgroupBarrier();
+        compute_tile(tx, ty);
+        workgroupBarrier();
+    }
+    store_vec4(t, tx, ty);
+}

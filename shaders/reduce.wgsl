@@ -1,0 +1,54 @@
+// Row reductions over the last dimension: out[r] = reduce_j x[r, j] for sum, mean and max.
+// One workgroup per row: each invocation folds a strided slice of the row, then a tree
+// reduction in workgroup memory combines the partial results.
+
+struct Params {
+    rows: u32,
+    cols: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(1) @binding(0) var<uniform> params: Params;
+
+const WG: u32 = 128u;
+const OP_SUM: u32 = 0u;
+const OP_MEAN: u32 = 1u;
+const OP_MAX: u32 = 2u;
+
+override OP: u32 = 0u;
+
+var<workgroup> partial: array<f32, WG>;
+
+fn combine(a: f32, b: f32) -> f32 {
+    if (OP == OP_MAX) { return max(a, b); }
+    return a + b;
+}
+
+@compute @workgroup_size(WG)
+fn reduce_rows(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+               @builtin(num_workgroups) nwg: vec3<u32>) {
+    let row = wid.x + wid.y * nwg.x + wid.z * nwg.x * nwg.y;
+    if (row >= params.rows) { return; }
+    let base = row * params.cols;
+    // -inf is the identity of max (bit pattern; WGSL has no infinity literal).
+    var acc = select(0.0, bitcast<f32>(0xff800000u), OP == OP_MAX);
+    for (var j = lid; j < params.cols; j += WG) {
+        acc = combine(acc, x[base + j]);
+    }
+    partial[lid] = acc;
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
+        if (lid < stride) {
+            partial[lid] = combine(partial[lid], partial[lid + stride]);
+        }
+        workgroupBarrier();
+    }
+    if (lid == 0u) {
+        var r = partial[0];
+        if (OP == OP_MEAN) { r = r / f32(params.cols); }
+        out[row] = r;
+    }
+}

@@ -1,0 +1,27 @@
+//! rectiflow: rectified-flow transformers trained and sampled on raw wgpu with hand-written
+//! WGSL kernels.
+//!
+//! Layers, bottom up: [`gpu`] (adapter, device, buffer pool, pipeline cache, recorder),
+//! [`tensor`] (GPU tensors), [`ops`] (one Rust file per WGSL file: shape checks and dispatch).
+//!
+//! ```no_run
+//! use rectiflow::{gpu::Gpu, ops, tensor::Tensor};
+//! let gpu = Gpu::new()?;
+//! let a = Tensor::from_slice(&gpu, &[2, 3], &[1., 2., 3., 4., 5., 6.])?;
+//! let b = Tensor::from_slice(&gpu, &[3, 1], &[1., 1., 1.])?;
+//! let c = ops::matmul(&a, &b)?; // recorded, not yet run
+//! assert_eq!(c.to_vec()?, vec![6., 15.]); // submits and waits
+//! # Ok::<(), rectiflow::Error>(())
+//! ```
+
+pub mod error;
+pub mod gpu;
+pub mod ops;
+pub mod shaders;
+pub mod tensor;
+
+pub use error::{Error, Result};
+pub use gpu::Gpu;
+pub use tensor::{DType, Tensor};
+/// The wgpu this crate is built on, for embedding applications that hand over their device.
+pub use wgpu;

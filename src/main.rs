@@ -1,0 +1,127 @@
+//! The `rectiflow` command line.
+
+use clap::{Parser, Subcommand};
+use rectiflow::gpu::{self, Gpu, GpuOptions};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "rectiflow",
+    version,
+    about = "Rectified-flow transformers on raw wgpu"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List every GPU adapter and show the chosen one's features and limits.
+    Info,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Info => info(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn info() -> rectiflow::Result<()> {
+    let opts = GpuOptions::default();
+    let adapters = gpu::list_adapters(&opts)?;
+    println!("Adapters ({}):", adapters.len());
+    for a in &adapters {
+        println!("  - {}", a.summary());
+    }
+    let g = Gpu::with_options(&opts)?;
+    let i = g.adapter_info();
+    println!(
+        "\nChosen: {} ({:?}, {:?})",
+        i.name, i.device_type, i.backend
+    );
+    println!("  driver: {} {}", i.driver, i.driver_info);
+    println!(
+        "  selection: {}={:?}, {}={:?}",
+        gpu::ENV_ADAPTER,
+        std::env::var(gpu::ENV_ADAPTER).unwrap_or_default(),
+        gpu::ENV_BACKEND,
+        std::env::var(gpu::ENV_BACKEND).unwrap_or_default()
+    );
+    let f = g.features();
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    println!("\nFeatures used when present:");
+    println!(
+        "  shader-f16 (f16 storage):  {}",
+        yes(f.contains(wgpu::Features::SHADER_F16))
+    );
+    println!(
+        "  subgroups:                 {}",
+        yes(f.contains(wgpu::Features::SUBGROUP))
+    );
+    println!(
+        "  timestamp queries:         {}",
+        yes(f.contains(wgpu::Features::TIMESTAMP_QUERY))
+    );
+    println!(
+        "  immediates (kernel params): {} (in use: {})",
+        yes(f.contains(wgpu::Features::IMMEDIATES)),
+        yes(g.uses_immediates())
+    );
+    let l = g.limits();
+    println!("\nLimits that matter:");
+    let rows: [(&str, u64); 10] = [
+        (
+            "max_storage_buffer_binding_size",
+            l.max_storage_buffer_binding_size,
+        ),
+        ("max_buffer_size", l.max_buffer_size),
+        (
+            "max_compute_workgroup_storage_size",
+            l.max_compute_workgroup_storage_size as u64,
+        ),
+        (
+            "max_compute_invocations_per_workgroup",
+            l.max_compute_invocations_per_workgroup as u64,
+        ),
+        (
+            "max_compute_workgroup_size_x",
+            l.max_compute_workgroup_size_x as u64,
+        ),
+        (
+            "max_compute_workgroups_per_dimension",
+            l.max_compute_workgroups_per_dimension as u64,
+        ),
+        (
+            "max_storage_buffers_per_shader_stage",
+            l.max_storage_buffers_per_shader_stage as u64,
+        ),
+        (
+            "min_storage_buffer_offset_alignment",
+            l.min_storage_buffer_offset_alignment as u64,
+        ),
+        (
+            "min_uniform_buffer_offset_alignment",
+            l.min_uniform_buffer_offset_alignment as u64,
+        ),
+        ("max_immediate_size", l.max_immediate_size as u64),
+    ];
+    for (name, v) in rows {
+        println!("  {name:<40} {v}");
+    }
+    if f.contains(wgpu::Features::SUBGROUP) {
+        println!(
+            "  {:<40} {}..{}",
+            "subgroup size", i.subgroup_min_size, i.subgroup_max_size
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,311 @@
+//! Matrix multiply (`shaders/matmul.wgsl`): `A B`, `A B^T`, `A^T B`, batched, with an optional
+//! bias and activation fused into the epilogue, and optional accumulation into the output.
+//!
+//! Shapes: `A` is `[.., M, K]` (`[.., K, M]` with `trans_a`), `B` is `[.., K, N]` (`[.., N, K]`
+//! with `trans_b`). Leading (batch) dimensions must match, or one side may have none, in which
+//! case it is shared by every batch item. The result is `[.., M, N]`.
+
+use super::ensure_f32;
+use crate::error::{ensure_shape, Error, Result};
+use crate::gpu::{Access, Gpu, Kernel};
+use crate::shaders::MATMUL;
+use crate::tensor::{DType, Tensor};
+
+const ACCESS: &[Access] = &[Access::Read, Access::Read, Access::Read, Access::ReadWrite];
+static SCALAR: Kernel = Kernel {
+    shader: &MATMUL,
+    entry: "matmul",
+    access: ACCESS,
+};
+static VEC4: Kernel = Kernel {
+    shader: &MATMUL,
+    entry: "matmul_vec4",
+    access: ACCESS,
+};
+
+/// Activation applied in the epilogue.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Activation {
+    #[default]
+    None,
+    /// GELU, tanh approximation.
+    Gelu,
+    Silu,
+}
+
+/// Tile shape of the matmul kernel: a workgroup of `wg_m x wg_n` invocations, each computing
+/// `tm x tn` outputs, stepping `bk` along K. The tile of C is `(wg_m tm) x (wg_n tn)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MatmulTiling {
+    pub wg_m: u32,
+    pub wg_n: u32,
+    pub tm: u32,
+    pub tn: u32,
+    pub bk: u32,
+}
+
+impl MatmulTiling {
+    pub const fn new(wg_m: u32, wg_n: u32, tm: u32, tn: u32, bk: u32) -> Self {
+        MatmulTiling {
+            wg_m,
+            wg_n,
+            tm,
+            tn,
+            bk,
+        }
+    }
+
+    /// The tile measured fastest on this kind of adapter for an `m x n` output over `batch`
+    /// items (see docs/performance.md). Large tiles reuse more data; a small problem takes a
+    /// smaller tile so that every core (or SM) still gets workgroups.
+    pub fn choose(gpu: &Gpu, m: usize, n: usize, batch: usize) -> Self {
+        let workgroups = |t: MatmulTiling| {
+            let (bm, bn) = t.tile();
+            batch * m.div_ceil(bm as usize) * n.div_ceil(bn as usize)
+        };
+        let candidates: &[MatmulTiling] = if gpu.is_cpu() {
+            // A software rasteriser runs one workgroup per CPU thread.
+            &[
+                MatmulTiling::new(16, 16, 8, 8, 8),
+                MatmulTiling::new(8, 8, 8, 8, 16),
+                MatmulTiling::new(4, 4, 8, 8, 16),
+            ]
+        } else {
+            &[
+                MatmulTiling::new(16, 16, 4, 4, 16),
+                MatmulTiling::new(8, 8, 4, 4, 16),
+            ]
+        };
+        let want = if gpu.is_cpu() { 8 } else { 64 };
+        candidates
+            .iter()
+            .copied()
+            .find(|&t| workgroups(t) >= want)
+            .unwrap_or(*candidates.last().unwrap())
+    }
+
+    /// Rows and columns of C per workgroup.
+    pub fn tile(&self) -> (u32, u32) {
+        (self.wg_m * self.tm, self.wg_n * self.tn)
+    }
+
+    /// Whether this tile shape can run on `gpu` (invocation and workgroup-memory limits).
+    pub fn validate(&self, gpu: &Gpu) -> Result<()> {
+        let l = gpu.limits();
+        let (bm, bn) = self.tile();
+        let shared = 4 * self.bk * (bm + bn);
+        let ok = matches!(self.tm, 4 | 8)
+            && matches!(self.tn, 4 | 8)
+            && self.bk > 0
+            && self.bk.is_multiple_of(4)
+            && self.wg_m * self.wg_n <= l.max_compute_invocations_per_workgroup
+            && self.wg_m * self.wg_n <= l.max_compute_workgroup_size_x
+            && shared <= l.max_compute_workgroup_storage_size;
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::Config(format!(
+                "matmul tiling {self:?} is not usable here: tm and tn must be 4 or 8, bk a multiple \
+                 of 4, wg_m*wg_n at most {} invocations and 4*bk*(BM+BN) = {shared} bytes at most {}",
+                l.max_compute_invocations_per_workgroup, l.max_compute_workgroup_storage_size
+            )))
+        }
+    }
+}
+
+/// Options of a matmul beyond its two operands.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MatmulSpec<'a> {
+    pub trans_a: bool,
+    pub trans_b: bool,
+    /// Added to every row of the result, shape `[N]`.
+    pub bias: Option<&'a Tensor>,
+    pub activation: Activation,
+    /// Multiplies the product before bias and activation (default 1 when `None`).
+    pub alpha: Option<f32>,
+    /// Tile shape; `None` picks [`MatmulTiling::choose`].
+    pub tiling: Option<MatmulTiling>,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    batch: u32,
+    a_stride: u32,
+    b_stride: u32,
+    c_stride: u32,
+    tiles_m: u32,
+    tiles_n: u32,
+    alpha: f32,
+    _pad: [u32; 2],
+}
+
+/// Shapes of a matmul after checking: (batch dims, m, k, n, a batched, b batched).
+struct Dims {
+    batch_shape: Vec<usize>,
+    m: usize,
+    k: usize,
+    n: usize,
+    a_batched: bool,
+    b_batched: bool,
+}
+
+fn dims(a: &Tensor, b: &Tensor, spec: &MatmulSpec) -> Result<Dims> {
+    let (sa, sb) = (a.shape(), b.shape());
+    ensure_shape!(
+        sa.len() >= 2 && sb.len() >= 2,
+        "matmul needs operands of rank 2 or more, got {sa:?} and {sb:?}"
+    );
+    let (ra, ca) = (sa[sa.len() - 2], sa[sa.len() - 1]);
+    let (rb, cb) = (sb[sb.len() - 2], sb[sb.len() - 1]);
+    let (m, ka) = if spec.trans_a { (ca, ra) } else { (ra, ca) };
+    let (kb, n) = if spec.trans_b { (cb, rb) } else { (rb, cb) };
+    ensure_shape!(
+        ka == kb,
+        "matmul inner dimensions differ: A {sa:?}{} has K = {ka}, B {sb:?}{} has K = {kb}",
+        if spec.trans_a { " (transposed)" } else { "" },
+        if spec.trans_b { " (transposed)" } else { "" }
+    );
+    let (ba, bb) = (&sa[..sa.len() - 2], &sb[..sb.len() - 2]);
+    let batch_shape = match (ba.is_empty(), bb.is_empty()) {
+        (_, true) => ba.to_vec(),
+        (true, false) => bb.to_vec(),
+        (false, false) => {
+            ensure_shape!(
+                ba == bb,
+                "matmul batch dimensions differ: {ba:?} and {bb:?} (or give one operand none)"
+            );
+            ba.to_vec()
+        }
+    };
+    if let Some(bias) = spec.bias {
+        ensure_f32("matmul bias", bias)?;
+        ensure_shape!(
+            bias.shape() == [n],
+            "matmul bias must have shape [{n}], got {:?}",
+            bias.shape()
+        );
+    }
+    Ok(Dims {
+        batch_shape,
+        m,
+        k: ka,
+        n,
+        a_batched: !ba.is_empty(),
+        b_batched: !bb.is_empty(),
+    })
+}
+
+/// `A B`.
+pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    matmul_with(a, b, &MatmulSpec::default())
+}
+
+/// `act(alpha op(A) op(B) + bias)` into a new tensor.
+pub fn matmul_with(a: &Tensor, b: &Tensor, spec: &MatmulSpec) -> Result<Tensor> {
+    let d = dims(a, b, spec)?;
+    let mut shape = d.batch_shape.clone();
+    shape.extend([d.m, d.n]);
+    let out = Tensor::uninit(a.gpu(), &shape, DType::F32)?;
+    record(a, b, spec, &d, &out, false)?;
+    Ok(out)
+}
+
+/// Like [`matmul_with`], writing into `out` (`[.., M, N]`); with `accumulate` the result is added
+/// to what `out` holds (gradient accumulation).
+pub fn matmul_into(
+    a: &Tensor,
+    b: &Tensor,
+    spec: &MatmulSpec,
+    out: &Tensor,
+    accumulate: bool,
+) -> Result<()> {
+    let d = dims(a, b, spec)?;
+    let mut shape = d.batch_shape.clone();
+    shape.extend([d.m, d.n]);
+    ensure_shape!(
+        out.shape() == shape.as_slice(),
+        "matmul output must have shape {shape:?}, got {:?}",
+        out.shape()
+    );
+    ensure_f32("matmul output", out)?;
+    record(a, b, spec, &d, out, accumulate)
+}
+
+fn record(
+    a: &Tensor,
+    b: &Tensor,
+    spec: &MatmulSpec,
+    d: &Dims,
+    out: &Tensor,
+    accumulate: bool,
+) -> Result<()> {
+    ensure_f32("matmul", a)?;
+    ensure_f32("matmul", b)?;
+    for t in [a, b].into_iter().chain(spec.bias) {
+        ensure_shape!(
+            !t.same_buffer(out),
+            "matmul output must not share a buffer with an input"
+        );
+    }
+    let gpu = a.gpu();
+    let batch: usize = d.batch_shape.iter().product();
+    let tiling = spec
+        .tiling
+        .unwrap_or_else(|| MatmulTiling::choose(gpu, d.m, d.n, batch));
+    tiling.validate(gpu)?;
+    let (bm, bn) = tiling.tile();
+    let (tiles_m, tiles_n) = (d.m.div_ceil(bm as usize), d.n.div_ceil(bn as usize));
+    let p = Params {
+        m: d.m as u32,
+        n: d.n as u32,
+        k: d.k as u32,
+        batch: batch as u32,
+        a_stride: if d.a_batched { (d.m * d.k) as u32 } else { 0 },
+        b_stride: if d.b_batched { (d.k * d.n) as u32 } else { 0 },
+        c_stride: (d.m * d.n) as u32,
+        tiles_m: tiles_m as u32,
+        tiles_n: tiles_n as u32,
+        alpha: spec.alpha.unwrap_or(1.0),
+        _pad: [0; 2],
+    };
+    // vec4 access needs each operand's contiguous dimension, and N, to be multiples of 4.
+    let a_contig = if spec.trans_a { d.m } else { d.k };
+    let b_contig = if spec.trans_b { d.k } else { d.n };
+    let vec4 = a_contig % 4 == 0
+        && b_contig % 4 == 0
+        && d.n.is_multiple_of(4)
+        && [a, b, out].iter().all(|t| t.vec4_aligned());
+    let act = match spec.activation {
+        Activation::None => 0.0,
+        Activation::Gelu => 1.0,
+        Activation::Silu => 2.0,
+    };
+    let b2 = |v: bool| if v { 1.0 } else { 0.0 };
+    let overrides = [
+        ("WG_M", tiling.wg_m as f64),
+        ("WG_N", tiling.wg_n as f64),
+        ("TM", tiling.tm as f64),
+        ("TN", tiling.tn as f64),
+        ("BK", tiling.bk as f64),
+        ("TRANS_A", b2(spec.trans_a)),
+        ("TRANS_B", b2(spec.trans_b)),
+        ("HAS_BIAS", b2(spec.bias.is_some())),
+        ("ACT", act),
+        ("ACCUMULATE", b2(accumulate)),
+    ];
+    let dummy = (gpu.dummy(), 0, 4);
+    let bias = spec.bias.map(|t| t.binding()).unwrap_or(dummy);
+    let groups = (batch * tiles_m * tiles_n) as u64;
+    let kernel = if vec4 { &VEC4 } else { &SCALAR };
+    gpu.dispatch(
+        kernel,
+        &overrides,
+        &[a.binding(), b.binding(), bias, out.binding()],
+        &p,
+        groups,
+    )
+}

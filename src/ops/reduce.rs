@@ -1,0 +1,63 @@
+//! Row reductions over the last dimension (`shaders/reduce.wgsl`): sum, mean, max.
+//! A tensor of shape `[.., n]` reduces to `[..]` (a `[n]` vector reduces to `[1]`).
+
+use super::ensure_f32;
+use crate::error::{ensure_shape, Result};
+use crate::gpu::{Access, Kernel};
+use crate::shaders::REDUCE;
+use crate::tensor::{DType, Tensor};
+
+static REDUCE_ROWS: Kernel = Kernel {
+    shader: &REDUCE,
+    entry: "reduce_rows",
+    access: &[Access::Read, Access::ReadWrite],
+};
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    rows: u32,
+    cols: u32,
+    _pad: [u32; 2],
+}
+
+fn reduce(name: &str, x: &Tensor, op: f64) -> Result<Tensor> {
+    ensure_f32(name, x)?;
+    ensure_shape!(!x.shape().is_empty(), "{name} needs at least one dimension");
+    let cols = x.last_dim();
+    ensure_shape!(cols > 0, "{name} over an empty last dimension");
+    let rows = x.numel() / cols;
+    let out_shape = if x.shape().len() == 1 {
+        vec![1]
+    } else {
+        x.shape()[..x.shape().len() - 1].to_vec()
+    };
+    let gpu = x.gpu();
+    let out = Tensor::uninit(gpu, &out_shape, DType::F32)?;
+    let p = Params {
+        rows: rows as u32,
+        cols: cols as u32,
+        _pad: [0; 2],
+    };
+    gpu.dispatch(
+        &REDUCE_ROWS,
+        &[("OP", op)],
+        &[x.binding(), out.binding()],
+        &p,
+        rows as u64,
+    )?;
+    Ok(out)
+}
+
+/// Sum over the last dimension.
+pub fn sum_rows(x: &Tensor) -> Result<Tensor> {
+    reduce("sum_rows", x, 0.0)
+}
+/// Mean over the last dimension.
+pub fn mean_rows(x: &Tensor) -> Result<Tensor> {
+    reduce("mean_rows", x, 1.0)
+}
+/// Maximum over the last dimension.
+pub fn max_rows(x: &Tensor) -> Result<Tensor> {
+    reduce("max_rows", x, 2.0)
+}

@@ -1,0 +1,22 @@
+//! The WGSL sources, embedded in the binary. One file per op family; see `shaders/`.
+
+use crate::gpu::Shader;
+
+macro_rules! shader {
+    ($ident:ident, $name:literal, $requires:expr) => {
+        pub static $ident: Shader = Shader {
+            name: $name,
+            source: include_str!(concat!("../shaders/", $name, ".wgsl")),
+            requires: $requires,
+        };
+    };
+}
+
+shader!(ELEMENTWISE, "elementwise", wgpu::Features::empty());
+shader!(REDUCE, "reduce", wgpu::Features::empty());
+shader!(TRANSPOSE, "transpose", wgpu::Features::empty());
+shader!(MATMUL, "matmul", wgpu::Features::empty());
+shader!(CAST, "cast", wgpu::Features::SHADER_F16);
+
+/// Every shader, for validation tests.
+pub static ALL: &[&Shader] = &[&ELEMENTWISE, &REDUCE, &TRANSPOSE, &MATMUL, &CAST];

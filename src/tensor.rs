@@ -1,0 +1,231 @@
+//! Tensors: row-major, contiguous data in a pooled storage buffer, described by a shape, a dtype
+//! and a byte offset (so a tensor can be a view into a larger buffer, such as the flat parameter
+//! buffer). Upload and download convert between host `f32` and the stored dtype.
+
+use crate::error::{ensure_shape, Error, Result};
+use crate::gpu::{Gpu, Storage};
+use std::fmt;
+use std::sync::Arc;
+
+/// Element type stored on the GPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+    /// Half precision; needs the device feature `SHADER_F16`.
+    F16,
+}
+
+impl DType {
+    pub fn size(self) -> u64 {
+        match self {
+            DType::F32 => 4,
+            DType::F16 => 2,
+        }
+    }
+}
+
+/// A tensor on the GPU. Cloning is cheap and shares the data.
+#[derive(Clone)]
+pub struct Tensor {
+    gpu: Gpu,
+    storage: Arc<Storage>,
+    offset: u64,
+    shape: Vec<usize>,
+    dtype: DType,
+}
+
+impl fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Tensor({:?}, {:?})", self.shape, self.dtype)
+    }
+}
+
+/// Number of elements of a shape.
+pub fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+impl Tensor {
+    /// An uninitialised tensor: its contents are whatever the pooled buffer held (NaN when the
+    /// context poisons new tensors).
+    pub fn uninit(gpu: &Gpu, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let bytes = (numel(shape) as u64 * dtype.size()).div_ceil(4) * 4;
+        let max = gpu.limits().max_storage_buffer_binding_size;
+        if bytes > max {
+            return Err(Error::TooLarge(format!(
+                "a tensor of shape {shape:?} ({bytes} bytes) exceeds this device's \
+                 max_storage_buffer_binding_size of {max} bytes"
+            )));
+        }
+        if dtype == DType::F16 && !gpu.has_f16() {
+            return Err(Error::Config(format!(
+                "f16 tensors need the SHADER_F16 feature, which {} does not offer",
+                gpu.adapter_info().name
+            )));
+        }
+        let t = Tensor {
+            gpu: gpu.clone(),
+            storage: gpu.alloc(bytes)?,
+            offset: 0,
+            shape: shape.to_vec(),
+            dtype,
+        };
+        if gpu.poisons() && dtype == DType::F32 {
+            crate::ops::fill(&t, f32::NAN)?;
+        }
+        Ok(t)
+    }
+
+    /// Upload host data (f32) as a tensor of the given shape.
+    pub fn from_slice(gpu: &Gpu, shape: &[usize], data: &[f32]) -> Result<Tensor> {
+        ensure_shape!(
+            numel(shape) == data.len(),
+            "shape {shape:?} holds {} elements but {} were given",
+            numel(shape),
+            data.len()
+        );
+        let t = Tensor::uninit(gpu, shape, DType::F32)?;
+        t.write(data)?;
+        Ok(t)
+    }
+
+    /// Upload host data, stored as f16 (needs `SHADER_F16`).
+    pub fn from_slice_f16(gpu: &Gpu, shape: &[usize], data: &[f32]) -> Result<Tensor> {
+        ensure_shape!(
+            numel(shape) == data.len(),
+            "shape {shape:?} holds {} elements but {} were given",
+            numel(shape),
+            data.len()
+        );
+        let t = Tensor::uninit(gpu, shape, DType::F16)?;
+        t.write(data)?;
+        Ok(t)
+    }
+
+    /// A tensor filled with one value (f32).
+    pub fn full(gpu: &Gpu, shape: &[usize], value: f32) -> Result<Tensor> {
+        let t = Tensor::uninit(gpu, shape, DType::F32)?;
+        crate::ops::fill(&t, value)?;
+        Ok(t)
+    }
+
+    /// A tensor of zeros (f32).
+    pub fn zeros(gpu: &Gpu, shape: &[usize]) -> Result<Tensor> {
+        Tensor::full(gpu, shape, 0.0)
+    }
+
+    /// Overwrite the tensor's contents from host f32 data (converted to the tensor's dtype).
+    pub fn write(&self, data: &[f32]) -> Result<()> {
+        ensure_shape!(
+            data.len() == self.numel(),
+            "writing {} values into a tensor of shape {:?}",
+            data.len(),
+            self.shape
+        );
+        let mut bytes: Vec<u8> = match self.dtype {
+            DType::F32 => bytemuck::cast_slice(data).to_vec(),
+            DType::F16 => data
+                .iter()
+                .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+                .collect(),
+        };
+        bytes.resize(bytes.len().div_ceil(4) * 4, 0);
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.gpu.write(&self.storage, self.offset, &bytes)
+    }
+
+    /// Read the tensor back to the host as f32 (submits pending work and waits for it).
+    pub fn to_vec(&self) -> Result<Vec<f32>> {
+        if self.numel() == 0 {
+            return Ok(Vec::new());
+        }
+        let bytes = self
+            .gpu
+            .read_bytes(&self.storage, self.offset, self.byte_len())?;
+        Ok(match self.dtype {
+            DType::F32 => bytemuck::pod_collect_to_vec(&bytes),
+            DType::F16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+        })
+    }
+
+    /// The same data under another shape with as many elements.
+    pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
+        ensure_shape!(
+            numel(shape) == self.numel(),
+            "cannot reshape {:?} ({} elements) to {shape:?} ({} elements)",
+            self.shape,
+            self.numel(),
+            numel(shape)
+        );
+        Ok(Tensor {
+            shape: shape.to_vec(),
+            ..self.clone()
+        })
+    }
+
+    /// A view of `shape` starting `elem_offset` elements into this tensor's data. The byte
+    /// offset must meet the device's storage-offset alignment (usually 256 bytes).
+    pub fn view(&self, elem_offset: usize, shape: &[usize]) -> Result<Tensor> {
+        ensure_shape!(
+            elem_offset + numel(shape) <= self.numel(),
+            "a view of {shape:?} at element {elem_offset} runs past a tensor of shape {:?}",
+            self.shape
+        );
+        let offset = self.offset + elem_offset as u64 * self.dtype.size();
+        let align = self.gpu.limits().min_storage_buffer_offset_alignment as u64;
+        ensure_shape!(
+            offset.is_multiple_of(align),
+            "a view at byte offset {offset} is not a multiple of the device's storage alignment {align}"
+        );
+        Ok(Tensor {
+            offset,
+            shape: shape.to_vec(),
+            ..self.clone()
+        })
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    pub fn numel(&self) -> usize {
+        numel(&self.shape)
+    }
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+    /// Size of the last dimension (1 for a scalar).
+    pub fn last_dim(&self) -> usize {
+        self.shape.last().copied().unwrap_or(1)
+    }
+    /// Bytes of data (elements times element size).
+    pub fn byte_len(&self) -> u64 {
+        self.numel() as u64 * self.dtype.size()
+    }
+    /// Byte offset into the underlying buffer.
+    pub fn byte_offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// This tensor as a kernel binding: (buffer, byte offset, byte size).
+    pub(crate) fn binding(&self) -> (&Arc<Storage>, u64, u64) {
+        (&self.storage, self.offset, self.byte_len())
+    }
+
+    /// Whether two tensors share a buffer (so cannot be bound read and read-write together).
+    pub(crate) fn same_buffer(&self, other: &Tensor) -> bool {
+        Arc::ptr_eq(&self.storage, &other.storage)
+    }
+
+    /// Whether the byte offset allows 16-byte (vec4) access.
+    pub(crate) fn vec4_aligned(&self) -> bool {
+        self.offset.is_multiple_of(16)
+    }
+}

@@ -1,0 +1,64 @@
+//! Shared test helpers: one poisoning GPU context, seeded random data, and an error check that
+//! names the worst element.
+#![allow(dead_code)]
+
+pub mod reference;
+
+use rand::{Rng, SeedableRng};
+use rectiflow::gpu::{Gpu, GpuOptions};
+use std::sync::OnceLock;
+
+/// The test context: every new tensor is filled with NaN, so unwritten outputs show.
+pub fn gpu() -> &'static Gpu {
+    static GPU: OnceLock<Gpu> = OnceLock::new();
+    GPU.get_or_init(|| {
+        Gpu::with_options(&GpuOptions {
+            poison: true,
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| panic!("{e}"))
+    })
+}
+
+/// Uniform values in [-1, 1), reproducible from `seed`.
+pub fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
+    let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n).map(|_| r.random_range(-1.0f32..1.0)).collect()
+}
+
+/// Widen to f64 for the references.
+pub fn f64s(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+/// Assert `|got[i] - want[i]| <= tol[i]` for all i (NaN fails), naming the worst element.
+pub fn assert_close(what: &str, got: &[f32], want: &[f64], tol: &[f64]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let mut worst: Option<(usize, f64)> = None;
+    for i in 0..got.len() {
+        let err = (got[i] as f64 - want[i]).abs();
+        let ratio = if err.is_nan() {
+            f64::INFINITY
+        } else {
+            err / tol[i]
+        };
+        if ratio > 1.0 && worst.is_none_or(|(_, r)| ratio > r) {
+            worst = Some((i, ratio));
+        }
+    }
+    if let Some((i, r)) = worst {
+        panic!(
+            "{what}: element {i} is {} but should be {} (error {:.3e}, bound {:.3e}, {r:.1}x over)",
+            got[i],
+            want[i],
+            (got[i] as f64 - want[i]).abs(),
+            tol[i]
+        );
+    }
+}
+
+/// Same, with one relative bound and an absolute floor for every element.
+pub fn assert_rel(what: &str, got: &[f32], want: &[f64], rel: f64, abs: f64) {
+    let tol: Vec<f64> = want.iter().map(|w| rel * w.abs() + abs).collect();
+    assert_close(what, got, want, &tol);
+}

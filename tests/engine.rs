@@ -1,0 +1,271 @@
+//! The engine's machinery: poisoning, the buffer pool, the pipeline cache, both parameter paths
+//! (immediates and the uniform arena), f16 storage, the embedding path and error reporting.
+
+mod common;
+
+use common::{assert_rel, f64s, gpu, rand_vec};
+use rectiflow::gpu::{Access, Gpu, GpuOptions, Kernel, Shader};
+use rectiflow::ops::{self, Activation, MatmulSpec};
+use rectiflow::{DType, Error, Tensor};
+
+#[test]
+fn new_tensors_are_poisoned_in_tests() {
+    let t = Tensor::uninit(gpu(), &[7, 9], DType::F32).unwrap();
+    assert!(t.to_vec().unwrap().iter().all(|v| v.is_nan()));
+}
+
+/// One small "step": the kinds of op a training step records, with temporaries dropped.
+fn step(g: &Gpu, x: &Tensor, w: &Tensor) -> f32 {
+    let h = ops::matmul_with(
+        x,
+        w,
+        &MatmulSpec {
+            trans_b: true,
+            activation: Activation::Gelu,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let h2 = ops::mul(&h, &h).unwrap();
+    let s = ops::sum_rows(&h2).unwrap();
+    let t = ops::transpose(&h).unwrap();
+    let m = ops::max_rows(&t).unwrap();
+    drop((h, h2, t));
+    let total = ops::add(
+        &ops::sum_rows(&s.reshape(&[1, 33]).unwrap()).unwrap(),
+        &ops::sum_rows(&m.reshape(&[1, 17]).unwrap()).unwrap(),
+    )
+    .unwrap();
+    let _ = g;
+    total.to_vec().unwrap()[0]
+}
+
+#[test]
+fn a_repeated_step_creates_no_buffer_after_its_first_run() {
+    // A private context, so other tests' allocations do not interleave with the counts.
+    let g = Gpu::with_options(&GpuOptions {
+        poison: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let x = Tensor::from_slice(&g, &[33, 20], &rand_vec(33 * 20, 1)).unwrap();
+    let w = Tensor::from_slice(&g, &[17, 20], &rand_vec(17 * 20, 2)).unwrap();
+    let first = step(&g, &x, &w);
+    let after_first = g.pool_stats();
+    let pipelines = g.pipeline_count();
+    for _ in 0..4 {
+        assert_eq!(
+            step(&g, &x, &w),
+            first,
+            "the same work gives the same result"
+        );
+    }
+    let after = g.pool_stats();
+    assert_eq!(
+        after.created, after_first.created,
+        "no new buffers: {after:?}"
+    );
+    assert!(
+        after.reused >= after_first.reused + 4 * 8,
+        "buffers were reused: {after:?}"
+    );
+    assert_eq!(
+        after.bytes_live, after_first.bytes_live,
+        "nothing leaked: {after:?}"
+    );
+    assert_eq!(g.pipeline_count(), pipelines, "no new pipelines");
+    assert!(after.peak_bytes >= after.bytes_live);
+}
+
+#[test]
+fn immediates_and_uniform_arena_give_identical_results() {
+    let arena = Gpu::with_options(&GpuOptions {
+        no_immediates: true,
+        poison: true,
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(!arena.uses_immediates());
+    println!(
+        "default context uses immediates: {}",
+        gpu().uses_immediates()
+    );
+    let a = rand_vec(65 * 63, 5);
+    let b = rand_vec(63 * 127, 6);
+    let run = |g: &Gpu| {
+        let ta = Tensor::from_slice(g, &[65, 63], &a).unwrap();
+        let tb = Tensor::from_slice(g, &[63, 127], &b).unwrap();
+        // Many dispatches in one submission, each with its own parameters.
+        let mut acc = ops::matmul(&ta, &tb).unwrap();
+        for i in 0..50 {
+            acc = ops::scale(&acc, 1.0 + i as f32 * 1e-3).unwrap();
+        }
+        let r = ops::sum_rows(&acc).unwrap();
+        (acc.to_vec().unwrap(), r.to_vec().unwrap())
+    };
+    assert_eq!(run(gpu()), run(&arena));
+}
+
+#[test]
+fn f16_storage_round_trips_through_half() {
+    let g = gpu();
+    if !g.has_f16() {
+        println!("skipped: {} has no SHADER_F16", g.adapter_info().name);
+        return;
+    }
+    let x: Vec<f32> = rand_vec(257, 9).iter().map(|v| v * 100.0).collect();
+    let rounded: Vec<f32> = x.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect();
+    // Host conversion on upload and download.
+    let h = Tensor::from_slice_f16(g, &[257], &x).unwrap();
+    assert_eq!(h.dtype(), DType::F16);
+    assert_eq!(h.to_vec().unwrap(), rounded);
+    // GPU conversion both ways: f32 -> f16 rounds to nearest even, as `half` does.
+    let f = Tensor::from_slice(g, &[257], &x).unwrap();
+    let h2 = ops::to_f16(&f).unwrap();
+    assert_eq!(h2.to_vec().unwrap(), rounded);
+    assert_eq!(ops::to_f32(&h2).unwrap().to_vec().unwrap(), rounded);
+    // Compute kernels refuse f16 with a clear error.
+    let err = ops::gelu(&h2).unwrap_err();
+    assert!(err.to_string().contains("to_f32"), "{err}");
+}
+
+#[test]
+fn an_embedding_application_can_hand_over_its_own_device() {
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
+    let adapter =
+        pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
+            .expect("an adapter");
+    let (device, queue) =
+        pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default())).unwrap();
+    let g = Gpu::from_device(device, queue);
+    assert!(
+        !g.uses_immediates(),
+        "a default device has no IMMEDIATES feature"
+    );
+    let a = rand_vec(7 * 5, 11);
+    let b = rand_vec(5 * 3, 12);
+    let ta = Tensor::from_slice(&g, &[7, 5], &a).unwrap();
+    let tb = Tensor::from_slice(&g, &[5, 3], &b).unwrap();
+    let got = ops::matmul(&ta, &tb).unwrap().to_vec().unwrap();
+    let (ad, bd) = (f64s(&a), f64s(&b));
+    let want: Vec<f64> = (0..21)
+        .map(|i| {
+            (0..5)
+                .map(|p| ad[(i / 3) * 5 + p] * bd[p * 3 + i % 3])
+                .sum()
+        })
+        .collect();
+    assert_rel("matmul on a host device", &got, &want, 1e-5, 1e-6);
+}
+
+#[test]
+fn no_matching_adapter_is_a_clear_error() {
+    let err = Gpu::with_options(&GpuOptions {
+        adapter: Some("no-such-adapter-xyz".into()),
+        ..Default::default()
+    })
+    .err()
+    .expect("no adapter matches");
+    let msg = err.to_string();
+    assert!(matches!(err, Error::NoAdapter { .. }));
+    assert!(msg.contains("no-such-adapter-xyz"), "{msg}");
+    assert!(msg.contains("Adapters found:"), "{msg}");
+    assert!(msg.contains("mesa-vulkan-drivers"), "{msg}");
+    // The listing names the adapter that does exist.
+    assert!(msg.contains(&gpu().adapter_info().name), "{msg}");
+
+    let err = Gpu::with_options(&GpuOptions {
+        backend: Some("glide".into()),
+        ..Default::default()
+    })
+    .err()
+    .unwrap();
+    assert!(
+        matches!(err, Error::Config(_)) && err.to_string().contains("vulkan"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_uploads_and_oversized_tensors_are_refused() {
+    let g = gpu();
+    let err = Tensor::from_slice(g, &[2, 3], &[1.0; 5]).unwrap_err();
+    assert!(
+        matches!(err, Error::Shape(_)) && err.to_string().contains("[2, 3]"),
+        "{err}"
+    );
+    let err = Tensor::uninit(g, &[1 << 20, 1 << 20], DType::F32).unwrap_err();
+    assert!(
+        matches!(err, Error::TooLarge(_))
+            && err.to_string().contains("max_storage_buffer_binding_size"),
+        "{err}"
+    );
+    let t = Tensor::zeros(g, &[10]).unwrap();
+    assert!(matches!(t.reshape(&[3, 3]), Err(Error::Shape(_))));
+    assert!(matches!(t.view(8, &[4]), Err(Error::Shape(_))));
+}
+
+static BROKEN: Shader = Shader {
+    name: "broken_test_shader",
+    source: "struct Params { n: u32 }\n@group(1) @binding(0) var<uniform> params: Params;\n\
+             @compute @workgroup_size(1) fn main() { let x: u32 = 1.5; }",
+    requires: wgpu::Features::empty(),
+};
+static BROKEN_KERNEL: Kernel = Kernel {
+    shader: &BROKEN,
+    entry: "main",
+    access: &[],
+};
+
+static NO_PARAMS: Shader = Shader {
+    name: "no_params_test_shader",
+    source: "@compute @workgroup_size(1) fn main() {}",
+    requires: wgpu::Features::empty(),
+};
+static NO_PARAMS_KERNEL: Kernel = Kernel {
+    shader: &NO_PARAMS,
+    entry: "main",
+    access: &[],
+};
+
+static SQUARE: Shader = Shader {
+    name: "square_test_shader",
+    source: "struct Params { n: u32 }\n@group(1) @binding(0) var<uniform> params: Params;\n\
+             @group(0) @binding(0) var<storage, read> x: array<f32>;\n\
+             @group(0) @binding(1) var<storage, read_write> y: array<f32>;\n\
+             @compute @workgroup_size(64) fn main(@builtin(global_invocation_id) id: vec3<u32>) {\n\
+               if (id.x < params.n) { y[id.x] = x[id.x] * x[id.x]; } }",
+    requires: wgpu::Features::empty(),
+};
+static SQUARE_KERNEL: Kernel = Kernel {
+    shader: &SQUARE,
+    entry: "main",
+    access: &[Access::Read, Access::ReadWrite],
+};
+
+#[test]
+fn kernel_errors_name_the_kernel_and_user_kernels_run() {
+    let g = gpu();
+    let err = g
+        .launch(&BROKEN_KERNEL, &[], &[], &[0u32; 4], 1)
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Kernel { kernel, .. } if kernel == "broken_test_shader"),
+        "{err}"
+    );
+    let err = g
+        .launch(&NO_PARAMS_KERNEL, &[], &[], &[0u32; 4], 1)
+        .unwrap_err();
+    assert!(err.to_string().contains("var<uniform> params"), "{err}");
+
+    let x = Tensor::from_slice(g, &[100], &rand_vec(100, 3)).unwrap();
+    let y = Tensor::uninit(g, &[100], DType::F32).unwrap();
+    let err = g
+        .launch(&SQUARE_KERNEL, &[], &[&x], &[100u32, 0, 0, 0], 2)
+        .unwrap_err();
+    assert!(matches!(err, Error::Shape(_)), "{err}");
+    g.launch(&SQUARE_KERNEL, &[], &[&x, &y], &[100u32, 0, 0, 0], 2)
+        .unwrap();
+    let want: Vec<f64> = f64s(&x.to_vec().unwrap()).iter().map(|v| v * v).collect();
+    assert_rel("user kernel", &y.to_vec().unwrap(), &want, 1e-7, 0.0);
+}

@@ -1,0 +1,515 @@
+//! Every kernel of the engine foundation against its CPU f64 reference, on random inputs of sizes
+//! 1, 7, 63, 65, 127, 257 and non-square shapes, with outputs poisoned (NaN) before each run.
+
+mod common;
+
+use common::{assert_close, assert_rel, f64s, gpu, rand_vec, reference as cpu};
+use rectiflow::ops::{self, Activation, MatmulSpec, MatmulTiling};
+use rectiflow::{Error, Tensor};
+
+type BinaryOp = fn(&Tensor, &Tensor) -> rectiflow::Result<Tensor>;
+
+const SIZES: [usize; 6] = [1, 7, 63, 65, 127, 257];
+
+/// Element counts for the elementwise kernels: the sizes above and a few larger ones.
+fn lengths() -> Vec<usize> {
+    let mut v: Vec<usize> = SIZES.to_vec();
+    v.extend([63 * 65, 127 * 257, 100_003]);
+    v
+}
+
+#[test]
+fn binary_ops_match_reference() {
+    // f32 add/sub/mul are correctly rounded: error at most half an ulp of the result.
+    for (i, &n) in lengths().iter().enumerate() {
+        let (x, y) = (rand_vec(n, 10 + i as u64), rand_vec(n, 20 + i as u64));
+        let tx = Tensor::from_slice(gpu(), &[n], &x).unwrap();
+        let ty = Tensor::from_slice(gpu(), &[n], &y).unwrap();
+        let cases: [(&str, BinaryOp, fn(f64, f64) -> f64); 3] = [
+            ("add", ops::add, |a, b| a + b),
+            ("sub", ops::sub, |a, b| a - b),
+            ("mul", ops::mul, |a, b| a * b),
+        ];
+        for (name, op, f) in cases {
+            let got = op(&tx, &ty).unwrap().to_vec().unwrap();
+            let want: Vec<f64> = x
+                .iter()
+                .zip(&y)
+                .map(|(&a, &b)| f(a as f64, b as f64))
+                .collect();
+            assert_rel(&format!("{name} n={n}"), &got, &want, 6e-8, 1e-30);
+        }
+    }
+}
+
+#[test]
+fn unary_ops_match_reference() {
+    for (i, &n) in lengths().iter().enumerate() {
+        // Spread inputs over [-8, 8) so GELU and SiLU see both tails.
+        let x: Vec<f32> = rand_vec(n, 30 + i as u64).iter().map(|v| 8.0 * v).collect();
+        let tx = Tensor::from_slice(gpu(), &[n], &x).unwrap();
+        let xd = f64s(&x);
+
+        let got = ops::scale(&tx, -1.5).unwrap().to_vec().unwrap();
+        let want: Vec<f64> = xd.iter().map(|v| -1.5 * v).collect();
+        assert_rel(&format!("scale n={n}"), &got, &want, 6e-8, 1e-30);
+
+        // tanh and exp are not correctly rounded on GPUs: a few ulp, plus an absolute floor
+        // where the result is near 0 and cancellation dominates.
+        let got = ops::gelu(&tx).unwrap().to_vec().unwrap();
+        let want: Vec<f64> = xd.iter().map(|&v| cpu::gelu(v)).collect();
+        assert_rel(&format!("gelu n={n}"), &got, &want, 2e-6, 2e-6);
+
+        let got = ops::silu(&tx).unwrap().to_vec().unwrap();
+        let want: Vec<f64> = xd.iter().map(|&v| cpu::silu(v)).collect();
+        assert_rel(&format!("silu n={n}"), &got, &want, 2e-6, 2e-6);
+    }
+}
+
+#[test]
+fn gelu_and_silu_stay_finite_for_huge_inputs() {
+    let x = [-1e30f32, -100.0, -20.0, 20.0, 100.0, 1e30];
+    let t = Tensor::from_slice(gpu(), &[6], &x).unwrap();
+    let g = ops::gelu(&t).unwrap().to_vec().unwrap();
+    let s = ops::silu(&t).unwrap().to_vec().unwrap();
+    let want_g: Vec<f64> = x
+        .iter()
+        .map(|&v| if v > 0.0 { v as f64 } else { 0.0 })
+        .collect();
+    assert_rel("gelu tails", &g, &want_g, 1e-6, 1e-6);
+    assert_rel("silu tails", &s, &want_g, 1e-6, 1e-6);
+}
+
+#[test]
+fn axpy_and_fill_work_in_place() {
+    for (i, &n) in lengths().iter().enumerate() {
+        let (x, y) = (rand_vec(n, 40 + i as u64), rand_vec(n, 50 + i as u64));
+        let tx = Tensor::from_slice(gpu(), &[n], &x).unwrap();
+        let ty = Tensor::from_slice(gpu(), &[n], &y).unwrap();
+        ops::axpy(0.75, &tx, &ty).unwrap();
+        let want: Vec<f64> = x
+            .iter()
+            .zip(&y)
+            .map(|(&a, &b)| 0.75 * a as f64 + b as f64)
+            .collect();
+        // One fused multiply-add: one rounding, relative to the larger of the terms.
+        let tol: Vec<f64> = x
+            .iter()
+            .zip(&y)
+            .map(|(&a, &b)| 1.2e-7 * (0.75 * (a as f64).abs() + (b as f64).abs()) + 1e-30)
+            .collect();
+        assert_close(&format!("axpy n={n}"), &ty.to_vec().unwrap(), &want, &tol);
+
+        ops::fill(&ty, 3.25).unwrap();
+        assert!(
+            ty.to_vec().unwrap().iter().all(|&v| v == 3.25),
+            "fill n={n}"
+        );
+    }
+}
+
+#[test]
+fn binary_ops_reject_mismatched_shapes() {
+    let a = Tensor::zeros(gpu(), &[3, 4]).unwrap();
+    let b = Tensor::zeros(gpu(), &[4, 3]).unwrap();
+    let err = ops::add(&a, &b).unwrap_err();
+    assert!(matches!(err, Error::Shape(_)), "{err}");
+    assert!(
+        err.to_string().contains("[3, 4]") && err.to_string().contains("[4, 3]"),
+        "{err}"
+    );
+    assert!(matches!(ops::axpy(1.0, &a, &a), Err(Error::Shape(_))));
+}
+
+#[test]
+fn row_reductions_match_reference() {
+    let mut shapes: Vec<Vec<usize>> = vec![vec![1], vec![257], vec![2, 3, 1000], vec![5, 4097]];
+    for &r in &SIZES {
+        for &c in &[1, 7, 65, 257] {
+            shapes.push(vec![r, c]);
+        }
+    }
+    for (i, shape) in shapes.iter().enumerate() {
+        let n: usize = shape.iter().product();
+        let cols = *shape.last().unwrap();
+        let x = rand_vec(n, 60 + i as u64);
+        let t = Tensor::from_slice(gpu(), shape, &x).unwrap();
+        let xd = f64s(&x);
+        // Summation error: at most (cols) ulps of the sum of magnitudes.
+        let mag = cpu::reduce_rows(&xd.iter().map(|v| v.abs()).collect::<Vec<_>>(), cols, "sum");
+        for (name, op) in [
+            (
+                "sum",
+                ops::sum_rows as fn(&Tensor) -> rectiflow::Result<Tensor>,
+            ),
+            ("mean", ops::mean_rows),
+            ("max", ops::max_rows),
+        ] {
+            let out = op(&t).unwrap();
+            let want_shape = if shape.len() == 1 {
+                vec![1]
+            } else {
+                shape[..shape.len() - 1].to_vec()
+            };
+            assert_eq!(out.shape(), want_shape.as_slice(), "{name} {shape:?}");
+            let got = out.to_vec().unwrap();
+            let want = cpu::reduce_rows(&xd, cols, name);
+            let tol: Vec<f64> = match name {
+                "max" => vec![0.0; want.len()], // exact
+                "mean" => mag
+                    .iter()
+                    .map(|m| (cols as f64 + 2.0) * 6e-8 * m / cols as f64 + 1e-30)
+                    .collect(),
+                _ => mag
+                    .iter()
+                    .map(|m| (cols as f64 + 1.0) * 6e-8 * m + 1e-30)
+                    .collect(),
+            };
+            assert_close(&format!("{name} {shape:?}"), &got, &want, &tol);
+        }
+    }
+}
+
+#[test]
+fn max_of_a_row_of_negative_infinities_is_negative_infinity() {
+    let t = Tensor::from_slice(gpu(), &[1, 3], &[f32::NEG_INFINITY; 3]).unwrap();
+    assert_eq!(
+        ops::max_rows(&t).unwrap().to_vec().unwrap(),
+        vec![f32::NEG_INFINITY]
+    );
+}
+
+#[test]
+fn transpose_matches_reference() {
+    let mut shapes: Vec<Vec<usize>> = vec![vec![3, 33, 65], vec![2, 1, 257], vec![4, 16, 16]];
+    for &r in &SIZES {
+        for &c in &SIZES {
+            shapes.push(vec![r, c]);
+        }
+    }
+    for (i, shape) in shapes.iter().enumerate() {
+        let n: usize = shape.iter().product();
+        let (r, c) = (shape[shape.len() - 2], shape[shape.len() - 1]);
+        let x = rand_vec(n, 70 + i as u64);
+        let t = Tensor::from_slice(gpu(), shape, &x).unwrap();
+        let out = ops::transpose(&t).unwrap();
+        let mut want_shape = shape.clone();
+        want_shape.swap(shape.len() - 2, shape.len() - 1);
+        assert_eq!(out.shape(), want_shape.as_slice());
+        let want = cpu::transpose(&f64s(&x), n / (r * c), r, c);
+        assert_close(
+            &format!("transpose {shape:?}"),
+            &out.to_vec().unwrap(),
+            &want,
+            &vec![0.0; n],
+        );
+    }
+}
+
+#[test]
+fn workgroup_grids_beyond_65535_are_split_not_clipped() {
+    // 70_000 rows need 70_000 workgroups in the reduction: more than one dimension holds.
+    let (rows, cols) = (70_000usize, 3usize);
+    let x = rand_vec(rows * cols, 80);
+    let t = Tensor::from_slice(gpu(), &[rows, cols], &x).unwrap();
+    let got = ops::sum_rows(&t).unwrap().to_vec().unwrap();
+    let want = cpu::reduce_rows(&f64s(&x), cols, "sum");
+    assert_rel("sum over 70000 rows", &got, &want, 1e-6, 1e-6);
+
+    // 2^24 + 3 elements need 65_537 workgroups of 256 in the elementwise kernels.
+    let n = (1 << 24) + 3;
+    let y = Tensor::full(gpu(), &[n], 1.5).unwrap();
+    let z = ops::scale(&y, 2.0).unwrap();
+    let all = z.to_vec().unwrap();
+    let bad = all.iter().position(|&v| v != 3.0);
+    assert_eq!(
+        bad, None,
+        "element {bad:?} of a split dispatch was not written"
+    );
+}
+
+// ---------------------------------------------------------------- matmul
+
+struct Mm {
+    batch: usize,
+    a_batched: bool,
+    b_batched: bool,
+    m: usize,
+    k: usize,
+    n: usize,
+    trans_a: bool,
+    trans_b: bool,
+    alpha: f32,
+    bias: bool,
+    act: Activation,
+    accumulate: bool,
+    tiling: Option<MatmulTiling>,
+}
+
+impl Mm {
+    fn new(m: usize, k: usize, n: usize) -> Self {
+        Mm {
+            batch: 1,
+            a_batched: false,
+            b_batched: false,
+            m,
+            k,
+            n,
+            trans_a: false,
+            trans_b: false,
+            alpha: 1.0,
+            bias: false,
+            act: Activation::None,
+            accumulate: false,
+            tiling: None,
+        }
+    }
+
+    fn check(&self, seed: u64) {
+        let g = gpu();
+        let (m, k, n) = (self.m, self.k, self.n);
+        let ab = if self.a_batched { self.batch } else { 1 };
+        let bb = if self.b_batched { self.batch } else { 1 };
+        let a = rand_vec(ab * m * k, seed);
+        let b = rand_vec(bb * k * n, seed + 1);
+        let bias = rand_vec(n, seed + 2);
+        let c0 = rand_vec(self.batch * m * n, seed + 3);
+        let shape = |batched: bool, count: usize, r: usize, c: usize| {
+            if batched {
+                vec![count, r, c]
+            } else {
+                vec![r, c]
+            }
+        };
+        let a_shape = if self.trans_a {
+            shape(self.a_batched, ab, k, m)
+        } else {
+            shape(self.a_batched, ab, m, k)
+        };
+        let b_shape = if self.trans_b {
+            shape(self.b_batched, bb, n, k)
+        } else {
+            shape(self.b_batched, bb, k, n)
+        };
+        let ta = Tensor::from_slice(g, &a_shape, &a).unwrap();
+        let tb = Tensor::from_slice(g, &b_shape, &b).unwrap();
+        let tbias = Tensor::from_slice(g, &[n], &bias).unwrap();
+        let spec = MatmulSpec {
+            trans_a: self.trans_a,
+            trans_b: self.trans_b,
+            bias: self.bias.then_some(&tbias),
+            activation: self.act,
+            alpha: Some(self.alpha),
+            tiling: self.tiling,
+        };
+        let batched = self.a_batched || self.b_batched;
+        let out = if self.accumulate {
+            let out = Tensor::from_slice(g, &shape(batched, self.batch, m, n), &c0).unwrap();
+            ops::matmul_into(&ta, &tb, &spec, &out, true).unwrap();
+            out
+        } else {
+            ops::matmul_with(&ta, &tb, &spec).unwrap()
+        };
+        assert_eq!(out.shape(), shape(batched, self.batch, m, n).as_slice());
+        let (ad, bd, biasd, c0d) = (f64s(&a), f64s(&b), f64s(&bias), f64s(&c0));
+        let (want, mag) = cpu::matmul(&cpu::MatmulCase {
+            a: &ad,
+            b: &bd,
+            batch: self.batch,
+            a_batched: self.a_batched,
+            b_batched: self.b_batched,
+            m,
+            k,
+            n,
+            trans_a: self.trans_a,
+            trans_b: self.trans_b,
+            alpha: self.alpha as f64,
+            bias: self.bias.then_some(&biasd[..]),
+            act: match self.act {
+                Activation::None => 0,
+                Activation::Gelu => 1,
+                Activation::Silu => 2,
+            },
+            c0: self.accumulate.then_some(&c0d[..]),
+        });
+        // f32 summation of k products in any order: at most (k + 3) ulps of sum |a b| (+ bias,
+        // + accumulated value); the activations add a few ulps of their own.
+        let eps = f32::EPSILON as f64 / 2.0;
+        let tol: Vec<f64> = mag
+            .iter()
+            .zip(&want)
+            .map(|(&mg, &w)| 1.2 * (k as f64 + 3.0) * eps * mg + 2e-6 * w.abs() + 1e-6)
+            .collect();
+        let what = format!(
+            "matmul m={m} k={k} n={n} ta={} tb={} batch={}({}/{}) bias={} act={:?} acc={} tiling={:?}",
+            self.trans_a, self.trans_b, self.batch, self.a_batched, self.b_batched, self.bias,
+            self.act, self.accumulate, self.tiling
+        );
+        assert_close(&what, &out.to_vec().unwrap(), &want, &tol);
+    }
+}
+
+fn shapes_to_test() -> Vec<(usize, usize, usize)> {
+    let mut v: Vec<(usize, usize, usize)> = SIZES.iter().map(|&s| (s, s, s)).collect();
+    v.extend([
+        (1, 257, 7),
+        (7, 1, 63),
+        (63, 65, 127),
+        (257, 7, 1),
+        (65, 127, 257),
+        (127, 63, 65),
+        (3, 5, 2),
+        // Multiples of 4 take the vec4 path.
+        (64, 128, 256),
+        (128, 64, 32),
+        (4, 8, 12),
+        (132, 36, 260),
+    ]);
+    v
+}
+
+#[test]
+fn matmul_every_layout_matches_reference() {
+    let mut seed = 1000;
+    for (m, k, n) in shapes_to_test() {
+        for (trans_a, trans_b) in [(false, false), (false, true), (true, false), (true, true)] {
+            Mm {
+                trans_a,
+                trans_b,
+                ..Mm::new(m, k, n)
+            }
+            .check(seed);
+            seed += 10;
+        }
+    }
+}
+
+#[test]
+fn matmul_epilogue_bias_activation_alpha_accumulate() {
+    let mut seed = 2000;
+    for (m, k, n) in [(65, 63, 127), (64, 32, 128), (7, 257, 1), (1, 7, 65)] {
+        for act in [Activation::None, Activation::Gelu, Activation::Silu] {
+            Mm {
+                bias: true,
+                act,
+                trans_b: true,
+                ..Mm::new(m, k, n)
+            }
+            .check(seed);
+            Mm {
+                bias: true,
+                act,
+                alpha: -0.5,
+                ..Mm::new(m, k, n)
+            }
+            .check(seed + 1);
+            seed += 10;
+        }
+        Mm {
+            accumulate: true,
+            trans_a: true,
+            ..Mm::new(m, k, n)
+        }
+        .check(seed + 2);
+        Mm {
+            accumulate: true,
+            bias: true,
+            alpha: 2.0,
+            ..Mm::new(m, k, n)
+        }
+        .check(seed + 3);
+    }
+}
+
+#[test]
+fn matmul_batched_with_shared_and_per_item_operands() {
+    let mut seed = 3000;
+    for (m, k, n) in [(65, 33, 17), (64, 16, 32), (1, 7, 1)] {
+        for (a_batched, b_batched) in [(true, true), (true, false), (false, true)] {
+            for trans_b in [false, true] {
+                Mm {
+                    batch: 3,
+                    a_batched,
+                    b_batched,
+                    trans_b,
+                    ..Mm::new(m, k, n)
+                }
+                .check(seed);
+                seed += 10;
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_every_tiling_matches_reference() {
+    let tilings = [
+        MatmulTiling::new(16, 16, 8, 8, 8),
+        MatmulTiling::new(8, 8, 8, 8, 16),
+        MatmulTiling::new(4, 4, 8, 8, 16),
+        MatmulTiling::new(16, 16, 4, 4, 16),
+        MatmulTiling::new(8, 8, 4, 4, 16),
+        MatmulTiling::new(16, 8, 4, 8, 12),
+        MatmulTiling::new(1, 32, 8, 4, 4),
+    ];
+    let mut seed = 4000;
+    for t in tilings {
+        for (m, k, n) in [(257, 65, 127), (128, 64, 132)] {
+            for (trans_a, trans_b) in [(false, false), (true, true)] {
+                Mm {
+                    tiling: Some(t),
+                    trans_a,
+                    trans_b,
+                    ..Mm::new(m, k, n)
+                }
+                .check(seed);
+                seed += 10;
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_rejects_bad_shapes_and_tilings() {
+    let g = gpu();
+    let a = Tensor::zeros(g, &[4, 5]).unwrap();
+    let b = Tensor::zeros(g, &[6, 3]).unwrap();
+    let err = ops::matmul(&a, &b).unwrap_err();
+    assert!(matches!(err, Error::Shape(_)), "{err}");
+    assert!(
+        err.to_string().contains("K = 5") && err.to_string().contains("K = 6"),
+        "{err}"
+    );
+
+    let a3 = Tensor::zeros(g, &[2, 4, 5]).unwrap();
+    let b3 = Tensor::zeros(g, &[3, 5, 4]).unwrap();
+    assert!(matches!(ops::matmul(&a3, &b3), Err(Error::Shape(_))));
+
+    let b = Tensor::zeros(g, &[5, 3]).unwrap();
+    let bias = Tensor::zeros(g, &[4]).unwrap();
+    let spec = MatmulSpec {
+        bias: Some(&bias),
+        ..Default::default()
+    };
+    assert!(matches!(
+        ops::matmul_with(&a, &b, &spec),
+        Err(Error::Shape(_))
+    ));
+
+    let spec = MatmulSpec {
+        tiling: Some(MatmulTiling::new(64, 64, 8, 8, 64)),
+        ..Default::default()
+    };
+    assert!(matches!(
+        ops::matmul_with(&a, &b, &spec),
+        Err(Error::Config(_))
+    ));
+    let spec = MatmulSpec {
+        tiling: Some(MatmulTiling::new(8, 8, 3, 4, 16)),
+        ..Default::default()
+    };
+    assert!(matches!(
+        ops::matmul_with(&a, &b, &spec),
+        Err(Error::Config(_))
+    ));
+}

@@ -8,6 +8,7 @@ use rectiflow::ops::{self, Activation, MatmulSpec, MatmulTiling};
 use rectiflow::{Error, Tensor};
 
 type BinaryOp = fn(&Tensor, &Tensor) -> rectiflow::Result<Tensor>;
+type BinaryCase = (&'static str, BinaryOp, fn(f64, f64) -> f64);
 
 const SIZES: [usize; 6] = [1, 7, 63, 65, 127, 257];
 
@@ -25,7 +26,7 @@ fn binary_ops_match_reference() {
         let (x, y) = (rand_vec(n, 10 + i as u64), rand_vec(n, 20 + i as u64));
         let tx = Tensor::from_slice(gpu(), &[n], &x).unwrap();
         let ty = Tensor::from_slice(gpu(), &[n], &y).unwrap();
-        let cases: [(&str, BinaryOp, fn(f64, f64) -> f64); 3] = [
+        let cases: [BinaryCase; 3] = [
             ("add", ops::add, |a, b| a + b),
             ("sub", ops::sub, |a, b| a - b),
             ("mul", ops::mul, |a, b| a * b),

@@ -201,29 +201,27 @@ fn main() {
             .iter()
             .find_map(|a| a.strip_prefix("--size=").and_then(|s| s.parse().ok()))
             .unwrap_or(1024);
-        for (wg_m, wg_n, tm, tn, bk) in [
+        let tiled = [
             (16, 16, 4, 4, 16),
-            (8, 8, 4, 4, 16),
             (8, 8, 8, 8, 16),
-            (8, 8, 8, 8, 32),
-            (8, 8, 8, 8, 8),
-            (16, 8, 4, 8, 16),
-            (8, 16, 8, 4, 16),
-            (4, 16, 8, 4, 16),
             (16, 16, 8, 8, 8),
             (16, 16, 8, 8, 16),
-            (4, 8, 8, 8, 16),
-            (8, 4, 8, 8, 16),
-            (4, 4, 8, 8, 16),
-            (1, 64, 4, 4, 16),
-            (1, 64, 8, 4, 16),
-            (1, 32, 8, 8, 16),
-            (1, 64, 8, 8, 16),
-            (1, 128, 4, 4, 16),
-            (1, 64, 4, 8, 16),
-            (2, 32, 4, 4, 16),
-        ] {
-            let tiling = MatmulTiling::new(wg_m, wg_n, tm, tn, bk);
+            (16, 16, 8, 8, 32),
+        ]
+        .map(|(wm, wn, tm, tn, bk)| MatmulTiling::new(wm, wn, tm, tn, bk));
+        let lanes = [
+            (64, 16, 4),
+            (32, 16, 4),
+            (16, 16, 4),
+            (128, 16, 4),
+            (64, 8, 8),
+            (32, 8, 8),
+            (16, 8, 8),
+            (64, 8, 4),
+            (8, 8, 4),
+        ]
+        .map(|(wn, tm, tn)| MatmulTiling::lanes(wn, tm, tn));
+        for tiling in tiled.into_iter().chain(lanes) {
             if let Err(e) = tiling.validate(&gpu) {
                 println!("skipped: {e}");
                 continue;
@@ -232,7 +230,12 @@ fn main() {
                 tiling: Some(tiling),
                 ..Default::default()
             };
-            let name = format!("wg{wg_m}x{wg_n} t{tm}x{tn} k{bk}");
+            let t = tiling;
+            let name = if t.lanes {
+                format!("lanes wg{} t{}x{}", t.wg_n, t.tm, t.tn)
+            } else {
+                format!("tiled wg{}x{} t{}x{} k{}", t.wg_m, t.wg_n, t.tm, t.tn, t.bk)
+            };
             rows.push(bench_matmul(&gpu, &name, 1, (n, n, n), spec, budget, false));
         }
         print_rows(&rows);

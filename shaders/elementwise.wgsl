@@ -1,4 +1,6 @@
-// Elementwise kernels: out[i] = f(x[i]) or f(x[i], y[i]), one element per invocation.
+// Elementwise kernels: out[i] = f(x[i]) or f(x[i], y[i]). Each invocation handles ITEMS
+// elements a workgroup-width apart (so consecutive invocations touch consecutive elements):
+// fewer, fatter workgroups, since a CPU driver pays a fixed cost per workgroup.
 // Every entry binds (x, y, out); an entry that does not use x or y gets a placeholder buffer.
 // The operation is chosen by the override constant OP, folded away when the pipeline is built.
 
@@ -15,6 +17,7 @@ struct Params {
 @group(1) @binding(0) var<uniform> params: Params;
 
 const WG: u32 = 256u;
+const ITEMS: u32 = 8u;
 
 // Unary ops.
 const OP_GELU: u32 = 0u;
@@ -27,9 +30,9 @@ const OP_MUL: u32 = 12u;
 
 override OP: u32 = 0u;
 
-// Global element index of this invocation; the workgroup grid may be split over x, y and z.
-fn element(lid: u32, wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return (wid.x + wid.y * nwg.x + wid.z * nwg.x * nwg.y) * WG + lid;
+// First element of this invocation; the workgroup grid may be split over x, y and z.
+fn first_element(lid: u32, wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return (wid.x + wid.y * nwg.x + wid.z * nwg.x * nwg.y) * WG * ITEMS + lid;
 }
 
 // GELU, tanh approximation. The argument is clamped where tanh is already +-1 in f32, since some
@@ -46,27 +49,33 @@ fn silu(v: f32) -> f32 {
 @compute @workgroup_size(WG)
 fn unary(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
          @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = element(lid, wid, nwg);
-    if (i >= params.n) { return; }
-    let v = x[i];
-    switch OP {
-        case OP_GELU: { out[i] = gelu(v); }
-        case OP_SILU: { out[i] = silu(v); }
-        case OP_SCALE: { out[i] = params.alpha * v; }
-        default: { out[i] = v; }
+    let start = first_element(lid, wid, nwg);
+    for (var r = 0u; r < ITEMS; r++) {
+        let i = start + r * WG;
+        if (i >= params.n) { return; }
+        let v = x[i];
+        switch OP {
+            case OP_GELU: { out[i] = gelu(v); }
+            case OP_SILU: { out[i] = silu(v); }
+            case OP_SCALE: { out[i] = params.alpha * v; }
+            default: { out[i] = v; }
+        }
     }
 }
 
 @compute @workgroup_size(WG)
 fn binary(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
           @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = element(lid, wid, nwg);
-    if (i >= params.n) { return; }
-    switch OP {
-        case OP_ADD: { out[i] = x[i] + y[i]; }
-        case OP_SUB: { out[i] = x[i] - y[i]; }
-        case OP_MUL: { out[i] = x[i] * y[i]; }
-        default: { out[i] = x[i]; }
+    let start = first_element(lid, wid, nwg);
+    for (var r = 0u; r < ITEMS; r++) {
+        let i = start + r * WG;
+        if (i >= params.n) { return; }
+        switch OP {
+            case OP_ADD: { out[i] = x[i] + y[i]; }
+            case OP_SUB: { out[i] = x[i] - y[i]; }
+            case OP_MUL: { out[i] = x[i] * y[i]; }
+            default: { out[i] = x[i]; }
+        }
     }
 }
 
@@ -74,16 +83,22 @@ fn binary(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid:
 @compute @workgroup_size(WG)
 fn axpy(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
         @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = element(lid, wid, nwg);
-    if (i >= params.n) { return; }
-    out[i] = fma(params.alpha, x[i], out[i]);
+    let start = first_element(lid, wid, nwg);
+    for (var r = 0u; r < ITEMS; r++) {
+        let i = start + r * WG;
+        if (i >= params.n) { return; }
+        out[i] = fma(params.alpha, x[i], out[i]);
+    }
 }
 
 // out = alpha.
 @compute @workgroup_size(WG)
 fn fill(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
         @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = element(lid, wid, nwg);
-    if (i >= params.n) { return; }
-    out[i] = params.alpha;
+    let start = first_element(lid, wid, nwg);
+    for (var r = 0u; r < ITEMS; r++) {
+        let i = start + r * WG;
+        if (i >= params.n) { return; }
+        out[i] = params.alpha;
+    }
 }

@@ -264,3 +264,69 @@ fn matmul_vec4(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
     }
     store_vec4(t, tx, ty);
 }
+
+// ---- lanes path: for drivers that run a workgroup as SIMD lanes on a CPU (lavapipe) ----
+// No workgroup memory and no barriers. A CPU driver runs a workgroup's lanes as coroutines and
+// switches between them at every barrier, which costs more than the reuse it buys; the CPU's
+// caches do the tiling instead (measured in docs/performance.md). All invocations share the
+// workgroup's TM rows (WG_M = 1), so every read of A is the same for all lanes: one scalar load,
+// broadcast. Invocation `l` owns the TN consecutive columns from n0 + l * TN, read from B as
+// vec4s (`matmul_lanes_vec4`) or as scalars (`matmul_lanes`, any shape).
+
+// One k step: acc[i][j] += A[m0 + i, k] * bv[j].
+fn lanes_fma(t: Tile, k: u32, bv: array<vec4<f32>, 2>) {
+    for (var i = 0u; i < TM; i++) {
+        // Rows past the edge are clamped: their sums are computed but never stored.
+        let m = min(t.m0 + i, params.m - 1u);
+        var av: f32;
+        if (TRANS_A) { av = a[t.a_base + k * params.m + m]; } else { av = a[t.a_base + m * params.k + k]; }
+        for (var j = 0u; j < TN / 4u; j++) {
+            acc[i * (TN / 4u) + j] = fma(vec4(av), bv[j], acc[i * (TN / 4u) + j]);
+        }
+    }
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn matmul_lanes(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+                @builtin(num_workgroups) nwg: vec3<u32>) {
+    let t = tile_of(wid, nwg);
+    if (!t.valid) { return; }
+    clear_acc();
+    let col0 = t.n0 + lid * TN;
+    for (var k = 0u; k < params.k; k++) {
+        var bv: array<vec4<f32>, 2>;
+        for (var j = 0u; j < TN / 4u; j++) {
+            for (var q = 0u; q < 4u; q++) {
+                let n = min(col0 + 4u * j + q, params.n - 1u);
+                if (TRANS_B) { bv[j][q] = b[t.b_base + n * params.k + k]; } else { bv[j][q] = b[t.b_base + k * params.n + n]; }
+            }
+        }
+        lanes_fma(t, k, bv);
+    }
+    store_scalar(t, lid, 0u);
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn matmul_lanes_vec4(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+                     @builtin(num_workgroups) nwg: vec3<u32>) {
+    let t = tile_of(wid, nwg);
+    if (!t.valid) { return; }
+    clear_acc();
+    let col0 = t.n0 + lid * TN;
+    for (var k = 0u; k < params.k; k++) {
+        var bv: array<vec4<f32>, 2>;
+        for (var j = 0u; j < TN / 4u; j++) {
+            if (TRANS_B) {
+                for (var q = 0u; q < 4u; q++) {
+                    let idx = t.b_base + min(col0 + 4u * j + q, params.n - 1u) * params.k + k;
+                    bv[j][q] = b4[idx / 4u][idx % 4u];
+                }
+            } else {
+                let n = min(col0 + 4u * j, params.n - 4u);
+                bv[j] = b4[(t.b_base + k * params.n + n) / 4u];
+            }
+        }
+        lanes_fma(t, k, bv);
+    }
+    store_vec4(t, lid, 0u);
+}

@@ -217,16 +217,31 @@ fn workgroup_grids_beyond_65535_are_split_not_clipped() {
     let want = cpu::reduce_rows(&f64s(&x), cols, "sum");
     assert_rel("sum over 70000 rows", &got, &want, 1e-6, 1e-6);
 
-    // 2^24 + 3 elements need 65_537 workgroups of 256 in the elementwise kernels.
-    let n = (1 << 24) + 3;
-    let y = Tensor::full(gpu(), &[n], 1.5).unwrap();
-    let z = ops::scale(&y, 2.0).unwrap();
-    let all = z.to_vec().unwrap();
-    let bad = all.iter().position(|&v| v != 3.0);
-    assert_eq!(
-        bad, None,
-        "element {bad:?} of a split dispatch was not written"
+    // 70_000 batch items of a tiny transpose and a tiny matmul: one workgroup each.
+    let x = rand_vec(rows * 6, 81);
+    let t = Tensor::from_slice(gpu(), &[rows, 2, 3], &x).unwrap();
+    let got = ops::transpose(&t).unwrap().to_vec().unwrap();
+    let want = cpu::transpose(&f64s(&x), rows, 2, 3);
+    assert_close(
+        "transpose of 70000 items",
+        &got,
+        &want,
+        &vec![0.0; rows * 6],
     );
+
+    let w = rand_vec(3 * 2, 82);
+    let tw = Tensor::from_slice(gpu(), &[3, 2], &w).unwrap();
+    let got = ops::matmul(&t, &tw).unwrap().to_vec().unwrap();
+    let (xd, wd) = (f64s(&x), f64s(&w));
+    let want: Vec<f64> = (0..rows * 4)
+        .map(|e| {
+            let (item, i, j) = (e / 4, (e % 4) / 2, e % 2);
+            (0..3)
+                .map(|p| xd[item * 6 + i * 3 + p] * wd[p * 2 + j])
+                .sum()
+        })
+        .collect();
+    assert_rel("matmul of 70000 items", &got, &want, 1e-6, 1e-6);
 }
 
 // ---------------------------------------------------------------- matmul
@@ -452,6 +467,11 @@ fn matmul_every_tiling_matches_reference() {
         MatmulTiling::new(8, 8, 4, 4, 16),
         MatmulTiling::new(16, 8, 4, 8, 12),
         MatmulTiling::new(1, 32, 8, 4, 4),
+        MatmulTiling::lanes(64, 8, 8),
+        MatmulTiling::lanes(16, 16, 4),
+        MatmulTiling::lanes(4, 8, 4),
+        MatmulTiling::lanes(1, 4, 4),
+        MatmulTiling::lanes(32, 4, 8),
     ];
     let mut seed = 4000;
     for t in tilings {

@@ -510,7 +510,8 @@ mod tests {
             (65535, 65535),
             (65536, 65535),
             (10_000_000, 65535),
-            (1000, 7),
+            (300, 7),
+            (343, 7),
         ] {
             let [x, y, z] = split_groups(g, max).unwrap();
             assert!(x <= max && y <= max && z <= max);

@@ -28,7 +28,8 @@ static FILL: Kernel = Kernel {
     entry: "fill",
     access: ACCESS,
 };
-const WG: usize = 256;
+/// Elements per workgroup: 256 invocations x 8 elements each (as in the shader).
+const PER_GROUP: usize = 256 * 8;
 
 // Op codes, as in the shader.
 const OP_GELU: f64 = 0.0;
@@ -64,7 +65,7 @@ fn unary(name: &str, x: &Tensor, op: f64, alpha: f32) -> Result<Tensor> {
         &[("OP", op)],
         &[x.binding(), (d, 0, 4), out.binding()],
         &params(x.numel(), alpha),
-        groups(x.numel(), WG),
+        groups(x.numel(), PER_GROUP),
     )?;
     Ok(out)
 }
@@ -85,7 +86,7 @@ fn binary(name: &str, x: &Tensor, y: &Tensor, op: f64) -> Result<Tensor> {
         &[("OP", op)],
         &[x.binding(), y.binding(), out.binding()],
         &params(x.numel(), 0.0),
-        groups(x.numel(), WG),
+        groups(x.numel(), PER_GROUP),
     )?;
     Ok(out)
 }
@@ -132,7 +133,7 @@ pub fn axpy(alpha: f32, x: &Tensor, y: &Tensor) -> Result<()> {
         &[],
         &[x.binding(), (gpu.dummy(), 0, 4), y.binding()],
         &params(x.numel(), alpha),
-        groups(x.numel(), WG),
+        groups(x.numel(), PER_GROUP),
     )
 }
 
@@ -146,6 +147,6 @@ pub fn fill(t: &Tensor, value: f32) -> Result<()> {
         &[],
         &[(d, 0, 4), (d, 0, 4), t.binding()],
         &params(t.numel(), value),
-        groups(t.numel(), WG),
+        groups(t.numel(), PER_GROUP),
     )
 }

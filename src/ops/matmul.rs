@@ -22,6 +22,16 @@ static VEC4: Kernel = Kernel {
     entry: "matmul_vec4",
     access: ACCESS,
 };
+static LANES: Kernel = Kernel {
+    shader: &MATMUL,
+    entry: "matmul_lanes",
+    access: ACCESS,
+};
+static LANES_VEC4: Kernel = Kernel {
+    shader: &MATMUL,
+    entry: "matmul_lanes_vec4",
+    access: ACCESS,
+};
 
 /// Activation applied in the epilogue.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -33,8 +43,13 @@ pub enum Activation {
     Silu,
 }
 
-/// Tile shape of the matmul kernel: a workgroup of `wg_m x wg_n` invocations, each computing
-/// `tm x tn` outputs, stepping `bk` along K. The tile of C is `(wg_m tm) x (wg_n tn)`.
+/// Tile shape of the matmul kernels, one of two designs:
+///
+/// - tiled (GPUs): a workgroup of `wg_m x wg_n` invocations, each computing `tm x tn` outputs,
+///   stages `bk`-deep slices of A and B in workgroup memory; the tile of C is
+///   `(wg_m tm) x (wg_n tn)`.
+/// - lanes (`lanes: true`, CPU drivers such as lavapipe): `wg_n` invocations share `tm` rows and
+///   each owns `tn` columns; no workgroup memory and no barriers (`wg_m` is 1, `bk` unused).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MatmulTiling {
     pub wg_m: u32,
@@ -42,9 +57,11 @@ pub struct MatmulTiling {
     pub tm: u32,
     pub tn: u32,
     pub bk: u32,
+    pub lanes: bool,
 }
 
 impl MatmulTiling {
+    /// A tiled (workgroup-memory) shape.
     pub const fn new(wg_m: u32, wg_n: u32, tm: u32, tn: u32, bk: u32) -> Self {
         MatmulTiling {
             wg_m,
@@ -52,6 +69,19 @@ impl MatmulTiling {
             tm,
             tn,
             bk,
+            lanes: false,
+        }
+    }
+
+    /// A lanes (barrier-free) shape.
+    pub const fn lanes(wg_n: u32, tm: u32, tn: u32) -> Self {
+        MatmulTiling {
+            wg_m: 1,
+            wg_n,
+            tm,
+            tn,
+            bk: 4,
+            lanes: true,
         }
     }
 
@@ -64,11 +94,11 @@ impl MatmulTiling {
             batch * m.div_ceil(bm as usize) * n.div_ceil(bn as usize)
         };
         let candidates: &[MatmulTiling] = if gpu.is_cpu() {
-            // A software rasteriser runs one workgroup per CPU thread.
+            // A CPU driver runs one workgroup per thread: barrier-free lanes.
             &[
-                MatmulTiling::new(16, 16, 8, 8, 8),
-                MatmulTiling::new(8, 8, 8, 8, 16),
-                MatmulTiling::new(4, 4, 8, 8, 16),
+                MatmulTiling::lanes(64, 8, 8),
+                MatmulTiling::lanes(16, 8, 8),
+                MatmulTiling::lanes(4, 8, 4),
             ]
         } else {
             &[
@@ -94,7 +124,7 @@ impl MatmulTiling {
         let l = gpu.limits();
         let (bm, bn) = self.tile();
         let shared = 4 * self.bk * (bm + bn);
-        let ok = matches!(self.tm, 4 | 8)
+        let ok = matches!(self.tm, 4 | 8 | 16)
             && matches!(self.tn, 4 | 8)
             && self.bk > 0
             && self.bk.is_multiple_of(4)
@@ -297,10 +327,16 @@ fn record(
         ("ACT", act),
         ("ACCUMULATE", b2(accumulate)),
     ];
+
     let dummy = (gpu.dummy(), 0, 4);
     let bias = spec.bias.map(|t| t.binding()).unwrap_or(dummy);
     let groups = (batch * tiles_m * tiles_n) as u64;
-    let kernel = if vec4 { &VEC4 } else { &SCALAR };
+    let kernel = match (tiling.lanes, vec4) {
+        (false, false) => &SCALAR,
+        (false, true) => &VEC4,
+        (true, false) => &LANES,
+        (true, true) => &LANES_VEC4,
+    };
     gpu.dispatch(
         kernel,
         &overrides,

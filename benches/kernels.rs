@@ -157,22 +157,35 @@ fn bench_matmul(
     }
 }
 
-fn bench_unary(
+/// The same work as a GPU kernel, on the CPU: input to output.
+type CpuKernel<'a> = dyn Fn(&[f32], &mut [f32]) + 'a;
+
+/// A memory-bound kernel: `bytes` moved per call, timed on the GPU and, when given, the same
+/// work as a plain single-threaded loop on the CPU.
+fn bench_memory(
     gpu: &Gpu,
     name: &str,
-    n: usize,
+    shape: &[usize],
+    bytes: usize,
     budget: Duration,
-    f: fn(&Tensor) -> rectiflow::Result<Tensor>,
+    f: &dyn Fn(&Tensor) -> Tensor,
+    cpu: Option<&CpuKernel<'_>>,
 ) -> Row {
-    let x = Tensor::from_slice(gpu, &[n], &rand_vec(n, 3)).unwrap();
-    let secs = time_gpu(gpu, budget, || drop(f(&x).unwrap()));
+    let n: usize = shape.iter().product();
+    let x = Tensor::from_slice(gpu, shape, &rand_vec(n, 3)).unwrap();
+    let secs = time_gpu(gpu, budget, || drop(f(&x)));
+    let cpu_secs = cpu.map(|c| {
+        let hx = rand_vec(n, 3);
+        let mut hy = vec![0f32; n];
+        time_cpu(budget, || c(&hx, &mut hy))
+    });
     Row {
         kernel: name.into(),
-        shape: format!("{n}"),
+        shape: format!("{shape:?}"),
         secs,
         gflops: None,
-        gbs: Some(8.0 * n as f64 / secs / 1e9),
-        cpu_secs: None,
+        gbs: Some(bytes as f64 / secs / 1e9),
+        cpu_secs,
     }
 }
 
@@ -323,10 +336,91 @@ fn main() {
         true,
     ));
     let n = 1 << 22;
-    rows.push(bench_unary(&gpu, "gelu", n, budget, ops::gelu));
-    rows.push(bench_unary(&gpu, "silu", n, budget, ops::silu));
-    rows.push(bench_unary(&gpu, "scale", n, budget, |x| {
-        ops::scale(x, 2.0)
-    }));
+    let moved = 8 * n; // 4 bytes read and 4 written per element
+    rows.push(bench_memory(
+        &gpu,
+        "host memcpy (ceiling)",
+        &[n],
+        moved,
+        budget,
+        &|x| x.clone(),
+        Some(&|x: &[f32], y: &mut [f32]| y.copy_from_slice(x)),
+    ));
+    rows.last_mut().unwrap().secs = rows.last().unwrap().cpu_secs.unwrap();
+    rows.last_mut().unwrap().gbs = Some(moved as f64 / rows.last().unwrap().secs / 1e9);
+    rows.push(bench_memory(
+        &gpu,
+        "scale",
+        &[n],
+        moved,
+        budget,
+        &|x| ops::scale(x, 2.0).unwrap(),
+        Some(&|x: &[f32], y: &mut [f32]| y.iter_mut().zip(x).for_each(|(y, x)| *y = 2.0 * x)),
+    ));
+    rows.push(bench_memory(
+        &gpu,
+        "gelu",
+        &[n],
+        moved,
+        budget,
+        &|x| ops::gelu(x).unwrap(),
+        Some(&|x: &[f32], y: &mut [f32]| {
+            y.iter_mut().zip(x).for_each(|(y, &x)| {
+                *y = 0.5 * x * (1.0 + (0.797_884_6 * (x + 0.044715 * x * x * x)).tanh())
+            })
+        }),
+    ));
+    rows.push(bench_memory(
+        &gpu,
+        "silu",
+        &[n],
+        moved,
+        budget,
+        &|x| ops::silu(x).unwrap(),
+        Some(&|x: &[f32], y: &mut [f32]| {
+            y.iter_mut()
+                .zip(x)
+                .for_each(|(y, &x)| *y = x / (1.0 + (-x).exp()))
+        }),
+    ));
+    rows.push(bench_memory(
+        &gpu,
+        "add",
+        &[n],
+        12 * n,
+        budget,
+        &|x| ops::add(x, x).unwrap(),
+        Some(&|x: &[f32], y: &mut [f32]| y.iter_mut().zip(x).for_each(|(y, x)| *y = x + x)),
+    ));
+    for (r, c) in [(4096usize, 1024usize), (1024 * 16, 128)] {
+        rows.push(bench_memory(
+            &gpu,
+            "sum_rows",
+            &[r, c],
+            4 * r * c,
+            budget,
+            &|x| ops::sum_rows(x).unwrap(),
+            Some(&|x: &[f32], y: &mut [f32]| {
+                x.chunks(c)
+                    .zip(y.iter_mut())
+                    .for_each(|(row, y)| *y = row.iter().sum())
+            }),
+        ));
+        rows.push(bench_memory(
+            &gpu,
+            "transpose",
+            &[r, c],
+            8 * r * c,
+            budget,
+            &|x| ops::transpose(x).unwrap(),
+            Some(&|x: &[f32], y: &mut [f32]| {
+                for i in 0..r {
+                    for j in 0..c {
+                        y[j * r + i] = x[i * c + j];
+                    }
+                }
+            }),
+        ));
+    }
     print_rows(&rows);
 }

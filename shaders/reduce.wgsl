@@ -52,3 +52,19 @@ fn reduce_rows(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
         out[row] = r;
     }
 }
+
+// One row per invocation, folded serially: no workgroup memory and no barriers. For CPU drivers
+// (where a barrier switches coroutines) and for rows too short to share among a workgroup.
+@compute @workgroup_size(64)
+fn reduce_rows_serial(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+                      @builtin(num_workgroups) nwg: vec3<u32>) {
+    let row = (wid.x + wid.y * nwg.x + wid.z * nwg.x * nwg.y) * 64u + lid;
+    if (row >= params.rows) { return; }
+    let base = row * params.cols;
+    var acc = select(0.0, bitcast<f32>(0xff800000u), OP == OP_MAX);
+    for (var j = 0u; j < params.cols; j++) {
+        acc = combine(acc, x[base + j]);
+    }
+    if (OP == OP_MEAN) { acc = acc / f32(params.cols); }
+    out[row] = acc;
+}

@@ -45,3 +45,21 @@ fn transpose(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id
         out[base + orow * params.rows + oc] = tile[lid.x * (T + 1u) + lid.y];
     }
 }
+
+// Without workgroup memory: each invocation writes 8 consecutive output elements (reading a
+// column of the input). For CPU drivers, whose caches serve the strided reads and for which a
+// barrier costs more than the tile saves.
+@compute @workgroup_size(256)
+fn transpose_direct(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+                    @builtin(num_workgroups) nwg: vec3<u32>) {
+    let first = ((wid.x + wid.y * nwg.x + wid.z * nwg.x * nwg.y) * 256u + lid) * 8u;
+    let per_batch = params.rows * params.cols;
+    let total = params.batch * per_batch;
+    for (var e = first; e < min(first + 8u, total); e++) {
+        // e indexes the output [b, c, r].
+        let b = e / per_batch;
+        let c = (e % per_batch) / params.rows;
+        let r = e % params.rows;
+        out[e] = x[b * per_batch + r * params.cols + c];
+    }
+}

@@ -50,6 +50,11 @@ fn info() -> rectiflow::Result<()> {
     );
     println!("  driver: {} {}", i.driver, i.driver_info);
     println!(
+        "  kernel profile: {:?} (set {} to cpu or gpu)",
+        g.profile(),
+        gpu::ENV_PROFILE
+    );
+    println!(
         "  selection: {}={:?}, {}={:?}",
         gpu::ENV_ADAPTER,
         std::env::var(gpu::ENV_ADAPTER).unwrap_or_default(),

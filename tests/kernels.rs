@@ -3,8 +3,12 @@
 
 mod common;
 
-use common::{assert_close, assert_rel, f64s, gpu, rand_vec, reference as cpu};
+use common::{
+    assert_close, assert_rel, both_profiles, f64s, gpu, gpu_other_profile, rand_vec,
+    reference as cpu,
+};
 use rectiflow::ops::{self, Activation, MatmulSpec, MatmulTiling};
+use rectiflow::Gpu;
 use rectiflow::{Error, Tensor};
 
 type BinaryOp = fn(&Tensor, &Tensor) -> rectiflow::Result<Tensor>;
@@ -124,124 +128,137 @@ fn binary_ops_reject_mismatched_shapes() {
 
 #[test]
 fn row_reductions_match_reference() {
-    let mut shapes: Vec<Vec<usize>> = vec![vec![1], vec![257], vec![2, 3, 1000], vec![5, 4097]];
-    for &r in &SIZES {
-        for &c in &[1, 7, 65, 257] {
-            shapes.push(vec![r, c]);
+    // Both kernel designs (see common::gpu_other_profile).
+    for g in both_profiles() {
+        let mut shapes: Vec<Vec<usize>> = vec![vec![1], vec![257], vec![2, 3, 1000], vec![5, 4097]];
+        for &r in &SIZES {
+            for &c in &[1, 7, 65, 257] {
+                shapes.push(vec![r, c]);
+            }
         }
-    }
-    for (i, shape) in shapes.iter().enumerate() {
-        let n: usize = shape.iter().product();
-        let cols = *shape.last().unwrap();
-        let x = rand_vec(n, 60 + i as u64);
-        let t = Tensor::from_slice(gpu(), shape, &x).unwrap();
-        let xd = f64s(&x);
-        // Summation error: at most (cols) ulps of the sum of magnitudes.
-        let mag = cpu::reduce_rows(&xd.iter().map(|v| v.abs()).collect::<Vec<_>>(), cols, "sum");
-        for (name, op) in [
-            (
-                "sum",
-                ops::sum_rows as fn(&Tensor) -> rectiflow::Result<Tensor>,
-            ),
-            ("mean", ops::mean_rows),
-            ("max", ops::max_rows),
-        ] {
-            let out = op(&t).unwrap();
-            let want_shape = if shape.len() == 1 {
-                vec![1]
-            } else {
-                shape[..shape.len() - 1].to_vec()
-            };
-            assert_eq!(out.shape(), want_shape.as_slice(), "{name} {shape:?}");
-            let got = out.to_vec().unwrap();
-            let want = cpu::reduce_rows(&xd, cols, name);
-            let tol: Vec<f64> = match name {
-                "max" => vec![0.0; want.len()], // exact
-                "mean" => mag
-                    .iter()
-                    .map(|m| (cols as f64 + 2.0) * 6e-8 * m / cols as f64 + 1e-30)
-                    .collect(),
-                _ => mag
-                    .iter()
-                    .map(|m| (cols as f64 + 1.0) * 6e-8 * m + 1e-30)
-                    .collect(),
-            };
-            assert_close(&format!("{name} {shape:?}"), &got, &want, &tol);
+        for (i, shape) in shapes.iter().enumerate() {
+            let n: usize = shape.iter().product();
+            let cols = *shape.last().unwrap();
+            let x = rand_vec(n, 60 + i as u64);
+            let t = Tensor::from_slice(g, shape, &x).unwrap();
+            let xd = f64s(&x);
+            // Summation error: at most (cols) ulps of the sum of magnitudes.
+            let mag =
+                cpu::reduce_rows(&xd.iter().map(|v| v.abs()).collect::<Vec<_>>(), cols, "sum");
+            for (name, op) in [
+                (
+                    "sum",
+                    ops::sum_rows as fn(&Tensor) -> rectiflow::Result<Tensor>,
+                ),
+                ("mean", ops::mean_rows),
+                ("max", ops::max_rows),
+            ] {
+                let out = op(&t).unwrap();
+                let want_shape = if shape.len() == 1 {
+                    vec![1]
+                } else {
+                    shape[..shape.len() - 1].to_vec()
+                };
+                assert_eq!(out.shape(), want_shape.as_slice(), "{name} {shape:?}");
+                let got = out.to_vec().unwrap();
+                let want = cpu::reduce_rows(&xd, cols, name);
+                let tol: Vec<f64> = match name {
+                    "max" => vec![0.0; want.len()], // exact
+                    "mean" => mag
+                        .iter()
+                        .map(|m| (cols as f64 + 2.0) * 6e-8 * m / cols as f64 + 1e-30)
+                        .collect(),
+                    _ => mag
+                        .iter()
+                        .map(|m| (cols as f64 + 1.0) * 6e-8 * m + 1e-30)
+                        .collect(),
+                };
+                assert_close(&format!("{name} {shape:?}"), &got, &want, &tol);
+            }
         }
     }
 }
 
 #[test]
 fn max_of_a_row_of_negative_infinities_is_negative_infinity() {
-    let t = Tensor::from_slice(gpu(), &[1, 3], &[f32::NEG_INFINITY; 3]).unwrap();
-    assert_eq!(
-        ops::max_rows(&t).unwrap().to_vec().unwrap(),
-        vec![f32::NEG_INFINITY]
-    );
-}
-
-#[test]
-fn transpose_matches_reference() {
-    let mut shapes: Vec<Vec<usize>> = vec![vec![3, 33, 65], vec![2, 1, 257], vec![4, 16, 16]];
-    for &r in &SIZES {
-        for &c in &SIZES {
-            shapes.push(vec![r, c]);
-        }
-    }
-    for (i, shape) in shapes.iter().enumerate() {
-        let n: usize = shape.iter().product();
-        let (r, c) = (shape[shape.len() - 2], shape[shape.len() - 1]);
-        let x = rand_vec(n, 70 + i as u64);
-        let t = Tensor::from_slice(gpu(), shape, &x).unwrap();
-        let out = ops::transpose(&t).unwrap();
-        let mut want_shape = shape.clone();
-        want_shape.swap(shape.len() - 2, shape.len() - 1);
-        assert_eq!(out.shape(), want_shape.as_slice());
-        let want = cpu::transpose(&f64s(&x), n / (r * c), r, c);
-        assert_close(
-            &format!("transpose {shape:?}"),
-            &out.to_vec().unwrap(),
-            &want,
-            &vec![0.0; n],
+    // Both kernel designs (see common::gpu_other_profile).
+    for g in both_profiles() {
+        let t = Tensor::from_slice(g, &[1, 3], &[f32::NEG_INFINITY; 3]).unwrap();
+        assert_eq!(
+            ops::max_rows(&t).unwrap().to_vec().unwrap(),
+            vec![f32::NEG_INFINITY]
         );
     }
 }
 
 #[test]
+fn transpose_matches_reference() {
+    // Both kernel designs (see common::gpu_other_profile).
+    for g in both_profiles() {
+        let mut shapes: Vec<Vec<usize>> = vec![vec![3, 33, 65], vec![2, 1, 257], vec![4, 16, 16]];
+        for &r in &SIZES {
+            for &c in &SIZES {
+                shapes.push(vec![r, c]);
+            }
+        }
+        for (i, shape) in shapes.iter().enumerate() {
+            let n: usize = shape.iter().product();
+            let (r, c) = (shape[shape.len() - 2], shape[shape.len() - 1]);
+            let x = rand_vec(n, 70 + i as u64);
+            let t = Tensor::from_slice(g, shape, &x).unwrap();
+            let out = ops::transpose(&t).unwrap();
+            let mut want_shape = shape.clone();
+            want_shape.swap(shape.len() - 2, shape.len() - 1);
+            assert_eq!(out.shape(), want_shape.as_slice());
+            let want = cpu::transpose(&f64s(&x), n / (r * c), r, c);
+            assert_close(
+                &format!("transpose {shape:?}"),
+                &out.to_vec().unwrap(),
+                &want,
+                &vec![0.0; n],
+            );
+        }
+    }
+}
+
+#[test]
 fn workgroup_grids_beyond_65535_are_split_not_clipped() {
-    // 70_000 rows need 70_000 workgroups in the reduction: more than one dimension holds.
-    let (rows, cols) = (70_000usize, 3usize);
-    let x = rand_vec(rows * cols, 80);
-    let t = Tensor::from_slice(gpu(), &[rows, cols], &x).unwrap();
-    let got = ops::sum_rows(&t).unwrap().to_vec().unwrap();
-    let want = cpu::reduce_rows(&f64s(&x), cols, "sum");
-    assert_rel("sum over 70000 rows", &got, &want, 1e-6, 1e-6);
+    // Both kernel designs (see common::gpu_other_profile).
+    for g in both_profiles() {
+        // 70_000 rows need 70_000 workgroups in the reduction: more than one dimension holds.
+        let (rows, cols) = (70_000usize, 3usize);
+        let x = rand_vec(rows * cols, 80);
+        let t = Tensor::from_slice(g, &[rows, cols], &x).unwrap();
+        let got = ops::sum_rows(&t).unwrap().to_vec().unwrap();
+        let want = cpu::reduce_rows(&f64s(&x), cols, "sum");
+        assert_rel("sum over 70000 rows", &got, &want, 1e-6, 1e-6);
 
-    // 70_000 batch items of a tiny transpose and a tiny matmul: one workgroup each.
-    let x = rand_vec(rows * 6, 81);
-    let t = Tensor::from_slice(gpu(), &[rows, 2, 3], &x).unwrap();
-    let got = ops::transpose(&t).unwrap().to_vec().unwrap();
-    let want = cpu::transpose(&f64s(&x), rows, 2, 3);
-    assert_close(
-        "transpose of 70000 items",
-        &got,
-        &want,
-        &vec![0.0; rows * 6],
-    );
+        // 70_000 batch items of a tiny transpose and a tiny matmul: one workgroup each.
+        let x = rand_vec(rows * 6, 81);
+        let t = Tensor::from_slice(g, &[rows, 2, 3], &x).unwrap();
+        let got = ops::transpose(&t).unwrap().to_vec().unwrap();
+        let want = cpu::transpose(&f64s(&x), rows, 2, 3);
+        assert_close(
+            "transpose of 70000 items",
+            &got,
+            &want,
+            &vec![0.0; rows * 6],
+        );
 
-    let w = rand_vec(3 * 2, 82);
-    let tw = Tensor::from_slice(gpu(), &[3, 2], &w).unwrap();
-    let got = ops::matmul(&t, &tw).unwrap().to_vec().unwrap();
-    let (xd, wd) = (f64s(&x), f64s(&w));
-    let want: Vec<f64> = (0..rows * 4)
-        .map(|e| {
-            let (item, i, j) = (e / 4, (e % 4) / 2, e % 2);
-            (0..3)
-                .map(|p| xd[item * 6 + i * 3 + p] * wd[p * 2 + j])
-                .sum()
-        })
-        .collect();
-    assert_rel("matmul of 70000 items", &got, &want, 1e-6, 1e-6);
+        let w = rand_vec(3 * 2, 82);
+        let tw = Tensor::from_slice(g, &[3, 2], &w).unwrap();
+        let got = ops::matmul(&t, &tw).unwrap().to_vec().unwrap();
+        let (xd, wd) = (f64s(&x), f64s(&w));
+        let want: Vec<f64> = (0..rows * 4)
+            .map(|e| {
+                let (item, i, j) = (e / 4, (e % 4) / 2, e % 2);
+                (0..3)
+                    .map(|p| xd[item * 6 + i * 3 + p] * wd[p * 2 + j])
+                    .sum()
+            })
+            .collect();
+        assert_rel("matmul of 70000 items", &got, &want, 1e-6, 1e-6);
+    }
 }
 
 // ---------------------------------------------------------------- matmul
@@ -260,6 +277,7 @@ struct Mm {
     act: Activation,
     accumulate: bool,
     tiling: Option<MatmulTiling>,
+    context: &'static Gpu,
 }
 
 impl Mm {
@@ -278,11 +296,12 @@ impl Mm {
             act: Activation::None,
             accumulate: false,
             tiling: None,
+            context: gpu(),
         }
     }
 
     fn check(&self, seed: u64) {
-        let g = gpu();
+        let g = self.context;
         let (m, k, n) = (self.m, self.k, self.n);
         let ab = if self.a_batched { self.batch } else { 1 };
         let bb = if self.b_batched { self.batch } else { 1 };
@@ -384,18 +403,29 @@ fn shapes_to_test() -> Vec<(usize, usize, usize)> {
     v
 }
 
+/// Every shape and layout with each profile's own tile choice, and with both designs forced.
 #[test]
 fn matmul_every_layout_matches_reference() {
     let mut seed = 1000;
-    for (m, k, n) in shapes_to_test() {
-        for (trans_a, trans_b) in [(false, false), (false, true), (true, false), (true, true)] {
-            Mm {
-                trans_a,
-                trans_b,
-                ..Mm::new(m, k, n)
+    let runs = [
+        (gpu(), None),
+        (gpu_other_profile(), None),
+        (gpu(), Some(MatmulTiling::new(16, 16, 4, 4, 16))),
+        (gpu(), Some(MatmulTiling::lanes(16, 8, 8))),
+    ];
+    for (context, tiling) in runs {
+        for (m, k, n) in shapes_to_test() {
+            for (trans_a, trans_b) in [(false, false), (false, true), (true, false), (true, true)] {
+                Mm {
+                    trans_a,
+                    trans_b,
+                    tiling,
+                    context,
+                    ..Mm::new(m, k, n)
+                }
+                .check(seed);
+                seed += 10;
             }
-            .check(seed);
-            seed += 10;
         }
     }
 }
@@ -527,6 +557,14 @@ fn matmul_rejects_bad_shapes_and_tilings() {
     ));
     let spec = MatmulSpec {
         tiling: Some(MatmulTiling::new(8, 8, 3, 4, 16)),
+        ..Default::default()
+    };
+    assert!(matches!(
+        ops::matmul_with(&a, &b, &spec),
+        Err(Error::Config(_))
+    ));
+    let spec = MatmulSpec {
+        tiling: Some(MatmulTiling::lanes(64, 16, 8)),
         ..Default::default()
     };
     assert!(matches!(

@@ -31,6 +31,30 @@ pub const ENV_NO_IMMEDIATES: &str = "RECTIFLOW_NO_IMMEDIATES";
 /// that leaves an element unwritten shows it (debugging; the tests always do this).
 pub const ENV_POISON: &str = "RECTIFLOW_POISON";
 
+/// Environment variable: `cpu` or `gpu`, the kernel designs to use (see [`KernelProfile`]).
+pub const ENV_PROFILE: &str = "RECTIFLOW_PROFILE";
+
+/// Which design each op picks where there are two. A GPU shares data through workgroup memory;
+/// a CPU driver (lavapipe) runs a workgroup's lanes as coroutines that switch at every barrier,
+/// so there barrier-free kernels win and the CPU's caches do the tiling (docs/performance.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelProfile {
+    Gpu,
+    Cpu,
+}
+
+impl KernelProfile {
+    fn parse(name: &str) -> Result<KernelProfile> {
+        match name.to_ascii_lowercase().as_str() {
+            "gpu" => Ok(KernelProfile::Gpu),
+            "cpu" => Ok(KernelProfile::Cpu),
+            other => Err(Error::Config(format!(
+                "{ENV_PROFILE}={other:?}: use cpu or gpu"
+            ))),
+        }
+    }
+}
+
 /// Size in bytes of every kernel's parameter block (immediates or one arena slot).
 pub(crate) const PARAMS_BYTES: usize = 128;
 
@@ -51,6 +75,8 @@ pub struct GpuOptions {
     pub no_immediates: bool,
     /// Fill every new tensor with NaN (also `RECTIFLOW_POISON=1`).
     pub poison: bool,
+    /// Kernel designs (also `RECTIFLOW_PROFILE`); by default from the adapter's type.
+    pub profile: Option<KernelProfile>,
 }
 
 /// One adapter as `rectiflow info` reports it.
@@ -96,6 +122,7 @@ pub(crate) struct GpuInner {
     limits: wgpu::Limits,
     use_immediates: bool,
     poison: bool,
+    profile: KernelProfile,
     pool: BufferPool,
     pipelines: PipelineCache,
     recorder: Mutex<Recorder>,
@@ -216,8 +243,16 @@ impl Gpu {
             uncaptured,
             opts.no_immediates || flag(ENV_NO_IMMEDIATES),
         );
-        Arc::get_mut(&mut gpu.inner).expect("not shared yet").poison =
-            opts.poison || flag(ENV_POISON);
+        let profile = match opts.profile {
+            Some(p) => p,
+            None => match env_nonempty(ENV_PROFILE) {
+                Some(name) => KernelProfile::parse(&name)?,
+                None => gpu.inner.profile,
+            },
+        };
+        let inner = Arc::get_mut(&mut gpu.inner).expect("not shared yet");
+        inner.poison = opts.poison || flag(ENV_POISON);
+        inner.profile = profile;
         Ok(gpu)
     }
 
@@ -243,6 +278,11 @@ impl Gpu {
         let use_immediates = !no_immediates
             && features.contains(wgpu::Features::IMMEDIATES)
             && limits.max_immediate_size as usize >= PARAMS_BYTES;
+        let profile = if info.device_type == wgpu::DeviceType::Cpu {
+            KernelProfile::Cpu
+        } else {
+            KernelProfile::Gpu
+        };
         let pool = BufferPool::new(device.clone());
         let dummy = pool
             .acquire(16, pool::STORAGE_USAGE, &limits)
@@ -258,6 +298,7 @@ impl Gpu {
                 limits,
                 use_immediates,
                 poison: false,
+                profile,
                 pool,
                 pipelines,
                 recorder,
@@ -294,9 +335,9 @@ impl Gpu {
     pub fn poisons(&self) -> bool {
         self.inner.poison
     }
-    /// True for software adapters (lavapipe, SwiftShader, WARP).
-    pub fn is_cpu(&self) -> bool {
-        self.inner.info.device_type == wgpu::DeviceType::Cpu
+    /// The kernel designs the ops pick (CPU drivers: barrier-free).
+    pub fn profile(&self) -> KernelProfile {
+        self.inner.profile
     }
 
     /// Counters of the buffer pool (buffers created and reused, bytes live and peak).

@@ -7,7 +7,7 @@
 
 use super::ensure_f32;
 use crate::error::{ensure_shape, Error, Result};
-use crate::gpu::{Access, Gpu, Kernel};
+use crate::gpu::{Access, Gpu, Kernel, KernelProfile};
 use crate::shaders::MATMUL;
 use crate::tensor::{DType, Tensor};
 
@@ -93,7 +93,7 @@ impl MatmulTiling {
             let (bm, bn) = t.tile();
             batch * m.div_ceil(bm as usize) * n.div_ceil(bn as usize)
         };
-        let candidates: &[MatmulTiling] = if gpu.is_cpu() {
+        let candidates: &[MatmulTiling] = if gpu.profile() == KernelProfile::Cpu {
             // A CPU driver runs one workgroup per thread: barrier-free lanes.
             &[
                 MatmulTiling::lanes(64, 8, 8),
@@ -106,7 +106,11 @@ impl MatmulTiling {
                 MatmulTiling::new(8, 8, 4, 4, 16),
             ]
         };
-        let want = if gpu.is_cpu() { 8 } else { 64 };
+        let want = if gpu.profile() == KernelProfile::Cpu {
+            8
+        } else {
+            64
+        };
         candidates
             .iter()
             .copied()
@@ -124,20 +128,32 @@ impl MatmulTiling {
         let l = gpu.limits();
         let (bm, bn) = self.tile();
         let shared = 4 * self.bk * (bm + bn);
-        let ok = matches!(self.tm, 4 | 8 | 16)
-            && matches!(self.tn, 4 | 8)
-            && self.bk > 0
-            && self.bk.is_multiple_of(4)
-            && self.wg_m * self.wg_n <= l.max_compute_invocations_per_workgroup
-            && self.wg_m * self.wg_n <= l.max_compute_workgroup_size_x
-            && shared <= l.max_compute_workgroup_storage_size;
+        let invocations = self.wg_m * self.wg_n;
+        let fits = invocations >= 1
+            && invocations <= l.max_compute_invocations_per_workgroup
+            && invocations <= l.max_compute_workgroup_size_x;
+        // The kernels hold at most 16 vec4 accumulators (TM x TN/4).
+        let ok = if self.lanes {
+            fits && self.wg_m == 1
+                && matches!(self.tm, 4 | 8 | 16)
+                && matches!(self.tn, 4 | 8)
+                && self.tm * self.tn <= 64
+        } else {
+            fits && matches!(self.tm, 4 | 8)
+                && matches!(self.tn, 4 | 8)
+                && self.bk > 0
+                && self.bk.is_multiple_of(4)
+                && shared <= l.max_compute_workgroup_storage_size
+        };
         if ok {
             Ok(())
         } else {
             Err(Error::Config(format!(
-                "matmul tiling {self:?} is not usable here: tm and tn must be 4 or 8, bk a multiple \
-                 of 4, wg_m*wg_n at most {} invocations and 4*bk*(BM+BN) = {shared} bytes at most {}",
-                l.max_compute_invocations_per_workgroup, l.max_compute_workgroup_storage_size
+                "matmul tiling {self:?} is not usable here: tiled shapes need tm and tn of 4 or 8, \
+                 bk a multiple of 4 and 4*bk*(BM+BN) = {shared} bytes at most {}; lanes shapes \
+                 need wg_m 1, tm of 4, 8 or 16, tn of 4 or 8 and tm*tn at most 64; both at most \
+                 {} invocations",
+                l.max_compute_workgroup_storage_size, l.max_compute_invocations_per_workgroup
             )))
         }
     }
@@ -305,8 +321,9 @@ fn record(
     // vec4 access needs each operand's contiguous dimension, and N, to be multiples of 4.
     let a_contig = if spec.trans_a { d.m } else { d.k };
     let b_contig = if spec.trans_b { d.k } else { d.n };
-    let vec4 = a_contig % 4 == 0
-        && b_contig % 4 == 0
+    // (The lanes kernels read only B and C as vec4s.)
+    let vec4 = (tiling.lanes || a_contig.is_multiple_of(4))
+        && b_contig.is_multiple_of(4)
         && d.n.is_multiple_of(4)
         && [a, b, out].iter().all(|t| t.vec4_aligned());
     let act = match spec.activation {

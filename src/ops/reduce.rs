@@ -3,13 +3,18 @@
 
 use super::ensure_f32;
 use crate::error::{ensure_shape, Result};
-use crate::gpu::{Access, Kernel};
+use crate::gpu::{Access, Kernel, KernelProfile};
 use crate::shaders::REDUCE;
 use crate::tensor::{DType, Tensor};
 
 static REDUCE_ROWS: Kernel = Kernel {
     shader: &REDUCE,
     entry: "reduce_rows",
+    access: &[Access::Read, Access::ReadWrite],
+};
+static REDUCE_ROWS_SERIAL: Kernel = Kernel {
+    shader: &REDUCE,
+    entry: "reduce_rows_serial",
     access: &[Access::Read, Access::ReadWrite],
 };
 
@@ -39,13 +44,26 @@ fn reduce(name: &str, x: &Tensor, op: f64) -> Result<Tensor> {
         cols: cols as u32,
         _pad: [0; 2],
     };
-    gpu.dispatch(
-        &REDUCE_ROWS,
-        &[("OP", op)],
-        &[x.binding(), out.binding()],
-        &p,
-        rows as u64,
-    )?;
+    // A workgroup per row pays off for long rows on a GPU; otherwise one row per invocation
+    // (no barriers) is faster.
+    if gpu.profile() == KernelProfile::Cpu || cols <= 64 {
+        let groups = rows.div_ceil(64) as u64;
+        gpu.dispatch(
+            &REDUCE_ROWS_SERIAL,
+            &[("OP", op)],
+            &[x.binding(), out.binding()],
+            &p,
+            groups,
+        )?;
+    } else {
+        gpu.dispatch(
+            &REDUCE_ROWS,
+            &[("OP", op)],
+            &[x.binding(), out.binding()],
+            &p,
+            rows as u64,
+        )?;
+    }
     Ok(out)
 }
 

@@ -2,13 +2,18 @@
 
 use super::ensure_f32;
 use crate::error::{ensure_shape, Result};
-use crate::gpu::{Access, Kernel};
+use crate::gpu::{Access, Kernel, KernelProfile};
 use crate::shaders::TRANSPOSE;
 use crate::tensor::{DType, Tensor};
 
 static TRANSPOSE_KERNEL: Kernel = Kernel {
     shader: &TRANSPOSE,
     entry: "transpose",
+    access: &[Access::Read, Access::ReadWrite],
+};
+static TRANSPOSE_DIRECT: Kernel = Kernel {
+    shader: &TRANSPOSE,
+    entry: "transpose_direct",
     access: &[Access::Read, Access::ReadWrite],
 };
 const TILE: usize = 16;
@@ -46,13 +51,25 @@ pub fn transpose(x: &Tensor) -> Result<Tensor> {
         tiles_r: rows.div_ceil(TILE) as u32,
         _pad: [0; 3],
     };
-    let groups = (batch * rows.div_ceil(TILE) * cols.div_ceil(TILE)) as u64;
-    gpu.dispatch(
-        &TRANSPOSE_KERNEL,
-        &[],
-        &[x.binding(), out.binding()],
-        &p,
-        groups,
-    )?;
+    // CPU drivers: no tile, no barrier (their caches serve the strided reads).
+    if gpu.profile() == KernelProfile::Cpu {
+        let groups = x.numel().div_ceil(256 * 8) as u64;
+        gpu.dispatch(
+            &TRANSPOSE_DIRECT,
+            &[],
+            &[x.binding(), out.binding()],
+            &p,
+            groups,
+        )?;
+    } else {
+        let groups = (batch * rows.div_ceil(TILE) * cols.div_ceil(TILE)) as u64;
+        gpu.dispatch(
+            &TRANSPOSE_KERNEL,
+            &[],
+            &[x.binding(), out.binding()],
+            &p,
+            groups,
+        )?;
+    }
     Ok(out)
 }

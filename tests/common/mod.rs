@@ -5,7 +5,7 @@
 pub mod reference;
 
 use rand::{Rng, SeedableRng};
-use rectiflow::gpu::{Gpu, GpuOptions};
+use rectiflow::gpu::{Gpu, GpuOptions, KernelProfile};
 use std::sync::OnceLock;
 
 /// The test context: every new tensor is filled with NaN, so unwritten outputs show.
@@ -18,6 +18,29 @@ pub fn gpu() -> &'static Gpu {
         })
         .unwrap_or_else(|e| panic!("{e}"))
     })
+}
+
+/// A second test context that picks the other kernel design where ops have two (on lavapipe:
+/// the workgroup-memory kernels meant for GPUs), so both designs are checked on any machine.
+pub fn gpu_other_profile() -> &'static Gpu {
+    static GPU: OnceLock<Gpu> = OnceLock::new();
+    GPU.get_or_init(|| {
+        let profile = match gpu().profile() {
+            KernelProfile::Cpu => KernelProfile::Gpu,
+            KernelProfile::Gpu => KernelProfile::Cpu,
+        };
+        Gpu::with_options(&GpuOptions {
+            poison: true,
+            profile: Some(profile),
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| panic!("{e}"))
+    })
+}
+
+/// Both test contexts.
+pub fn both_profiles() -> [&'static Gpu; 2] {
+    [gpu(), gpu_other_profile()]
 }
 
 /// Uniform values in [-1, 1), reproducible from `seed`.

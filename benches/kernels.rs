@@ -15,34 +15,40 @@ fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
     (0..n).map(|_| r.random_range(-1.0..1.0)).collect()
 }
 
-/// Mean seconds per call of `f` (which records GPU work), over enough calls for ~`budget`.
-fn time_gpu(gpu: &Gpu, budget: Duration, mut f: impl FnMut()) -> f64 {
+/// Timed batches per measurement; the median batch is reported (this machine's neighbours make
+/// single runs vary by +-20%).
+const BATCHES: usize = 5;
+
+/// Seconds per call of `f`: the median over batches of the mean over enough calls to fill
+/// `budget / BATCHES`. `sync` waits for the work `f` recorded (nothing for CPU work).
+fn median_time(budget: Duration, mut f: impl FnMut(), sync: impl Fn()) -> f64 {
     f();
-    gpu.synchronize().unwrap(); // compile, warm up
+    sync(); // compile, warm up
     let t = Instant::now();
     f();
-    gpu.synchronize().unwrap();
-    let one = t.elapsed().as_secs_f64().max(1e-6);
-    let reps = ((budget.as_secs_f64() / one) as usize).clamp(2, 200);
-    let t = Instant::now();
-    for _ in 0..reps {
-        f();
-    }
-    gpu.synchronize().unwrap();
-    t.elapsed().as_secs_f64() / reps as f64
+    sync();
+    let one = t.elapsed().as_secs_f64().max(1e-7);
+    let reps = ((budget.as_secs_f64() / BATCHES as f64 / one) as usize).clamp(1, 200);
+    let mut batches: Vec<f64> = (0..BATCHES)
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..reps {
+                f();
+            }
+            sync();
+            t.elapsed().as_secs_f64() / reps as f64
+        })
+        .collect();
+    batches.sort_by(f64::total_cmp);
+    batches[BATCHES / 2]
 }
 
-fn time_cpu(budget: Duration, mut f: impl FnMut()) -> f64 {
-    f();
-    let t = Instant::now();
-    f();
-    let one = t.elapsed().as_secs_f64().max(1e-7);
-    let reps = ((budget.as_secs_f64() / one) as usize).clamp(2, 200);
-    let t = Instant::now();
-    for _ in 0..reps {
-        f();
-    }
-    t.elapsed().as_secs_f64() / reps as f64
+fn time_gpu(gpu: &Gpu, budget: Duration, f: impl FnMut()) -> f64 {
+    median_time(budget, f, || gpu.synchronize().unwrap())
+}
+
+fn time_cpu(budget: Duration, f: impl FnMut()) -> f64 {
+    median_time(budget, f, || ())
 }
 
 fn cpu_sgemm(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32]) {

@@ -27,6 +27,9 @@ const OP_SCALE: u32 = 2u;
 const OP_ADD: u32 = 10u;
 const OP_SUB: u32 = 11u;
 const OP_MUL: u32 = 12u;
+const OP_GELU_BACKWARD: u32 = 13u;  // x: input of the forward, y: gradient of its output
+const OP_SILU_BACKWARD: u32 = 14u;
+const OP_SCALE_BY: u32 = 15u;       // alpha * x * y[0]: scale by a scalar that lives on the GPU
 
 override OP: u32 = 0u;
 
@@ -44,6 +47,19 @@ fn gelu(v: f32) -> f32 {
 
 fn silu(v: f32) -> f32 {
     return v / (1.0 + exp(-v));
+}
+
+// d gelu / dx = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) sqrt(2/pi) (1 + 3 * 0.044715 x^2)
+fn gelu_grad(v: f32) -> f32 {
+    let u = clamp(0.7978845608028654 * (v + 0.044715 * v * v * v), -15.0, 15.0);
+    let th = tanh(u);
+    return 0.5 * (1.0 + th) + 0.5 * v * (1.0 - th * th) * 0.7978845608028654 * (1.0 + 0.134145 * v * v);
+}
+
+// d silu / dx = s (1 + x (1 - s)), s = sigmoid(x)
+fn silu_grad(v: f32) -> f32 {
+    let s = 1.0 / (1.0 + exp(-v));
+    return s * (1.0 + v * (1.0 - s));
 }
 
 @compute @workgroup_size(WG)
@@ -74,6 +90,9 @@ fn binary(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid:
             case OP_ADD: { out[i] = x[i] + y[i]; }
             case OP_SUB: { out[i] = x[i] - y[i]; }
             case OP_MUL: { out[i] = x[i] * y[i]; }
+            case OP_GELU_BACKWARD: { out[i] = gelu_grad(x[i]) * y[i]; }
+            case OP_SILU_BACKWARD: { out[i] = silu_grad(x[i]) * y[i]; }
+            case OP_SCALE_BY: { out[i] = params.alpha * x[i] * y[0]; }
             default: { out[i] = x[i]; }
         }
     }

@@ -5,8 +5,8 @@
 struct Params {
     rows: u32,
     cols: u32,
-    _pad0: u32,
-    _pad1: u32,
+    tokens: u32,  // sum_tokens only
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;
@@ -67,4 +67,22 @@ fn reduce_rows_serial(@builtin(local_invocation_index) lid: u32, @builtin(workgr
     }
     if (OP == OP_MEAN) { acc = acc / f32(params.cols); }
     out[row] = acc;
+}
+
+// Sums over the middle axis: out[b, c] = sum_t x[b, t, c] for x of shape [B, T, C] (rows = B,
+// cols = C, and T in the third parameter). One invocation per output; consecutive invocations
+// read consecutive columns. Bias gradients are the case B = 1.
+@compute @workgroup_size(64)
+fn sum_tokens(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+              @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = (wid.x + wid.y * nwg.x + wid.z * nwg.x * nwg.y) * 64u + lid;
+    if (e >= params.rows * params.cols) { return; }
+    let b = e / params.cols;
+    let c = e % params.cols;
+    let tokens = params.tokens;
+    var acc = 0.0;
+    for (var t = 0u; t < tokens; t++) {
+        acc += x[(b * tokens + t) * params.cols + c];
+    }
+    out[e] = acc;
 }

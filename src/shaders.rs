@@ -14,9 +14,25 @@ macro_rules! shader {
 
 shader!(ELEMENTWISE, "elementwise", wgpu::Features::empty());
 shader!(REDUCE, "reduce", wgpu::Features::empty());
-shader!(TRANSPOSE, "transpose", wgpu::Features::empty());
+shader!(LAYOUT, "layout", wgpu::Features::empty());
+shader!(NORM, "norm", wgpu::Features::empty());
+shader!(MODULATE, "modulate", wgpu::Features::empty());
+shader!(EMBED, "embed", wgpu::Features::empty());
+shader!(ATTENTION, "attention", wgpu::Features::empty());
+shader!(OPTIM, "optim", wgpu::Features::empty());
 shader!(MATMUL, "matmul", wgpu::Features::empty());
 shader!(CAST, "cast", wgpu::Features::SHADER_F16);
 
 /// Every shader, for validation tests.
-pub static ALL: &[&Shader] = &[&ELEMENTWISE, &REDUCE, &TRANSPOSE, &MATMUL, &CAST];
+pub static ALL: &[&Shader] = &[
+    &ELEMENTWISE,
+    &REDUCE,
+    &LAYOUT,
+    &MATMUL,
+    &CAST,
+    &NORM,
+    &MODULATE,
+    &EMBED,
+    &ATTENTION,
+    &OPTIM,
+];

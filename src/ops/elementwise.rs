@@ -150,3 +150,38 @@ pub fn fill(t: &Tensor, value: f32) -> Result<()> {
         groups(t.numel(), PER_GROUP),
     )
 }
+
+const OP_GELU_BACKWARD: f64 = 13.0;
+const OP_SILU_BACKWARD: f64 = 14.0;
+const OP_SCALE_BY: f64 = 15.0;
+
+/// Gradient of [`gelu`]: `dy * gelu'(x)`, where `x` is the forward input.
+pub fn gelu_backward(x: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    binary("gelu_backward", x, dy, OP_GELU_BACKWARD)
+}
+
+/// Gradient of [`silu`]: `dy * silu'(x)`.
+pub fn silu_backward(x: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    binary("silu_backward", x, dy, OP_SILU_BACKWARD)
+}
+
+/// `alpha * x * s[0]`: scale by a one-element tensor without reading it back.
+pub fn scale_by(x: &Tensor, s: &Tensor, alpha: f32) -> Result<Tensor> {
+    ensure_f32("scale_by", x)?;
+    ensure_f32("scale_by", s)?;
+    ensure_shape!(
+        s.numel() == 1,
+        "scale_by takes a one-element scale, got shape {:?}",
+        s.shape()
+    );
+    let gpu = x.gpu();
+    let out = Tensor::uninit(gpu, x.shape(), DType::F32)?;
+    gpu.dispatch(
+        &BINARY,
+        &[("OP", OP_SCALE_BY)],
+        &[x.binding(), s.binding(), out.binding()],
+        &params(x.numel(), alpha),
+        groups(x.numel(), PER_GROUP),
+    )?;
+    Ok(out)
+}

@@ -1,17 +1,33 @@
 //! Ops: one Rust file per WGSL file. Each op checks shapes, allocates its output from the pool
 //! and records its dispatch; nothing here waits for the GPU.
 
+mod attention;
 mod cast;
 mod elementwise;
+mod embed;
+mod layout;
 mod matmul;
+mod modulate;
+mod norm;
+mod optim;
 mod reduce;
-mod transpose;
 
+pub use attention::{attention, attention_backward, MAX_HEAD_DIM};
 pub use cast::{to_f16, to_f32};
-pub use elementwise::{add, axpy, fill, gelu, mul, scale, silu, sub};
+pub use elementwise::{
+    add, axpy, fill, gelu, gelu_backward, mul, scale, scale_by, silu, silu_backward, sub,
+};
+pub use embed::{
+    embedding, embedding_backward, timestep_embedding, timestep_embedding_backward, MAX_PERIOD,
+};
+pub use layout::{concat_tokens, patchify, split_tokens, transpose, unpatchify};
 pub use matmul::{matmul, matmul_into, matmul_with, Activation, MatmulSpec, MatmulTiling};
-pub use reduce::{max_rows, mean_rows, sum_rows};
-pub use transpose::transpose;
+pub use modulate::{gate, gate_backward, modulate, modulate_backward};
+pub use norm::{
+    layer_norm, layer_norm_backward, rms_norm, rms_norm_backward, softmax, softmax_backward,
+};
+pub use optim::{adamw, grad_norm, AdamWStep};
+pub use reduce::{max_rows, mean_rows, sum_rows, sum_tokens};
 
 use crate::error::{ensure_shape, Result};
 use crate::tensor::{DType, Tensor};

@@ -23,7 +23,8 @@ static REDUCE_ROWS_SERIAL: Kernel = Kernel {
 struct Params {
     rows: u32,
     cols: u32,
-    _pad: [u32; 2],
+    tokens: u32,
+    _pad: u32,
 }
 
 fn reduce(name: &str, x: &Tensor, op: f64) -> Result<Tensor> {
@@ -42,7 +43,8 @@ fn reduce(name: &str, x: &Tensor, op: f64) -> Result<Tensor> {
     let p = Params {
         rows: rows as u32,
         cols: cols as u32,
-        _pad: [0; 2],
+        tokens: 0,
+        _pad: 0,
     };
     // A workgroup per row pays off for long rows on a GPU; otherwise one row per invocation
     // (no barriers) is faster.
@@ -78,4 +80,37 @@ pub fn mean_rows(x: &Tensor) -> Result<Tensor> {
 /// Maximum over the last dimension.
 pub fn max_rows(x: &Tensor) -> Result<Tensor> {
     reduce("max_rows", x, 2.0)
+}
+
+static SUM_TOKENS: Kernel = Kernel {
+    shader: &REDUCE,
+    entry: "sum_tokens",
+    access: &[Access::Read, Access::ReadWrite],
+};
+
+/// Sum over the middle axis: `[B, T, C] -> [B, C]` (a `[T, C]` matrix sums to `[C]`: column
+/// sums, the gradient of a bias).
+pub fn sum_tokens(x: &Tensor) -> Result<Tensor> {
+    ensure_f32("sum_tokens", x)?;
+    let s = x.shape();
+    let (b, t, c, out_shape) = match s.len() {
+        2 => (1, s[0], s[1], vec![s[1]]),
+        3 => (s[0], s[1], s[2], vec![s[0], s[2]]),
+        _ => {
+            return Err(crate::Error::Shape(format!(
+                "sum_tokens takes [T, C] or [B, T, C], got {s:?}"
+            )))
+        }
+    };
+    let gpu = x.gpu();
+    let out = Tensor::uninit(gpu, &out_shape, DType::F32)?;
+    let p = Params {
+        rows: b as u32,
+        cols: c as u32,
+        tokens: t as u32,
+        _pad: 0,
+    };
+    let groups = (b * c).div_ceil(64) as u64;
+    gpu.dispatch(&SUM_TOKENS, &[], &[x.binding(), out.binding()], &p, groups)?;
+    Ok(out)
 }

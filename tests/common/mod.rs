@@ -85,3 +85,21 @@ pub fn assert_rel(what: &str, got: &[f32], want: &[f64], rel: f64, abs: f64) {
     let tol: Vec<f64> = want.iter().map(|w| rel * w.abs() + abs).collect();
     assert_close(what, got, want, &tol);
 }
+
+/// Compare a GPU gradient (f32) with finite differences of the f64 reference: each element
+/// within `5e-4 * max|want| + 5e-4 * |want|` (f32 forward and backward passes; the finite
+/// differences themselves are accurate to ~1e-8 at the steps used).
+pub fn assert_grad(what: &str, got: &[f32], want: &[f64]) {
+    let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    assert!(
+        scale > 0.0 || want.is_empty() || got.iter().all(|&g| g == 0.0),
+        "{what}: the reference gradient is all zero"
+    );
+    let tol: Vec<f64> = want.iter().map(|w| 5e-4 * scale + 5e-4 * w.abs()).collect();
+    assert_close(what, got, want, &tol);
+}
+
+/// Upload host data.
+pub fn upload(g: &Gpu, shape: &[usize], data: &[f32]) -> rectiflow::Tensor {
+    rectiflow::Tensor::from_slice(g, shape, data).unwrap()
+}

@@ -98,3 +98,148 @@ pub fn matmul(c: &MatmulCase) -> (Vec<f64>, Vec<f64>) {
     }
     (out, mag)
 }
+
+/// LayerNorm of each `cols`-row, with optional affine `(gamma, beta)`.
+pub fn layer_norm(x: &[f64], cols: usize, affine: Option<(&[f64], &[f64])>, eps: f64) -> Vec<f64> {
+    x.chunks(cols)
+        .flat_map(|r| {
+            let mean = r.iter().sum::<f64>() / cols as f64;
+            let var = r.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / cols as f64;
+            let rstd = 1.0 / (var + eps).sqrt();
+            r.iter()
+                .enumerate()
+                .map(move |(j, v)| {
+                    let xh = (v - mean) * rstd;
+                    affine.map_or(xh, |(g, b)| xh * g[j] + b[j])
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// RMSNorm of each row with scale `gamma`.
+pub fn rms_norm(x: &[f64], cols: usize, gamma: &[f64], eps: f64) -> Vec<f64> {
+    x.chunks(cols)
+        .flat_map(|r| {
+            let rrms = 1.0 / (r.iter().map(|v| v * v).sum::<f64>() / cols as f64 + eps).sqrt();
+            r.iter()
+                .enumerate()
+                .map(move |(j, v)| v * rrms * gamma[j])
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+pub fn softmax(x: &[f64], cols: usize) -> Vec<f64> {
+    x.chunks(cols)
+        .flat_map(|r| {
+            let m = r.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let s: f64 = r.iter().map(|v| (v - m).exp()).sum();
+            r.iter().map(move |v| (v - m).exp() / s).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// `x * (1 + scale) + shift` with x `[b, t, c]` and the vectors `[b, c]`.
+pub fn modulate(x: &[f64], t: usize, c: usize, scale: &[f64], shift: &[f64]) -> Vec<f64> {
+    (0..x.len())
+        .map(|i| {
+            let sv = (i / (t * c)) * c + i % c;
+            x[i] * (1.0 + scale[sv]) + shift[sv]
+        })
+        .collect()
+}
+
+/// `x + gate * h`.
+pub fn gate(x: &[f64], h: &[f64], t: usize, c: usize, gate: &[f64]) -> Vec<f64> {
+    (0..x.len())
+        .map(|i| x[i] + gate[(i / (t * c)) * c + i % c] * h[i])
+        .collect()
+}
+
+/// Sinusoidal embedding `[B, dim]`: cos then sin of `scale t f_i`, `f_i = 10000^(-i/half)`.
+pub fn timestep_embedding(t: &[f64], dim: usize, scale: f64) -> Vec<f64> {
+    let half = dim / 2;
+    let mut out = vec![0.0; t.len() * dim];
+    for (b, &tv) in t.iter().enumerate() {
+        for i in 0..half {
+            let f = (-(10000f64).ln() * i as f64 / half as f64).exp();
+            out[b * dim + i] = (scale * tv * f).cos();
+            out[b * dim + half + i] = (scale * tv * f).sin();
+        }
+    }
+    out
+}
+
+/// Images `[b, c, h, w]` to tokens `[b, (h/p)(w/p), c p p]`, features ordered (c, py, px).
+pub fn patchify(img: &[f64], b: usize, c: usize, h: usize, w: usize, p: usize) -> Vec<f64> {
+    let (gh, gw) = (h / p, w / p);
+    let mut out = vec![0.0; img.len()];
+    for bi in 0..b {
+        for gy in 0..gh {
+            for gx in 0..gw {
+                for ci in 0..c {
+                    for py in 0..p {
+                        for px in 0..p {
+                            let tok = gy * gw + gx;
+                            let f = (ci * p + py) * p + px;
+                            out[(bi * gh * gw + tok) * c * p * p + f] =
+                                img[((bi * c + ci) * h + gy * p + py) * w + gx * p + px];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Attention over qkv `[b, t, 3, heads, d]`, output `[b, t, heads, d]`, with scores
+/// `q . k / sqrt(d)`: the plain formula with the full t x t matrix.
+pub fn attention(qkv: &[f64], b: usize, t: usize, heads: usize, d: usize) -> Vec<f64> {
+    let at =
+        |bi: usize, ti: usize, part: usize, h: usize| (((bi * t + ti) * 3 + part) * heads + h) * d;
+    let mut out = vec![0.0; b * t * heads * d];
+    let scale = 1.0 / (d as f64).sqrt();
+    for bi in 0..b {
+        for h in 0..heads {
+            for i in 0..t {
+                let s: Vec<f64> = (0..t)
+                    .map(|j| {
+                        (0..d)
+                            .map(|c| qkv[at(bi, i, 0, h) + c] * qkv[at(bi, j, 1, h) + c])
+                            .sum::<f64>()
+                            * scale
+                    })
+                    .collect();
+                let p = softmax(&s, t);
+                for c in 0..d {
+                    out[((bi * t + i) * heads + h) * d + c] =
+                        (0..t).map(|j| p[j] * qkv[at(bi, j, 2, h) + c]).sum();
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Central differences of a scalar function at x (step h per coordinate).
+pub fn numeric_grad(f: impl Fn(&[f64]) -> f64, x: &[f64], h: f64) -> Vec<f64> {
+    let mut xs = x.to_vec();
+    (0..x.len())
+        .map(|k| {
+            let orig = xs[k];
+            xs[k] = orig + h;
+            let up = f(&xs);
+            xs[k] = orig - h;
+            let down = f(&xs);
+            xs[k] = orig;
+            (up - down) / (2.0 * h)
+        })
+        .collect()
+}
+
+/// `sum_i w_i y_i`: the scalar whose gradient with respect to y is w.
+pub fn weighted_sum(y: &[f64], w: &[f64]) -> f64 {
+    y.iter().zip(w).map(|(a, b)| a * b).sum()
+}

@@ -1,0 +1,154 @@
+// Row-wise normalisations over the last dimension, forward and backward side by side:
+// LayerNorm (optionally affine), RMSNorm with a learnable scale, and softmax.
+// One row per invocation, no workgroup memory: rows are short (the model width) and there are
+// many of them, and a barrier-free kernel is fast on CPU drivers too.
+//
+// Forward saves per-row statistics (mean and 1/std, or 1/rms) for the backward pass. The
+// backward writes dx and, for the affine forms, the per-row products dy * xhat whose column sums
+// (taken by reduce.wgsl) are the gradients of the scale and shift.
+
+struct Params {
+    rows: u32,
+    cols: u32,
+    eps: f32,
+    affine: u32,  // 1: LayerNorm has gamma and beta
+}
+
+@group(0) @binding(0) var<storage, read> x: array<f32>;       // input (forward) / input (backward)
+@group(0) @binding(1) var<storage, read> gamma: array<f32>;   // scale [cols] (or placeholder)
+@group(0) @binding(2) var<storage, read> beta: array<f32>;    // shift [cols] (or placeholder)
+@group(0) @binding(3) var<storage, read_write> y: array<f32>; // output
+@group(0) @binding(4) var<storage, read_write> stats: array<f32>; // [rows, 2]: mean, rstd
+@group(1) @binding(0) var<uniform> params: Params;
+
+// Backward bindings.
+@group(0) @binding(1) var<storage, read> dy: array<f32>;
+@group(0) @binding(2) var<storage, read> bw_gamma: array<f32>;
+@group(0) @binding(3) var<storage, read> bw_stats: array<f32>;
+@group(0) @binding(4) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(5) var<storage, read_write> dy_xhat: array<f32>; // [rows, cols] (affine only)
+
+const WG: u32 = 64u;
+
+fn row_of(lid: u32, wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return (wid.x + wid.y * nwg.x + wid.z * nwg.x * nwg.y) * WG + lid;
+}
+
+// y = (x - mean) * rstd * gamma + beta
+@compute @workgroup_size(WG)
+fn layer_norm(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+              @builtin(num_workgroups) nwg: vec3<u32>) {
+    let row = row_of(lid, wid, nwg);
+    if (row >= params.rows) { return; }
+    let base = row * params.cols;
+    var mean = 0.0;
+    for (var j = 0u; j < params.cols; j++) { mean += x[base + j]; }
+    mean /= f32(params.cols);
+    // Two passes over the row: the centred sum of squares does not cancel catastrophically.
+    var var_ = 0.0;
+    for (var j = 0u; j < params.cols; j++) { let d = x[base + j] - mean; var_ += d * d; }
+    let rstd = inverseSqrt(var_ / f32(params.cols) + params.eps);
+    for (var j = 0u; j < params.cols; j++) {
+        var v = (x[base + j] - mean) * rstd;
+        if (params.affine == 1u) { v = v * gamma[j] + beta[j]; }
+        y[base + j] = v;
+    }
+    stats[2u * row] = mean;
+    stats[2u * row + 1u] = rstd;
+}
+
+// dxhat = dy * gamma;  dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+@compute @workgroup_size(WG)
+fn layer_norm_backward(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+                       @builtin(num_workgroups) nwg: vec3<u32>) {
+    let row = row_of(lid, wid, nwg);
+    if (row >= params.rows) { return; }
+    let base = row * params.cols;
+    let mean = bw_stats[2u * row];
+    let rstd = bw_stats[2u * row + 1u];
+    var sum_g = 0.0;
+    var sum_gx = 0.0;
+    for (var j = 0u; j < params.cols; j++) {
+        let xhat = (x[base + j] - mean) * rstd;
+        var g = dy[base + j];
+        if (params.affine == 1u) {
+            dy_xhat[base + j] = g * xhat;
+            g *= bw_gamma[j];
+        }
+        sum_g += g;
+        sum_gx += g * xhat;
+    }
+    let n = f32(params.cols);
+    for (var j = 0u; j < params.cols; j++) {
+        let xhat = (x[base + j] - mean) * rstd;
+        var g = dy[base + j];
+        if (params.affine == 1u) { g *= bw_gamma[j]; }
+        dx[base + j] = rstd * (g - sum_g / n - xhat * sum_gx / n);
+    }
+}
+
+// y = x * rrms * gamma, rrms = 1 / sqrt(mean(x^2) + eps)
+@compute @workgroup_size(WG)
+fn rms_norm(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+            @builtin(num_workgroups) nwg: vec3<u32>) {
+    let row = row_of(lid, wid, nwg);
+    if (row >= params.rows) { return; }
+    let base = row * params.cols;
+    var ss = 0.0;
+    for (var j = 0u; j < params.cols; j++) { ss += x[base + j] * x[base + j]; }
+    let rrms = inverseSqrt(ss / f32(params.cols) + params.eps);
+    for (var j = 0u; j < params.cols; j++) { y[base + j] = x[base + j] * rrms * gamma[j]; }
+    stats[2u * row] = 0.0;
+    stats[2u * row + 1u] = rrms;
+}
+
+// dxhat = dy * gamma;  dx = rrms * (dxhat - xhat * mean(dxhat * xhat))
+@compute @workgroup_size(WG)
+fn rms_norm_backward(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+                     @builtin(num_workgroups) nwg: vec3<u32>) {
+    let row = row_of(lid, wid, nwg);
+    if (row >= params.rows) { return; }
+    let base = row * params.cols;
+    let rrms = bw_stats[2u * row + 1u];
+    var sum_gx = 0.0;
+    for (var j = 0u; j < params.cols; j++) {
+        let xhat = x[base + j] * rrms;
+        let g = dy[base + j];
+        dy_xhat[base + j] = g * xhat;
+        sum_gx += g * bw_gamma[j] * xhat;
+    }
+    let n = f32(params.cols);
+    for (var j = 0u; j < params.cols; j++) {
+        let xhat = x[base + j] * rrms;
+        dx[base + j] = rrms * (dy[base + j] * bw_gamma[j] - xhat * sum_gx / n);
+    }
+}
+
+// y = exp(x - max) / sum(exp(x - max)); stats = (max, 1 / sum)
+@compute @workgroup_size(WG)
+fn softmax(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+           @builtin(num_workgroups) nwg: vec3<u32>) {
+    let row = row_of(lid, wid, nwg);
+    if (row >= params.rows) { return; }
+    let base = row * params.cols;
+    var m = x[base];
+    for (var j = 1u; j < params.cols; j++) { m = max(m, x[base + j]); }
+    var s = 0.0;
+    for (var j = 0u; j < params.cols; j++) { s += exp(x[base + j] - m); }
+    let inv = 1.0 / s;
+    for (var j = 0u; j < params.cols; j++) { y[base + j] = exp(x[base + j] - m) * inv; }
+    stats[2u * row] = m;
+    stats[2u * row + 1u] = inv;
+}
+
+// dx = y * (dy - sum(dy * y)), with y (the forward output) bound in place of x.
+@compute @workgroup_size(WG)
+fn softmax_backward(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+                    @builtin(num_workgroups) nwg: vec3<u32>) {
+    let row = row_of(lid, wid, nwg);
+    if (row >= params.rows) { return; }
+    let base = row * params.cols;
+    var s = 0.0;
+    for (var j = 0u; j < params.cols; j++) { s += dy[base + j] * x[base + j]; }
+    for (var j = 0u; j < params.cols; j++) { dx[base + j] = x[base + j] * (dy[base + j] - s); }
+}

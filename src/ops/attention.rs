@@ -1,0 +1,162 @@
+//! Fused multi-head attention (`shaders/attention.wgsl`), forward and backward.
+//!
+//! `qkv` is `[B, T, 3 H D]` (per token: all heads' queries, then keys, then values), the output
+//! `[B, T, H D]` (heads merged). Softmax is online, so no `T x T` matrix is ever allocated; the
+//! forward saves the log-sum-exp of each row (`[B, H, T]`) and the backward recomputes the
+//! probabilities from it. The GPU profile stages blocks of keys in workgroup memory; the CPU
+//! profile reads them directly (every lane of a workgroup reads the same key).
+
+use super::ensure_f32;
+use crate::error::{ensure_shape, Result};
+use crate::gpu::{Access, Kernel, KernelProfile};
+use crate::shaders::ATTENTION;
+use crate::tensor::{DType, Tensor};
+
+static FORWARD: Kernel = Kernel {
+    shader: &ATTENTION,
+    entry: "attention",
+    access: &[
+        Access::Read,
+        Access::ReadWrite,
+        Access::ReadWrite,
+        Access::Read,
+    ],
+};
+const BACKWARD_ACCESS: &[Access] = &[
+    Access::Read,
+    Access::Read,
+    Access::Read,
+    Access::Read,
+    Access::ReadWrite,
+    Access::ReadWrite,
+];
+static BACKWARD_DELTA: Kernel = Kernel {
+    shader: &ATTENTION,
+    entry: "attention_backward_delta",
+    access: BACKWARD_ACCESS,
+};
+static BACKWARD_DQ: Kernel = Kernel {
+    shader: &ATTENTION,
+    entry: "attention_backward_dq",
+    access: BACKWARD_ACCESS,
+};
+static BACKWARD_DKV: Kernel = Kernel {
+    shader: &ATTENTION,
+    entry: "attention_backward_dkv",
+    access: BACKWARD_ACCESS,
+};
+/// Rows per workgroup, as in the shader.
+const WG: usize = 64;
+/// Largest head dimension the kernels hold in registers.
+pub const MAX_HEAD_DIM: usize = 128;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    batch: u32,
+    tokens: u32,
+    heads: u32,
+    head_dim: u32,
+    scale: f32,
+    blocks: u32,
+    _pad: [u32; 2],
+}
+
+/// (batch, tokens, head_dim) after checking `qkv`'s shape.
+fn dims(qkv: &Tensor, heads: usize) -> Result<(usize, usize, usize)> {
+    ensure_f32("attention", qkv)?;
+    let s = qkv.shape();
+    ensure_shape!(
+        s.len() == 3 && heads > 0 && s[2].is_multiple_of(3 * heads) && s[1] > 0,
+        "attention takes qkv [B, T, 3 * heads * head_dim] with {heads} heads, got {s:?}"
+    );
+    let d = s[2] / (3 * heads);
+    ensure_shape!(
+        (1..=MAX_HEAD_DIM).contains(&d),
+        "attention supports head dimensions 1..={MAX_HEAD_DIM}, got {d}"
+    );
+    Ok((s[0], s[1], d))
+}
+
+fn params(b: usize, t: usize, heads: usize, d: usize) -> (Params, u64) {
+    let blocks = t.div_ceil(WG);
+    let p = Params {
+        batch: b as u32,
+        tokens: t as u32,
+        heads: heads as u32,
+        head_dim: d as u32,
+        scale: 1.0 / (d as f32).sqrt(),
+        blocks: blocks as u32,
+        _pad: [0; 2],
+    };
+    (p, (b * heads * blocks) as u64)
+}
+
+fn tiled(qkv: &Tensor) -> [(&'static str, f64); 1] {
+    let gpu_profile = qkv.gpu().profile() == KernelProfile::Gpu;
+    [("TILED", if gpu_profile { 1.0 } else { 0.0 })]
+}
+
+/// `softmax(Q K^T / sqrt(D)) V` for every head. Returns the output `[B, T, H D]` and the
+/// log-sum-exp `[B, H, T]` for [`attention_backward`].
+pub fn attention(qkv: &Tensor, heads: usize) -> Result<(Tensor, Tensor)> {
+    let (b, t, d) = dims(qkv, heads)?;
+    let gpu = qkv.gpu();
+    let o = Tensor::uninit(gpu, &[b, t, heads * d], DType::F32)?;
+    let lse = Tensor::uninit(gpu, &[b, heads, t], DType::F32)?;
+    let (p, groups) = params(b, t, heads, d);
+    gpu.dispatch(
+        &FORWARD,
+        &tiled(qkv),
+        &[
+            qkv.binding(),
+            o.binding(),
+            lse.binding(),
+            (gpu.dummy(), 0, 4),
+        ],
+        &p,
+        groups,
+    )?;
+    Ok((o, lse))
+}
+
+/// Gradient of [`attention`] with respect to `qkv`, from its output `o`, log-sum-exp `lse` and
+/// the output gradient `d_o`. Three dispatches: the row sums `delta = rowsum(dO * O)`, then dQ
+/// (one invocation per query) and dK, dV (one per key), each recomputing the probabilities.
+pub fn attention_backward(
+    qkv: &Tensor,
+    o: &Tensor,
+    lse: &Tensor,
+    d_o: &Tensor,
+    heads: usize,
+) -> Result<Tensor> {
+    let (b, t, d) = dims(qkv, heads)?;
+    ensure_shape!(
+        o.shape() == [b, t, heads * d] && d_o.shape() == o.shape(),
+        "attention_backward: o and d_o must be [{b}, {t}, {}], got {:?} and {:?}",
+        heads * d,
+        o.shape(),
+        d_o.shape()
+    );
+    ensure_shape!(
+        lse.shape() == [b, heads, t],
+        "attention_backward: lse must be [{b}, {heads}, {t}]"
+    );
+    let gpu = qkv.gpu();
+    let dqkv = Tensor::uninit(gpu, qkv.shape(), DType::F32)?;
+    let delta = Tensor::uninit(gpu, &[b, heads, t], DType::F32)?;
+    let (p, groups) = params(b, t, heads, d);
+    let bindings = [
+        qkv.binding(),
+        o.binding(),
+        lse.binding(),
+        d_o.binding(),
+        dqkv.binding(),
+        delta.binding(),
+    ];
+    let overrides = tiled(qkv);
+    gpu.dispatch(&BACKWARD_DELTA, &overrides, &bindings, &p, groups)?;
+    gpu.dispatch(&BACKWARD_DQ, &overrides, &bindings, &p, groups)?;
+    gpu.dispatch(&BACKWARD_DKV, &overrides, &bindings, &p, groups)?;
+    Ok(dqkv)
+}

@@ -1,0 +1,250 @@
+//! Row-wise normalisations over the last dimension (`shaders/norm.wgsl`), forward and backward:
+//! LayerNorm (with or without affine scale and shift), RMSNorm with a learnable scale (QK-norm),
+//! and softmax. Forward returns the per-row statistics the backward needs (`[rows, 2]`).
+
+use super::{ensure_f32, reduce::sum_tokens};
+use crate::error::{ensure_shape, Result};
+use crate::gpu::{Access, Kernel};
+use crate::shaders::NORM;
+use crate::tensor::{DType, Tensor};
+
+const FORWARD: &[Access] = &[
+    Access::Read,
+    Access::Read,
+    Access::Read,
+    Access::ReadWrite,
+    Access::ReadWrite,
+];
+const BACKWARD: &[Access] = &[
+    Access::Read,
+    Access::Read,
+    Access::Read,
+    Access::Read,
+    Access::ReadWrite,
+    Access::ReadWrite,
+];
+static LAYER_NORM: Kernel = Kernel {
+    shader: &NORM,
+    entry: "layer_norm",
+    access: FORWARD,
+};
+static LAYER_NORM_BACKWARD: Kernel = Kernel {
+    shader: &NORM,
+    entry: "layer_norm_backward",
+    access: BACKWARD,
+};
+static RMS_NORM: Kernel = Kernel {
+    shader: &NORM,
+    entry: "rms_norm",
+    access: FORWARD,
+};
+static RMS_NORM_BACKWARD: Kernel = Kernel {
+    shader: &NORM,
+    entry: "rms_norm_backward",
+    access: BACKWARD,
+};
+static SOFTMAX: Kernel = Kernel {
+    shader: &NORM,
+    entry: "softmax",
+    access: FORWARD,
+};
+static SOFTMAX_BACKWARD: Kernel = Kernel {
+    shader: &NORM,
+    entry: "softmax_backward",
+    access: BACKWARD,
+};
+const WG: usize = 64;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    rows: u32,
+    cols: u32,
+    eps: f32,
+    affine: u32,
+}
+
+/// (rows, cols) of a tensor normalised over its last dimension.
+fn rows_cols(op: &str, x: &Tensor) -> Result<(usize, usize)> {
+    ensure_f32(op, x)?;
+    ensure_shape!(
+        !x.shape().is_empty() && x.last_dim() > 0,
+        "{op} needs a non-empty last dimension, got {:?}",
+        x.shape()
+    );
+    Ok((x.numel() / x.last_dim(), x.last_dim()))
+}
+
+fn check_vector(op: &str, what: &str, v: &Tensor, cols: usize) -> Result<()> {
+    ensure_f32(op, v)?;
+    ensure_shape!(
+        v.shape() == [cols],
+        "{op}: {what} must have shape [{cols}], got {:?}",
+        v.shape()
+    );
+    Ok(())
+}
+
+fn forward(
+    kernel: &Kernel,
+    x: &Tensor,
+    gamma: Option<&Tensor>,
+    beta: Option<&Tensor>,
+    eps: f32,
+) -> Result<(Tensor, Tensor)> {
+    let (rows, cols) = rows_cols(kernel.entry, x)?;
+    let gpu = x.gpu();
+    let y = Tensor::uninit(gpu, x.shape(), DType::F32)?;
+    let stats = Tensor::uninit(gpu, &[rows, 2], DType::F32)?;
+    let dummy = (gpu.dummy(), 0, 4);
+    let p = Params {
+        rows: rows as u32,
+        cols: cols as u32,
+        eps,
+        affine: gamma.is_some() as u32,
+    };
+    gpu.dispatch(
+        kernel,
+        &[],
+        &[
+            x.binding(),
+            gamma.map_or(dummy, |g| g.binding()),
+            beta.map_or(dummy, |b| b.binding()),
+            y.binding(),
+            stats.binding(),
+        ],
+        &p,
+        rows.div_ceil(WG) as u64,
+    )?;
+    Ok((y, stats))
+}
+
+/// Runs a backward kernel; returns dx and the per-row products `dy * xhat`.
+fn backward(
+    kernel: &Kernel,
+    x: &Tensor,
+    dy: &Tensor,
+    gamma: Option<&Tensor>,
+    stats: Option<&Tensor>,
+    affine: bool,
+) -> Result<(Tensor, Tensor)> {
+    let (rows, cols) = rows_cols(kernel.entry, x)?;
+    ensure_f32(kernel.entry, dy)?;
+    ensure_shape!(
+        dy.shape() == x.shape(),
+        "{}: gradient shape {:?} differs from the input's {:?}",
+        kernel.entry,
+        dy.shape(),
+        x.shape()
+    );
+    if let Some(s) = stats {
+        ensure_shape!(
+            s.shape() == [rows, 2],
+            "{}: stats must be [{rows}, 2]",
+            kernel.entry
+        );
+    }
+    let gpu = x.gpu();
+    let dx = Tensor::uninit(gpu, x.shape(), DType::F32)?;
+    let dy_xhat = Tensor::uninit(gpu, if affine { x.shape() } else { &[1] }, DType::F32)?;
+    let dummy = (gpu.dummy(), 0, 4);
+    let p = Params {
+        rows: rows as u32,
+        cols: cols as u32,
+        eps: 0.0,
+        affine: affine as u32,
+    };
+    gpu.dispatch(
+        kernel,
+        &[],
+        &[
+            x.binding(),
+            dy.binding(),
+            gamma.map_or(dummy, |g| g.binding()),
+            stats.map_or(dummy, |s| s.binding()),
+            dx.binding(),
+            dy_xhat.binding(),
+        ],
+        &p,
+        rows.div_ceil(WG) as u64,
+    )?;
+    Ok((dx, dy_xhat))
+}
+
+/// `[.., C] -> [rows, C]` for column sums.
+fn as_rows(t: &Tensor) -> Result<Tensor> {
+    t.reshape(&[t.numel() / t.last_dim(), t.last_dim()])
+}
+
+/// LayerNorm over the last dimension: `(x - mean) / sqrt(var + eps)`, then `* gamma + beta` when
+/// `affine` is given. Returns the output and the statistics for [`layer_norm_backward`].
+pub fn layer_norm(
+    x: &Tensor,
+    affine: Option<(&Tensor, &Tensor)>,
+    eps: f32,
+) -> Result<(Tensor, Tensor)> {
+    if let Some((g, b)) = affine {
+        check_vector("layer_norm", "gamma", g, x.last_dim())?;
+        check_vector("layer_norm", "beta", b, x.last_dim())?;
+    }
+    forward(
+        &LAYER_NORM,
+        x,
+        affine.map(|a| a.0),
+        affine.map(|a| a.1),
+        eps,
+    )
+}
+
+/// Gradients of [`layer_norm`]: `dx`, and `(dgamma, dbeta)` when it was affine.
+pub fn layer_norm_backward(
+    x: &Tensor,
+    stats: &Tensor,
+    gamma: Option<&Tensor>,
+    dy: &Tensor,
+) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
+    if let Some(g) = gamma {
+        check_vector("layer_norm_backward", "gamma", g, x.last_dim())?;
+    }
+    let (dx, dy_xhat) = backward(
+        &LAYER_NORM_BACKWARD,
+        x,
+        dy,
+        gamma,
+        Some(stats),
+        gamma.is_some(),
+    )?;
+    let affine = match gamma {
+        Some(_) => Some((sum_tokens(&as_rows(&dy_xhat)?)?, sum_tokens(&as_rows(dy)?)?)),
+        None => None,
+    };
+    Ok((dx, affine))
+}
+
+/// RMSNorm with a learnable scale: `x / sqrt(mean(x^2) + eps) * gamma`.
+pub fn rms_norm(x: &Tensor, gamma: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
+    check_vector("rms_norm", "gamma", gamma, x.last_dim())?;
+    forward(&RMS_NORM, x, Some(gamma), None, eps)
+}
+
+/// Gradients of [`rms_norm`]: `(dx, dgamma)`.
+pub fn rms_norm_backward(
+    x: &Tensor,
+    stats: &Tensor,
+    gamma: &Tensor,
+    dy: &Tensor,
+) -> Result<(Tensor, Tensor)> {
+    check_vector("rms_norm_backward", "gamma", gamma, x.last_dim())?;
+    let (dx, dy_xhat) = backward(&RMS_NORM_BACKWARD, x, dy, Some(gamma), Some(stats), true)?;
+    Ok((dx, sum_tokens(&as_rows(&dy_xhat)?)?))
+}
+
+/// Softmax over the last dimension.
+pub fn softmax(x: &Tensor) -> Result<Tensor> {
+    Ok(forward(&SOFTMAX, x, None, None, 0.0)?.0)
+}
+
+/// Gradient of [`softmax`] from its output `y`: `y * (dy - sum(dy * y))`.
+pub fn softmax_backward(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    Ok(backward(&SOFTMAX_BACKWARD, y, dy, None, None, false)?.0)
+}

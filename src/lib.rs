@@ -14,9 +14,12 @@
 //! # Ok::<(), rectiflow::Error>(())
 //! ```
 
+pub mod autograd;
 pub mod error;
 pub mod gpu;
 pub mod ops;
+pub mod optim;
+pub mod params;
 pub mod shaders;
 pub mod tensor;
 

@@ -211,3 +211,52 @@ fn permute_patches(
     )?;
     Ok(out)
 }
+
+/// A copy of `x` in a new buffer (one buffer-to-buffer copy, ordered with the dispatches).
+pub fn copy(x: &Tensor) -> Result<Tensor> {
+    let out = Tensor::uninit(x.gpu(), x.shape(), x.dtype())?;
+    copy_into(x, &out)?;
+    Ok(out)
+}
+
+/// Copy `src` into `dst` (same number of elements and dtype).
+pub fn copy_into(src: &Tensor, dst: &Tensor) -> Result<()> {
+    ensure_shape!(
+        src.numel() == dst.numel() && src.dtype() == dst.dtype(),
+        "copy: {:?} {:?} into {:?} {:?}",
+        src.shape(),
+        src.dtype(),
+        dst.shape(),
+        dst.dtype()
+    );
+    let (s, so, n) = src.binding();
+    let (d, doff, _) = dst.binding();
+    if n > 0 {
+        src.gpu().copy(s, so, d, doff, n.div_ceil(4) * 4);
+    }
+    Ok(())
+}
+
+/// Copy `rows` token rows of `src` (`[B, Ts, C]`) from row `src_row0` into `dst` (`[B, Td, C]`)
+/// at row `dst_row0`, for every sample.
+pub fn copy_tokens(
+    src: &Tensor,
+    src_row0: usize,
+    dst: &Tensor,
+    dst_row0: usize,
+    rows: usize,
+) -> Result<()> {
+    ensure_f32("copy_tokens", src)?;
+    ensure_f32("copy_tokens", dst)?;
+    let (ss, ds) = (src.shape(), dst.shape());
+    ensure_shape!(
+        ss.len() == 3
+            && ds.len() == 3
+            && ss[0] == ds[0]
+            && ss[2] == ds[2]
+            && src_row0 + rows <= ss[1]
+            && dst_row0 + rows <= ds[1],
+        "copy_tokens: rows {src_row0}..+{rows} of {ss:?} into rows {dst_row0}.. of {ds:?}"
+    );
+    copy_rows(src, src_row0, dst, dst_row0, rows)
+}

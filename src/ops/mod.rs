@@ -20,7 +20,9 @@ pub use elementwise::{
 pub use embed::{
     embedding, embedding_backward, timestep_embedding, timestep_embedding_backward, MAX_PERIOD,
 };
-pub use layout::{concat_tokens, patchify, split_tokens, transpose, unpatchify};
+pub use layout::{
+    concat_tokens, copy, copy_into, copy_tokens, patchify, split_tokens, transpose, unpatchify,
+};
 pub use matmul::{matmul, matmul_into, matmul_with, Activation, MatmulSpec, MatmulTiling};
 pub use modulate::{gate, gate_backward, modulate, modulate_backward};
 pub use norm::{

@@ -1,0 +1,285 @@
+//! Differentiable functions: each runs its forward kernels and records how to back-propagate
+//! through them (the backward kernels of the same op family, side by side with the forward).
+
+use super::{Tape, Var};
+use crate::error::{ensure_shape, Result};
+use crate::ops::{self, MatmulSpec};
+use crate::tensor::Tensor;
+
+/// `x W^T + b` over the last dimension: `x` is `[.., in]`, `w` is `[out, in]`, `b` is `[out]`.
+pub fn linear(tape: &mut Tape, x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
+    let spec = MatmulSpec {
+        trans_b: true,
+        bias: b.map(|b| b.value()),
+        ..Default::default()
+    };
+    let y = ops::matmul_with(x.value(), w.value(), &spec)?;
+    let (xv, wv, bv) = (x.clone(), w.clone(), b.cloned());
+    let mut inputs = vec![x, w];
+    inputs.extend(b);
+    Ok(tape.record(y, &inputs, move |dy, grads| {
+        let (out, inp) = (wv.shape()[0], wv.shape()[1]);
+        let rows = dy.numel() / out;
+        if xv.requires_grad() {
+            grads.add(&xv, ops::matmul(dy, wv.value())?)?;
+        }
+        let dy2 = dy.reshape(&[rows, out])?;
+        if wv.requires_grad() {
+            // dW = dY^T X, accumulated straight into the parameter's gradient when it has one.
+            let x2 = xv.value().reshape(&[rows, inp])?;
+            let spec = MatmulSpec {
+                trans_a: true,
+                ..Default::default()
+            };
+            match grads.target(&wv) {
+                Some(target) => ops::matmul_into(&dy2, &x2, &spec, target, true)?,
+                None => grads.add(&wv, ops::matmul_with(&dy2, &x2, &spec)?)?,
+            }
+        }
+        if let Some(bv) = &bv {
+            grads.add(bv, ops::sum_tokens(&dy2)?)?;
+        }
+        Ok(())
+    }))
+}
+
+/// GELU (tanh approximation).
+pub fn gelu(tape: &mut Tape, x: &Var) -> Result<Var> {
+    let xv = x.clone();
+    Ok(tape.record(ops::gelu(x.value())?, &[x], move |dy, grads| {
+        grads.add(&xv, ops::gelu_backward(xv.value(), dy)?)
+    }))
+}
+
+/// SiLU.
+pub fn silu(tape: &mut Tape, x: &Var) -> Result<Var> {
+    let xv = x.clone();
+    Ok(tape.record(ops::silu(x.value())?, &[x], move |dy, grads| {
+        grads.add(&xv, ops::silu_backward(xv.value(), dy)?)
+    }))
+}
+
+/// `a + b` (the residual connection).
+pub fn add(tape: &mut Tape, a: &Var, b: &Var) -> Result<Var> {
+    let (av, bv) = (a.clone(), b.clone());
+    Ok(tape.record(
+        ops::add(a.value(), b.value())?,
+        &[a, b],
+        move |dy, grads| {
+            grads.add(&av, dy.clone())?;
+            grads.add(&bv, dy.clone())
+        },
+    ))
+}
+
+/// `alpha * x`.
+pub fn scale(tape: &mut Tape, x: &Var, alpha: f32) -> Result<Var> {
+    let xv = x.clone();
+    Ok(
+        tape.record(ops::scale(x.value(), alpha)?, &[x], move |dy, grads| {
+            grads.add(&xv, ops::scale(dy, alpha)?)
+        }),
+    )
+}
+
+/// The same values under another shape.
+pub fn reshape(tape: &mut Tape, x: &Var, shape: &[usize]) -> Result<Var> {
+    let xv = x.clone();
+    Ok(
+        tape.record(x.value().reshape(shape)?, &[x], move |dy, grads| {
+            grads.add(&xv, dy.reshape(xv.shape())?)
+        }),
+    )
+}
+
+/// LayerNorm over the last dimension, with `(gamma, beta)` when affine.
+pub fn layer_norm(tape: &mut Tape, x: &Var, affine: Option<(&Var, &Var)>, eps: f32) -> Result<Var> {
+    let (y, stats) = ops::layer_norm(x.value(), affine.map(|(g, b)| (g.value(), b.value())), eps)?;
+    let xv = x.clone();
+    let aff = affine.map(|(g, b)| (g.clone(), b.clone()));
+    let mut inputs = vec![x];
+    if let Some((g, b)) = affine {
+        inputs.extend([g, b]);
+    }
+    Ok(tape.record(y, &inputs, move |dy, grads| {
+        let gamma = aff.as_ref().map(|(g, _)| g.value());
+        let (dx, daff) = ops::layer_norm_backward(xv.value(), &stats, gamma, dy)?;
+        grads.add(&xv, dx)?;
+        if let (Some((g, b)), Some((dg, db))) = (&aff, daff) {
+            grads.add(g, dg)?;
+            grads.add(b, db)?;
+        }
+        Ok(())
+    }))
+}
+
+/// RMSNorm over the last dimension with a learnable scale (QK-norm).
+pub fn rms_norm(tape: &mut Tape, x: &Var, gamma: &Var, eps: f32) -> Result<Var> {
+    let (y, stats) = ops::rms_norm(x.value(), gamma.value(), eps)?;
+    let (xv, gv) = (x.clone(), gamma.clone());
+    Ok(tape.record(y, &[x, gamma], move |dy, grads| {
+        let (dx, dg) = ops::rms_norm_backward(xv.value(), &stats, gv.value(), dy)?;
+        grads.add(&xv, dx)?;
+        grads.add(&gv, dg)
+    }))
+}
+
+/// Softmax over the last dimension.
+pub fn softmax(tape: &mut Tape, x: &Var) -> Result<Var> {
+    let y = ops::softmax(x.value())?;
+    let (xv, yv) = (x.clone(), y.clone());
+    Ok(tape.record(y, &[x], move |dy, grads| {
+        grads.add(&xv, ops::softmax_backward(&yv, dy)?)
+    }))
+}
+
+/// adaLN: `x * (1 + scale) + shift`, `x` `[B, T, C]`, `scale` and `shift` `[B, C]`.
+pub fn modulate(tape: &mut Tape, x: &Var, scale: &Var, shift: &Var) -> Result<Var> {
+    let y = ops::modulate(x.value(), scale.value(), shift.value())?;
+    let (xv, sv, hv) = (x.clone(), scale.clone(), shift.clone());
+    Ok(tape.record(y, &[x, scale, shift], move |dy, grads| {
+        let (dx, ds, dsh) = ops::modulate_backward(xv.value(), sv.value(), dy)?;
+        grads.add(&xv, dx)?;
+        grads.add(&sv, ds)?;
+        grads.add(&hv, dsh)
+    }))
+}
+
+/// Gated residual: `x + gate * h`, `gate` `[B, C]`.
+pub fn gate(tape: &mut Tape, x: &Var, h: &Var, gate: &Var) -> Result<Var> {
+    let y = ops::gate(x.value(), h.value(), gate.value())?;
+    let (xv, hv, gv) = (x.clone(), h.clone(), gate.clone());
+    Ok(tape.record(y, &[x, h, gate], move |dy, grads| {
+        let (dh, dg) = ops::gate_backward(hv.value(), gv.value(), dy)?;
+        grads.add(&xv, dy.clone())?;
+        grads.add(&hv, dh)?;
+        grads.add(&gv, dg)
+    }))
+}
+
+/// Multi-head attention over `qkv` `[B, T, 3 H D]`, output `[B, T, H D]`.
+pub fn attention(tape: &mut Tape, qkv: &Var, heads: usize) -> Result<Var> {
+    let (o, lse) = ops::attention(qkv.value(), heads)?;
+    let (qv, ov) = (qkv.clone(), o.clone());
+    Ok(tape.record(o, &[qkv], move |dy, grads| {
+        grads.add(
+            &qv,
+            ops::attention_backward(qv.value(), &ov, &lse, dy, heads)?,
+        )
+    }))
+}
+
+/// `[B, T1, C] ++ [B, T2, C] -> [B, T1 + T2, C]` (joint attention over two streams).
+pub fn concat_tokens(tape: &mut Tape, a: &Var, b: &Var) -> Result<Var> {
+    let y = ops::concat_tokens(a.value(), b.value())?;
+    let (av, bv) = (a.clone(), b.clone());
+    Ok(tape.record(y, &[a, b], move |dy, grads| {
+        let (da, db) = ops::split_tokens(dy, av.shape()[1])?;
+        grads.add(&av, da)?;
+        grads.add(&bv, db)
+    }))
+}
+
+/// Token rows `start .. start + len` of `x` `[B, T, C]`.
+pub fn slice_tokens(tape: &mut Tape, x: &Var, start: usize, len: usize) -> Result<Var> {
+    let s = x.shape();
+    ensure_shape!(
+        s.len() == 3 && start + len <= s[1],
+        "slice_tokens: rows {start}..+{len} of {s:?}"
+    );
+    let y = Tensor::uninit(x.value().gpu(), &[s[0], len, s[2]], crate::DType::F32)?;
+    ops::copy_tokens(x.value(), start, &y, 0, len)?;
+    let xv = x.clone();
+    Ok(tape.record(y, &[x], move |dy, grads| {
+        let dx = Tensor::zeros(dy.gpu(), xv.shape())?;
+        ops::copy_tokens(dy, 0, &dx, start, len)?;
+        grads.add(&xv, dx)
+    }))
+}
+
+/// Split `[B, T, C]` into the first `first` tokens and the rest.
+pub fn split_tokens(tape: &mut Tape, x: &Var, first: usize) -> Result<(Var, Var)> {
+    let t = x.shape().get(1).copied().unwrap_or(0);
+    ensure_shape!(first <= t, "split_tokens at {first} of {t} tokens");
+    Ok((
+        slice_tokens(tape, x, 0, first)?,
+        slice_tokens(tape, x, first, t - first)?,
+    ))
+}
+
+/// Sinusoidal embedding of `t` `[B]` into `[B, dim]` (see `ops::timestep_embedding`).
+pub fn timestep_embedding(tape: &mut Tape, t: &Var, dim: usize, scale: f32) -> Result<Var> {
+    let y = ops::timestep_embedding(t.value(), dim, scale)?;
+    let tv = t.clone();
+    Ok(tape.record(y, &[t], move |dy, grads| {
+        grads.add(
+            &tv,
+            ops::timestep_embedding_backward(tv.value(), dy, scale)?,
+        )
+    }))
+}
+
+/// Rows of `table` `[rows, dim]` picked by `labels` `[B]` (f32 row numbers).
+pub fn embedding(tape: &mut Tape, labels: &Tensor, table: &Var) -> Result<Var> {
+    let y = ops::embedding(labels, table.value())?;
+    let (lv, tv) = (labels.clone(), table.clone());
+    Ok(
+        tape.record(y, &[table], move |dy, grads| match grads.target(&tv) {
+            Some(target) => ops::embedding_backward(&lv, dy, target),
+            None => {
+                let d = Tensor::zeros(dy.gpu(), tv.shape())?;
+                ops::embedding_backward(&lv, dy, &d)?;
+                grads.add(&tv, d)
+            }
+        }),
+    )
+}
+
+/// Images `[B, C, H, W]` to patch tokens `[B, (H/p)(W/p), C p p]`.
+pub fn patchify(tape: &mut Tape, x: &Var, p: usize) -> Result<Var> {
+    let y = ops::patchify(x.value(), p)?;
+    let xv = x.clone();
+    Ok(tape.record(y, &[x], move |dy, grads| {
+        let s = xv.shape();
+        grads.add(&xv, ops::unpatchify(dy, s[1], s[2], s[3], p)?)
+    }))
+}
+
+/// Patch tokens back to images `[B, channels, height, width]`.
+pub fn unpatchify(
+    tape: &mut Tape,
+    x: &Var,
+    channels: usize,
+    height: usize,
+    width: usize,
+    p: usize,
+) -> Result<Var> {
+    let y = ops::unpatchify(x.value(), channels, height, width, p)?;
+    let xv = x.clone();
+    Ok(tape.record(y, &[x], move |dy, grads| {
+        grads.add(&xv, ops::patchify(dy, p)?)
+    }))
+}
+
+/// Mean squared error `mean((a - b)^2)`, shape `[1]`.
+pub fn mse(tape: &mut Tape, a: &Var, b: &Var) -> Result<Var> {
+    ensure_shape!(
+        a.shape() == b.shape(),
+        "mse of {:?} and {:?}",
+        a.shape(),
+        b.shape()
+    );
+    let n = a.value().numel();
+    let diff = ops::sub(a.value(), b.value())?;
+    let sq = ops::mul(&diff, &diff)?;
+    let loss = ops::mean_rows(&sq.reshape(&[1, n])?)?;
+    let (av, bv) = (a.clone(), b.clone());
+    Ok(tape.record(loss, &[a, b], move |dy, grads| {
+        // d/da = 2 (a - b) / n, scaled by the incoming gradient (a GPU scalar).
+        let da = ops::scale_by(&diff, dy, 2.0 / n as f32)?;
+        if bv.requires_grad() {
+            grads.add(&bv, ops::scale(&da, -1.0)?)?;
+        }
+        grads.add(&av, da)
+    }))
+}

@@ -1,0 +1,194 @@
+//! The tape: reverse-mode automatic differentiation, small enough to read in one sitting.
+//!
+//! Each differentiable function (see [`functions`]) computes its output with forward kernels and,
+//! when recording, pushes onto the tape a closure that turns the gradient of its output into the
+//! gradients of its inputs, holding whatever it saved from the forward pass. [`Tape::backward`]
+//! runs the closures in reverse order; a gradient reaching a tensor twice is summed, and each
+//! closure is dropped once it has run, which frees the activations it saved. A parameter's
+//! gradient accumulates straight into its view of the flat gradient buffer ([`Params::grads`]).
+//! A tape made with [`Tape::no_grad`] records nothing (sampling).
+
+pub mod functions;
+
+use crate::error::{ensure_shape, Result};
+use crate::ops;
+use crate::params::{ParamId, Params};
+use crate::tensor::Tensor;
+use std::collections::HashMap;
+
+/// A value on the tape: a tensor and what its gradient is for.
+#[derive(Clone, Debug)]
+pub struct Var {
+    id: usize,
+    value: Tensor,
+    requires_grad: bool,
+    /// For parameters: where the gradient accumulates.
+    grad_into: Option<Tensor>,
+}
+
+impl Var {
+    pub fn value(&self) -> &Tensor {
+        &self.value
+    }
+    pub fn shape(&self) -> &[usize] {
+        self.value.shape()
+    }
+    pub fn requires_grad(&self) -> bool {
+        self.requires_grad
+    }
+}
+
+type Backward = Box<dyn FnOnce(&Tensor, &mut Grads) -> Result<()> + Send>;
+
+/// The record of one forward pass.
+pub struct Tape {
+    nodes: Vec<(usize, Backward)>,
+    next_id: usize,
+    recording: bool,
+}
+
+impl Default for Tape {
+    fn default() -> Self {
+        Tape::new()
+    }
+}
+
+impl Tape {
+    /// A tape that records.
+    pub fn new() -> Tape {
+        Tape {
+            nodes: Vec::new(),
+            next_id: 0,
+            recording: true,
+        }
+    }
+
+    /// A tape that records nothing: functions only run their forward kernels.
+    pub fn no_grad() -> Tape {
+        Tape {
+            recording: false,
+            ..Tape::new()
+        }
+    }
+
+    pub fn is_recording(&self) -> bool {
+        self.recording
+    }
+
+    /// Number of recorded backward steps not yet run.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    fn var(&mut self, value: Tensor, requires_grad: bool, grad_into: Option<Tensor>) -> Var {
+        self.next_id += 1;
+        Var {
+            id: self.next_id,
+            value,
+            requires_grad: requires_grad && self.recording,
+            grad_into,
+        }
+    }
+
+    /// A value that needs no gradient (data, noise, time).
+    pub fn constant(&mut self, value: Tensor) -> Var {
+        self.var(value, false, None)
+    }
+
+    /// A value whose gradient [`Tape::backward`] returns in its [`Grads`].
+    pub fn input(&mut self, value: Tensor) -> Var {
+        self.var(value, true, None)
+    }
+
+    /// A parameter: its value is a view of the flat buffer and its gradient accumulates into the
+    /// matching view of the flat gradient buffer.
+    pub fn param(&mut self, params: &Params, id: ParamId) -> Var {
+        let grad = self.recording.then(|| params.grad(id));
+        self.var(params.value(id), true, grad)
+    }
+
+    /// Record the output of a function of `inputs`, with the closure that back-propagates
+    /// through it. Nothing is recorded when no input needs a gradient.
+    pub fn record(
+        &mut self,
+        value: Tensor,
+        inputs: &[&Var],
+        backward: impl FnOnce(&Tensor, &mut Grads) -> Result<()> + Send + 'static,
+    ) -> Var {
+        let needed = self.recording && inputs.iter().any(|v| v.requires_grad);
+        let out = self.var(value, needed, None);
+        if needed {
+            self.nodes.push((out.id, Box::new(backward)));
+        }
+        out
+    }
+
+    /// Back-propagate from `loss` (seeded with ones). Runs and drops every recorded closure;
+    /// returns the gradients of the [`Tape::input`]s (parameters' gradients are in their flat
+    /// buffer). The tape is empty afterwards.
+    pub fn backward(&mut self, loss: &Var) -> Result<Grads> {
+        ensure_shape!(
+            loss.requires_grad,
+            "backward from a value that depends on nothing recorded"
+        );
+        let mut grads = Grads {
+            map: HashMap::new(),
+        };
+        grads
+            .map
+            .insert(loss.id, Tensor::full(loss.value.gpu(), loss.shape(), 1.0)?);
+        while let Some((id, backward)) = self.nodes.pop() {
+            // A node's output gradient is complete once every later node has run.
+            if let Some(g) = grads.map.remove(&id) {
+                backward(&g, &mut grads)?;
+            }
+        }
+        Ok(grads)
+    }
+}
+
+/// Gradients gathered by [`Tape::backward`].
+pub struct Grads {
+    map: HashMap<usize, Tensor>,
+}
+
+impl Grads {
+    /// The gradient of an input, if anything reached it.
+    pub fn get(&self, v: &Var) -> Option<&Tensor> {
+        self.map.get(&v.id)
+    }
+
+    /// Add `g` to the gradient of `v` (nothing if `v` needs none).
+    pub fn add(&mut self, v: &Var, g: Tensor) -> Result<()> {
+        if !v.requires_grad {
+            return Ok(());
+        }
+        ensure_shape!(
+            g.shape() == v.shape(),
+            "gradient of shape {:?} for a value of shape {:?}",
+            g.shape(),
+            v.shape()
+        );
+        if let Some(into) = &v.grad_into {
+            return ops::axpy(1.0, &g, into);
+        }
+        // A new sum rather than an in-place add: a closure may hand the same tensor to two
+        // inputs, so a stored gradient can be shared and must never change.
+        let sum = match self.map.get(&v.id) {
+            Some(existing) => ops::add(existing, &g)?,
+            None => g,
+        };
+        self.map.insert(v.id, sum);
+        Ok(())
+    }
+
+    /// Where a parameter's gradient accumulates, for ops that can add into it directly (a
+    /// matmul with accumulation) instead of producing a tensor to add.
+    pub(crate) fn target<'v>(&self, v: &'v Var) -> Option<&'v Tensor> {
+        v.grad_into.as_ref().filter(|_| v.requires_grad)
+    }
+}

@@ -1,0 +1,202 @@
+//! Parameters: every weight of a model in one flat GPU buffer (as in llm.c), so that the
+//! optimiser, the gradient norm and the EMA are each one pass over one buffer. Each parameter is
+//! a named view at an offset aligned to 256 bytes (the largest storage-offset alignment a device
+//! may require, so the layout is the same everywhere); the gradient buffer mirrors the layout.
+//! The names are the checkpoint keys.
+
+use crate::error::{Error, Result};
+use crate::tensor::{numel, Tensor};
+use crate::Gpu;
+use rand::{Rng, SeedableRng};
+use std::collections::HashMap;
+
+/// Alignment of every parameter in the flat buffer, in f32 elements (256 bytes).
+pub const ALIGN: usize = 64;
+
+/// How a parameter starts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Init {
+    Zeros,
+    Ones,
+    /// Normal with mean 0 and this standard deviation.
+    Normal {
+        std: f32,
+    },
+    /// Uniform in `[-limit, limit]`.
+    Uniform {
+        limit: f32,
+    },
+    /// Glorot/Xavier uniform: limit `sqrt(6 / (fan_in + fan_out))`.
+    XavierUniform {
+        fan_in: usize,
+        fan_out: usize,
+    },
+}
+
+impl Init {
+    fn fill(&self, out: &mut [f32], rng: &mut rand::rngs::StdRng) {
+        match *self {
+            Init::Zeros => out.fill(0.0),
+            Init::Ones => out.fill(1.0),
+            Init::Uniform { limit } => out
+                .iter_mut()
+                .for_each(|v| *v = rng.random_range(-limit..=limit)),
+            Init::XavierUniform { fan_in, fan_out } => {
+                let limit = (6.0 / (fan_in + fan_out) as f32).sqrt();
+                out.iter_mut()
+                    .for_each(|v| *v = rng.random_range(-limit..=limit));
+            }
+            Init::Normal { std } => {
+                // Box-Muller: two uniforms give two independent standard normals.
+                for pair in out.chunks_mut(2) {
+                    let u1: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);
+                    let u2: f64 = rng.random();
+                    let r = (-2.0 * u1.ln()).sqrt();
+                    let th = 2.0 * std::f64::consts::PI * u2;
+                    pair[0] = std * (r * th.cos()) as f32;
+                    if pair.len() > 1 {
+                        pair[1] = std * (r * th.sin()) as f32;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One parameter: its name, shape and place in the flat buffer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+    /// Offset in f32 elements, a multiple of [`ALIGN`].
+    pub offset: usize,
+    pub init: Init,
+}
+
+/// Handle to a parameter of a [`Params`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ParamId(pub(crate) usize);
+
+/// Collects parameter declarations, then allocates and initialises them all at once.
+#[derive(Default)]
+pub struct ParamsBuilder {
+    specs: Vec<ParamSpec>,
+    len: usize,
+}
+
+impl ParamsBuilder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Declare a parameter. Names must be unique (they are checkpoint keys).
+    pub fn add(&mut self, name: impl Into<String>, shape: &[usize], init: Init) -> ParamId {
+        let name = name.into();
+        assert!(
+            !self.specs.iter().any(|s| s.name == name),
+            "parameter {name:?} declared twice"
+        );
+        let offset = self.len;
+        self.len = (offset + numel(shape)).div_ceil(ALIGN) * ALIGN;
+        self.specs.push(ParamSpec {
+            name,
+            shape: shape.to_vec(),
+            offset,
+            init,
+        });
+        ParamId(self.specs.len() - 1)
+    }
+
+    /// Allocate the flat value and gradient buffers and initialise the values from `seed`
+    /// (each parameter from its own stream, so adding one does not change the others).
+    pub fn build(self, gpu: &Gpu, seed: u64) -> Result<Params> {
+        let len = self.len.max(ALIGN);
+        let mut host = vec![0f32; len];
+        for (i, s) in self.specs.iter().enumerate() {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(
+                seed ^ (0x9E37_79B9_7F4A_7C15u64.wrapping_mul(i as u64 + 1)),
+            );
+            s.init
+                .fill(&mut host[s.offset..s.offset + numel(&s.shape)], &mut rng);
+        }
+        let values = Tensor::from_slice(gpu, &[len], &host)?;
+        let grads = Tensor::zeros(gpu, &[len])?;
+        let by_name = self
+            .specs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.clone(), i))
+            .collect();
+        Ok(Params {
+            specs: self.specs,
+            values,
+            grads,
+            by_name,
+        })
+    }
+}
+
+/// All parameters of a model: flat value and gradient buffers and the named views into them.
+pub struct Params {
+    specs: Vec<ParamSpec>,
+    values: Tensor,
+    grads: Tensor,
+    by_name: HashMap<String, usize>,
+}
+
+impl Params {
+    pub fn specs(&self) -> &[ParamSpec] {
+        &self.specs
+    }
+    pub fn spec(&self, id: ParamId) -> &ParamSpec {
+        &self.specs[id.0]
+    }
+    /// The parameter called `name`.
+    pub fn id(&self, name: &str) -> Option<ParamId> {
+        self.by_name.get(name).map(|&i| ParamId(i))
+    }
+    /// The flat value buffer (padding between parameters included).
+    pub fn values(&self) -> &Tensor {
+        &self.values
+    }
+    /// The flat gradient buffer, same layout.
+    pub fn grads(&self) -> &Tensor {
+        &self.grads
+    }
+    /// A view of one parameter's values.
+    pub fn value(&self, id: ParamId) -> Tensor {
+        let s = &self.specs[id.0];
+        self.values
+            .view(s.offset, &s.shape)
+            .expect("parameter views are aligned and in range")
+    }
+    /// A view of one parameter's gradient.
+    pub fn grad(&self, id: ParamId) -> Tensor {
+        let s = &self.specs[id.0];
+        self.grads
+            .view(s.offset, &s.shape)
+            .expect("parameter views are aligned and in range")
+    }
+    /// Number of parameter elements (without padding).
+    pub fn count(&self) -> usize {
+        self.specs.iter().map(|s| numel(&s.shape)).sum()
+    }
+    /// Set every gradient to zero (one dispatch), before a step's backward pass.
+    pub fn zero_grads(&self) -> Result<()> {
+        crate::ops::fill(&self.grads, 0.0)
+    }
+    /// Overwrite one parameter's values from the host.
+    pub fn set(&self, id: ParamId, data: &[f32]) -> Result<()> {
+        let s = &self.specs[id.0];
+        if data.len() != numel(&s.shape) {
+            return Err(Error::Shape(format!(
+                "parameter {} has shape {:?} ({} values), {} were given",
+                s.name,
+                s.shape,
+                numel(&s.shape),
+                data.len()
+            )));
+        }
+        self.value(id).write(data)
+    }
+}

@@ -195,6 +195,42 @@ fn bench_memory(
     }
 }
 
+/// Attention forward and backward at one shape: GFLOP/s by the usual count (forward
+/// 4 B H T^2 D: the two products; backward 2.5x that: five products).
+fn bench_attention(
+    gpu: &Gpu,
+    label: &str,
+    (b, t, heads, d): (usize, usize, usize, usize),
+    budget: Duration,
+) -> [Row; 2] {
+    let qkv = Tensor::from_slice(
+        gpu,
+        &[b, t, 3 * heads * d],
+        &rand_vec(b * t * 3 * heads * d, 5),
+    )
+    .unwrap();
+    let d_o = Tensor::from_slice(gpu, &[b, t, heads * d], &rand_vec(b * t * heads * d, 6)).unwrap();
+    let (o, lse) = ops::attention(&qkv, heads).unwrap();
+    let fwd = time_gpu(gpu, budget, || drop(ops::attention(&qkv, heads).unwrap()));
+    let bwd = time_gpu(gpu, budget, || {
+        drop(ops::attention_backward(&qkv, &o, &lse, &d_o, heads).unwrap())
+    });
+    let flops = 4.0 * (b * heads * t * t * d) as f64;
+    let shape = format!("{b}x{t} tok, {heads}x{d}");
+    let row = |kernel: String, secs: f64, flops: f64| Row {
+        kernel,
+        shape: shape.clone(),
+        secs,
+        gflops: Some(flops / secs / 1e9),
+        gbs: None,
+        cpu_secs: None,
+    };
+    [
+        row(format!("attention fwd ({label})"), fwd, flops),
+        row(format!("attention bwd ({label})"), bwd, 2.5 * flops),
+    ]
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
@@ -428,5 +464,88 @@ fn main() {
             }),
         ));
     }
+    // Attention at the shapes of the reference networks, in both kernel designs.
+    let other = Gpu::with_options(&rectiflow::gpu::GpuOptions {
+        profile: Some(match gpu.profile() {
+            rectiflow::gpu::KernelProfile::Cpu => rectiflow::gpu::KernelProfile::Gpu,
+            rectiflow::gpu::KernelProfile::Gpu => rectiflow::gpu::KernelProfile::Cpu,
+        }),
+        ..Default::default()
+    })
+    .unwrap();
+    for shape in [(16, 64, 4, 32), (4, 196, 8, 32), (1, 1024, 1, 64)] {
+        for (g, label) in [(&gpu, "default"), (&other, "other profile")] {
+            let label = format!("{label}: {:?}", g.profile());
+            rows.extend(bench_attention(g, &label, shape, budget));
+        }
+    }
+    // Row-wise and broadcast kernels of a transformer block (bytes: every input read and every
+    // output written once).
+    for (r, c) in [(16 * 64, 128usize), (4 * 196, 256), (16384, 256)] {
+        let x = Tensor::from_slice(&gpu, &[r, c], &rand_vec(r * c, 7)).unwrap();
+        let gamma = Tensor::from_slice(&gpu, &[c], &rand_vec(c, 8)).unwrap();
+        let beta = Tensor::from_slice(&gpu, &[c], &rand_vec(c, 9)).unwrap();
+        let (_, stats) = ops::layer_norm(&x, Some((&gamma, &beta)), 1e-6).unwrap();
+        let n = (r * c) as f64;
+        let fwd = time_gpu(&gpu, budget, || {
+            drop(ops::layer_norm(&x, Some((&gamma, &beta)), 1e-6).unwrap())
+        });
+        let bwd = time_gpu(&gpu, budget, || {
+            drop(ops::layer_norm_backward(&x, &stats, Some(&gamma), &x).unwrap())
+        });
+        let mk = |kernel: &str, secs: f64, bytes: f64| Row {
+            kernel: kernel.into(),
+            shape: format!("{r}x{c}"),
+            secs,
+            gflops: None,
+            gbs: Some(bytes / secs / 1e9),
+            cpu_secs: None,
+        };
+        rows.push(mk("layer_norm fwd (affine)", fwd, 8.0 * n));
+        // reads x, dy; writes dx, dy*xhat; then two column sums read dy*xhat and dy.
+        rows.push(mk("layer_norm bwd (affine)", bwd, 24.0 * n));
+        let (_, rstats) = ops::rms_norm(&x, &gamma, 1e-6).unwrap();
+        let fwd = time_gpu(&gpu, budget, || {
+            drop(ops::rms_norm(&x, &gamma, 1e-6).unwrap())
+        });
+        let bwd = time_gpu(&gpu, budget, || {
+            drop(ops::rms_norm_backward(&x, &rstats, &gamma, &x).unwrap())
+        });
+        rows.push(mk("rms_norm fwd", fwd, 8.0 * n));
+        rows.push(mk("rms_norm bwd", bwd, 20.0 * n));
+        let sm = time_gpu(&gpu, budget, || drop(ops::softmax(&x).unwrap()));
+        rows.push(mk("softmax fwd", sm, 8.0 * n));
+    }
+    let (b, t, c) = (16usize, 256usize, 256usize);
+    let x = Tensor::from_slice(&gpu, &[b, t, c], &rand_vec(b * t * c, 10)).unwrap();
+    let s = Tensor::from_slice(&gpu, &[b, c], &rand_vec(b * c, 11)).unwrap();
+    let n = (b * t * c) as f64;
+    let secs = time_gpu(&gpu, budget, || drop(ops::modulate(&x, &s, &s).unwrap()));
+    rows.push(Row {
+        kernel: "modulate (adaLN)".into(),
+        shape: format!("{b}x{t}x{c}"),
+        secs,
+        gflops: None,
+        gbs: Some(8.0 * n / secs / 1e9),
+        cpu_secs: None,
+    });
+    let secs = time_gpu(&gpu, budget, || drop(ops::gate(&x, &x, &s).unwrap()));
+    rows.push(Row {
+        kernel: "gate (residual)".into(),
+        shape: format!("{b}x{t}x{c}"),
+        secs,
+        gflops: None,
+        gbs: Some(12.0 * n / secs / 1e9),
+        cpu_secs: None,
+    });
+    let secs = time_gpu(&gpu, budget, || drop(ops::gelu_backward(&x, &x).unwrap()));
+    rows.push(Row {
+        kernel: "gelu_backward".into(),
+        shape: format!("{b}x{t}x{c}"),
+        secs,
+        gflops: None,
+        gbs: Some(12.0 * n / secs / 1e9),
+        cpu_secs: None,
+    });
     print_rows(&rows);
 }

@@ -16,7 +16,7 @@ struct Params {
     batch: u32,
     tokens: u32,
     heads: u32,
-    head_dim: u32,
+    head_dim: u32,  // = HEAD_DIM (kept for readers of the parameter block)
     scale: f32,   // usually 1 / sqrt(head_dim)
     blocks: u32,  // ceil(tokens / WG)
     _pad0: u32,
@@ -40,6 +40,9 @@ const WG: u32 = 64u;
 const MAX_D: u32 = 128u;
 const BLOCK: u32 = 16u;
 override TILED: bool = false;
+// The head dimension is a pipeline constant, not a parameter: with a constant trip count the
+// compiler unrolls the loops over it and keeps the per-invocation vectors in registers.
+override HEAD_DIM: u32 = 32u;
 
 var<workgroup> tile_a: array<f32, 2048>;  // BLOCK x MAX_D
 var<workgroup> tile_b: array<f32, 2048>;
@@ -62,12 +65,12 @@ fn row_of(lid: u32, wid: vec3<u32>, nwg: vec3<u32>) -> Row {
 
 // Offset of element 0 of part (0 q, 1 k, 2 v) of token t, head h, sample b in qkv.
 fn qkv_at(b: u32, t: u32, part: u32, h: u32) -> u32 {
-    return (((b * params.tokens + t) * 3u + part) * params.heads + h) * params.head_dim;
+    return (((b * params.tokens + t) * 3u + part) * params.heads + h) * HEAD_DIM;
 }
 
 // Offset of element 0 of token t, head h, sample b in o / dO.
 fn o_at(b: u32, t: u32, h: u32) -> u32 {
-    return ((b * params.tokens + t) * params.heads + h) * params.head_dim;
+    return ((b * params.tokens + t) * params.heads + h) * HEAD_DIM;
 }
 
 fn stat_at(b: u32, h: u32, t: u32) -> u32 {
@@ -77,7 +80,7 @@ fn stat_at(b: u32, h: u32, t: u32) -> u32 {
 // Stage rows j0..j0+BLOCK of parts `pa` and `pb` of qkv (or, for pb = 3, of dO) in workgroup
 // memory. Called by every lane of the workgroup, between barriers.
 fn stage(r: Row, lid: u32, j0: u32, pa: u32, pb: u32) {
-    let d = params.head_dim;
+    let d = HEAD_DIM;
     for (var e = lid; e < BLOCK * d; e += WG) {
         let j = j0 + e / d;
         if (j < params.tokens) {
@@ -93,12 +96,12 @@ fn stage(r: Row, lid: u32, j0: u32, pa: u32, pb: u32) {
 
 // Element c of row jj of the current block of part pa (tile_a) or pb (tile_b).
 fn elem_a(r: Row, j0: u32, jj: u32, pa: u32, c: u32) -> f32 {
-    if (TILED) { return tile_a[jj * params.head_dim + c]; }
+    if (TILED) { return tile_a[jj * HEAD_DIM + c]; }
     return qkv[qkv_at(r.b, j0 + jj, pa, r.h) + c];
 }
 
 fn elem_b(r: Row, j0: u32, jj: u32, pb: u32, c: u32) -> f32 {
-    if (TILED) { return tile_b[jj * params.head_dim + c]; }
+    if (TILED) { return tile_b[jj * HEAD_DIM + c]; }
     if (pb == 3u) { return d_o[o_at(r.b, j0 + jj, r.h) + c]; }
     return qkv[qkv_at(r.b, j0 + jj, pb, r.h) + c];
 }
@@ -108,7 +111,7 @@ fn attention(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) w
              @builtin(num_workgroups) nwg: vec3<u32>) {
     let r = row_of(lid, wid, nwg);
     if (!r.ok) { return; }
-    let d = params.head_dim;
+    let d = HEAD_DIM;
     let i = min(r.i, params.tokens - 1u);
     var q: array<f32, MAX_D>;
     var acc: array<f32, MAX_D>;
@@ -143,7 +146,7 @@ fn attention_backward_delta(@builtin(local_invocation_index) lid: u32, @builtin(
     let r = row_of(lid, wid, nwg);
     if (!r.ok || !r.valid) { return; }
     var s = 0.0;
-    for (var c = 0u; c < params.head_dim; c++) {
+    for (var c = 0u; c < HEAD_DIM; c++) {
         let at = o_at(r.b, r.i, r.h) + c;
         s += d_o[at] * bw_o[at];
     }
@@ -156,7 +159,7 @@ fn attention_backward_dq(@builtin(local_invocation_index) lid: u32, @builtin(wor
                          @builtin(num_workgroups) nwg: vec3<u32>) {
     let r = row_of(lid, wid, nwg);
     if (!r.ok) { return; }
-    let d = params.head_dim;
+    let d = HEAD_DIM;
     let i = min(r.i, params.tokens - 1u);
     var q: array<f32, MAX_D>;
     var g: array<f32, MAX_D>;
@@ -194,7 +197,7 @@ fn attention_backward_dkv(@builtin(local_invocation_index) lid: u32, @builtin(wo
                           @builtin(num_workgroups) nwg: vec3<u32>) {
     let r = row_of(lid, wid, nwg);
     if (!r.ok) { return; }
-    let d = params.head_dim;
+    let d = HEAD_DIM;
     let j = min(r.i, params.tokens - 1u);
     var k: array<f32, MAX_D>;
     var v: array<f32, MAX_D>;

@@ -92,9 +92,13 @@ fn params(b: usize, t: usize, heads: usize, d: usize) -> (Params, u64) {
     (p, (b * heads * blocks) as u64)
 }
 
-fn tiled(qkv: &Tensor) -> [(&'static str, f64); 1] {
+/// Pipeline constants: the design (tiled for the GPU profile) and the head dimension.
+fn overrides(qkv: &Tensor, head_dim: usize) -> [(&'static str, f64); 2] {
     let gpu_profile = qkv.gpu().profile() == KernelProfile::Gpu;
-    [("TILED", if gpu_profile { 1.0 } else { 0.0 })]
+    [
+        ("TILED", if gpu_profile { 1.0 } else { 0.0 }),
+        ("HEAD_DIM", head_dim as f64),
+    ]
 }
 
 /// `softmax(Q K^T / sqrt(D)) V` for every head. Returns the output `[B, T, H D]` and the
@@ -107,7 +111,7 @@ pub fn attention(qkv: &Tensor, heads: usize) -> Result<(Tensor, Tensor)> {
     let (p, groups) = params(b, t, heads, d);
     gpu.dispatch(
         &FORWARD,
-        &tiled(qkv),
+        &overrides(qkv, d),
         &[
             qkv.binding(),
             o.binding(),
@@ -154,7 +158,7 @@ pub fn attention_backward(
         dqkv.binding(),
         delta.binding(),
     ];
-    let overrides = tiled(qkv);
+    let overrides = overrides(qkv, d);
     gpu.dispatch(&BACKWARD_DELTA, &overrides, &bindings, &p, groups)?;
     gpu.dispatch(&BACKWARD_DQ, &overrides, &bindings, &p, groups)?;
     gpu.dispatch(&BACKWARD_DKV, &overrides, &bindings, &p, groups)?;

@@ -16,6 +16,7 @@
 
 pub mod autograd;
 pub mod error;
+pub mod flow;
 pub mod gpu;
 pub mod ops;
 pub mod optim;

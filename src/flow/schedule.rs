@@ -77,7 +77,7 @@ pub fn normal_quantile(p: f64) -> f64 {
         -3.969683028665376e1,
         2.209460984245205e2,
         -2.759285104469687e2,
-        1.383577518672690e2,
+        1.38357751867269e2,
         -3.066479806614716e1,
         2.506628277459239,
     ];
@@ -139,7 +139,7 @@ impl Schedule {
                 let (pm, ps) = args.split_once(',').ok_or_else(bad)?;
                 let pm: f64 = pm.trim().parse().map_err(|_| bad())?;
                 let ps: f64 = ps.trim().parse().map_err(|_| bad())?;
-                if !(ps > 0.0) || !pm.is_finite() {
+                if ps.is_nan() || ps <= 0.0 || !pm.is_finite() {
                     return Err(Error::Config(format!("edm:{pm},{ps}: PS must be positive")));
                 }
                 Schedule::Edm { pm, ps }

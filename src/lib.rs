@@ -21,6 +21,7 @@ pub mod gpu;
 pub mod ops;
 pub mod optim;
 pub mod params;
+pub mod rng;
 pub mod shaders;
 pub mod tensor;
 

@@ -20,6 +20,7 @@ shader!(MODULATE, "modulate", wgpu::Features::empty());
 shader!(EMBED, "embed", wgpu::Features::empty());
 shader!(ATTENTION, "attention", wgpu::Features::empty());
 shader!(OPTIM, "optim", wgpu::Features::empty());
+shader!(FLOW, "flow", wgpu::Features::empty());
 shader!(MATMUL, "matmul", wgpu::Features::empty());
 shader!(CAST, "cast", wgpu::Features::SHADER_F16);
 
@@ -35,4 +36,5 @@ pub static ALL: &[&Shader] = &[
     &EMBED,
     &ATTENTION,
     &OPTIM,
+    &FLOW,
 ];

@@ -5,6 +5,7 @@ mod attention;
 mod cast;
 mod elementwise;
 mod embed;
+pub mod flow;
 mod layout;
 mod matmul;
 mod modulate;

@@ -307,3 +307,17 @@ fn oracle_velocity(@builtin(local_invocation_index) lid: u32, @builtin(workgroup
         out_a[i] = c.z * ex0 + c.w * (x0[i] - c.x * ex0) / c.y;
     }
 }
+
+// A training batch gathered on the GPU: sample b takes data row floor(u * rows) with u from
+// stream 2 (counter = b), and its label. x0 binds the data set [rows, D], aux its labels [rows];
+// out_a receives [B, D], out_b the labels [B].
+@compute @workgroup_size(WG)
+fn gather_batch(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+                @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = linear_index(lid, wid, nwg);
+    if (e >= params.batch * params.dim) { return; }
+    let sample = e / params.dim;
+    let row = min(u32(unit_uniform(words(2u, sample).x) * f32(params.rows)), params.rows - 1u);
+    out_a[e] = x0[row * params.dim + e % params.dim];
+    if (e % params.dim == 0u) { out_b[sample] = aux[row]; }
+}

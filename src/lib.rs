@@ -15,15 +15,21 @@
 //! ```
 
 pub mod autograd;
+pub mod checkpoint;
+pub mod data;
 pub mod error;
 pub mod flow;
 pub mod gpu;
+pub mod nn;
 pub mod ops;
 pub mod optim;
+pub mod output;
 pub mod params;
 pub mod rng;
+pub mod sample;
 pub mod shaders;
 pub mod tensor;
+pub mod train;
 
 pub use error::{Error, Result};
 pub use gpu::Gpu;

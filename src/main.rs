@@ -1,4 +1,6 @@
-//! The `rectiflow` command line.
+//! The `rectiflow` command line: `train`, `sample`, `info`.
+
+mod cli;
 
 use clap::{Parser, Subcommand};
 use rectiflow::gpu::{self, Gpu, GpuOptions};
@@ -17,6 +19,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train a velocity network and write checkpoints, sample grids and metrics to a run directory.
+    Train(cli::TrainArgs),
+    /// Draw samples from a checkpoint: a PNG grid or scatter plot, samples.npy and labels.npy.
+    Sample(cli::SampleArgs),
     /// List every GPU adapter and show the chosen one's features and limits.
     Info,
 }
@@ -24,6 +30,8 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Train(args) => cli::train(args),
+        Command::Sample(args) => cli::sample(args),
         Command::Info => info(),
     };
     match result {

@@ -185,6 +185,23 @@ impl Params {
     pub fn zero_grads(&self) -> Result<()> {
         crate::ops::fill(&self.grads, 0.0)
     }
+    /// The same parameters with another value buffer of the same layout (the EMA weights, say).
+    pub fn with_values(&self, values: Tensor) -> Result<Params> {
+        if values.shape() != self.values.shape() {
+            return Err(Error::Shape(format!(
+                "a value buffer of shape {:?} for parameters laid out in {:?}",
+                values.shape(),
+                self.values.shape()
+            )));
+        }
+        Ok(Params {
+            specs: self.specs.clone(),
+            values,
+            grads: self.grads.clone(),
+            by_name: self.by_name.clone(),
+        })
+    }
+
     /// Overwrite one parameter's values from the host.
     pub fn set(&self, id: ParamId, data: &[f32]) -> Result<()> {
         let s = &self.specs[id.0];

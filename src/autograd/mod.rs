@@ -131,16 +131,27 @@ impl Tape {
     /// returns the gradients of the [`Tape::input`]s (parameters' gradients are in their flat
     /// buffer). The tape is empty afterwards.
     pub fn backward(&mut self, loss: &Var) -> Result<Grads> {
+        let ones = Tensor::full(loss.value.gpu(), loss.shape(), 1.0)?;
+        self.backward_with(loss, ones)
+    }
+
+    /// Back-propagate from `output` given the gradient of the loss with respect to it (a fused
+    /// loss kernel computes that gradient itself).
+    pub fn backward_with(&mut self, output: &Var, grad: Tensor) -> Result<Grads> {
         ensure_shape!(
-            loss.requires_grad,
+            output.requires_grad,
             "backward from a value that depends on nothing recorded"
+        );
+        ensure_shape!(
+            grad.shape() == output.shape(),
+            "backward: gradient {:?} for an output of shape {:?}",
+            grad.shape(),
+            output.shape()
         );
         let mut grads = Grads {
             map: HashMap::new(),
         };
-        grads
-            .map
-            .insert(loss.id, Tensor::full(loss.value.gpu(), loss.shape(), 1.0)?);
+        grads.map.insert(output.id, grad);
         while let Some((id, backward)) = self.nodes.pop() {
             // A node's output gradient is complete once every later node has run.
             if let Some(g) = grads.map.remove(&id) {

@@ -36,6 +36,11 @@ static WEIGHTED_LOSS: Kernel = Kernel {
     entry: "weighted_loss",
     access: OUTPUTS,
 };
+static GATHER: Kernel = Kernel {
+    shader: &FLOW,
+    entry: "gather_batch",
+    access: OUTPUTS,
+};
 static ORACLE: Kernel = Kernel {
     shader: &FLOW,
     entry: "oracle_velocity",
@@ -52,6 +57,7 @@ const WG: usize = 64;
 /// Random-number streams (the counter's third word).
 pub const STREAM_T: u32 = 0;
 pub const STREAM_EPS: u32 = 1;
+pub const STREAM_BATCH: u32 = 2;
 
 #[repr(C)]
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
@@ -269,6 +275,55 @@ impl FlowKernels {
             n.div_ceil(WG) as u64,
         )?;
         Ok(out)
+    }
+
+    /// A batch of `batch` rows of `data` `[N, D]` (and of `labels` `[N]`), drawn uniformly with
+    /// replacement on the GPU from stream 2 of (seed, step).
+    pub fn gather_batch(
+        &self,
+        data: &Tensor,
+        labels: &Tensor,
+        batch: usize,
+        seed: u64,
+        step: u32,
+    ) -> Result<(Tensor, Tensor)> {
+        ensure_f32("gather_batch", data)?;
+        ensure_shape!(
+            data.shape().len() == 2 && data.shape()[0] > 0,
+            "gather_batch takes data [N, D], got {:?}",
+            data.shape()
+        );
+        let (n, d) = (data.shape()[0], data.shape()[1]);
+        ensure_shape!(
+            labels.shape() == [n],
+            "gather_batch: labels must be [{n}], got {:?}",
+            labels.shape()
+        );
+        let gpu = data.gpu();
+        let x = Tensor::uninit(gpu, &[batch, d], DType::F32)?;
+        let l = Tensor::uninit(gpu, &[batch], DType::F32)?;
+        let (s1, s2) = (
+            Tensor::uninit(gpu, &[1], DType::F32)?,
+            Tensor::uninit(gpu, &[1], DType::F32)?,
+        );
+        let mut p = self.params(batch, d, seed, step);
+        p.rows = n as u32;
+        gpu.dispatch(
+            &GATHER,
+            &self.overrides(),
+            &[
+                data.binding(),
+                labels.binding(),
+                self.ldm.binding(),
+                x.binding(),
+                l.binding(),
+                s1.binding(),
+                s2.binding(),
+            ],
+            &p,
+            (batch * d).div_ceil(WG) as u64,
+        )?;
+        Ok((x, l))
     }
 
     /// Noise a batch `x0` `[B, D]` at step `step`: draws t (stream 0) and eps (stream 1), and

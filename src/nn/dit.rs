@@ -1,0 +1,295 @@
+//! A diffusion transformer (DiT, Peebles and Xie) with adaLN-Zero conditioning and QK RMSNorm.
+//! With `x` the image `[B, C, H, W]`, `p` the patch size, `W` the width and `D = W / heads`:
+//!
+//! ```text
+//! tokens  = patchify(x) W_x^T + b_x + pos               [B, T, W], T = (H/p)(W/p), pos: 2-D sin-cos
+//! c       = mlp_t(temb(1000 t)) + E[y]                  [B, W], mlp_t = Linear, SiLU, Linear
+//! block:  (sh1, sc1, g1, sh2, sc2, g2) = Linear(SiLU(c)) (6 W outputs, in this order, zero-init)
+//!         h = LN(x) (1 + sc1) + sh1
+//!         q, k, v = split(h W_qkv^T + b_qkv); q = RMSNorm(q) per head, k likewise (scales [D])
+//!         x = x + g1 (attention(q, k, v) W_o^T + b_o)
+//!         h = LN(x) (1 + sc2) + sh2
+//!         x = x + g2 (GELU(h W_1^T + b_1) W_2^T + b_2)     (hidden width 4 W)
+//! final:  (sh, sc) = Linear(SiLU(c)) (zero-init); out = (LN(x) (1 + sc) + sh) W_f^T + b_f (zero-init)
+//! output  = unpatchify(out)                             [B, C H W]
+//! ```
+//!
+//! LayerNorms have no affine parameters (eps 1e-6); RMSNorm eps 1e-6. Parameter names follow
+//! the reference DiT implementation (`blocks.0.attn.qkv.weight`, ...), so the weights map onto it;
+//! `x_embedder.proj.weight` is `[W, C p p]`, the reference's `[W, C, p, p]` convolution flattened.
+
+use super::{ModelConfig, TIME_SCALE};
+use crate::autograd::{functions as f, Tape, Var};
+use crate::error::{Error, Result};
+use crate::params::{Init, ParamId, Params, ParamsBuilder};
+use crate::tensor::Tensor;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+const TIME_DIM: usize = 256;
+const EPS: f32 = 1e-6;
+
+type Linear = (ParamId, ParamId);
+
+struct Block {
+    ada: Linear,
+    qkv: Linear,
+    q_norm: ParamId,
+    k_norm: ParamId,
+    proj: Linear,
+    fc1: Linear,
+    fc2: Linear,
+}
+
+pub struct Dit {
+    config: ModelConfig,
+    x_embed: Linear,
+    t_mlp: (Linear, Linear),
+    y_embed: Option<ParamId>,
+    blocks: Vec<Block>,
+    final_ada: Linear,
+    final_linear: Linear,
+    /// The positional embedding tiled over the batch, per batch size (a constant).
+    pos: Mutex<HashMap<usize, Tensor>>,
+}
+
+fn linear(b: &mut ParamsBuilder, name: &str, out: usize, inp: usize, init: Init) -> Linear {
+    (
+        b.add(format!("{name}.weight"), &[out, inp], init),
+        b.add(format!("{name}.bias"), &[out], Init::Zeros),
+    )
+}
+
+fn xavier(inp: usize, out: usize) -> Init {
+    Init::XavierUniform {
+        fan_in: inp,
+        fan_out: out,
+    }
+}
+
+/// DiT's 2-D sine-cosine position embedding `[gh * gw, width]`: the first half of the features
+/// encode the row, the second half the column, each as `[sin(pos w_i), cos(pos w_i)]` with
+/// `w_i = 10000^(-i / (width / 4))`.
+pub fn position_embedding(gh: usize, gw: usize, width: usize) -> Vec<f32> {
+    let quarter = width / 4;
+    let mut out = vec![0f32; gh * gw * width];
+    for r in 0..gh {
+        for c in 0..gw {
+            let row = &mut out[(r * gw + c) * width..][..width];
+            for (half, pos) in [(0, r as f64), (1, c as f64)] {
+                for i in 0..quarter {
+                    let omega = 1.0 / 10000f64.powf(i as f64 / quarter as f64);
+                    row[half * width / 2 + i] = (pos * omega).sin() as f32;
+                    row[half * width / 2 + quarter + i] = (pos * omega).cos() as f32;
+                }
+            }
+        }
+    }
+    out
+}
+
+impl Dit {
+    pub fn build(c: &ModelConfig, b: &mut ParamsBuilder) -> Result<Dit> {
+        let (w, heads, p) = (c.width, c.heads, c.patch);
+        if c.shape.len() != 3 {
+            return Err(Error::Config(format!(
+                "dit takes images [C, H, W], the data has shape {:?} (use --model mlp for points)",
+                c.shape
+            )));
+        }
+        let (ch, h, wd) = (c.shape[0], c.shape[1], c.shape[2]);
+        if p == 0 || h % p != 0 || wd % p != 0 {
+            return Err(Error::Config(format!(
+                "patch size {p} must divide the image size {h}x{wd}"
+            )));
+        }
+        if heads == 0 || w % heads != 0 || w % 4 != 0 || w / heads > crate::ops::MAX_HEAD_DIM {
+            return Err(Error::Config(format!(
+                "width {w} must be a multiple of 4 and of heads {heads}, with width / heads at most {}",
+                crate::ops::MAX_HEAD_DIM
+            )));
+        }
+        let patch_dim = ch * p * p;
+        let x_embed = linear(b, "x_embedder.proj", w, patch_dim, xavier(patch_dim, w));
+        let t_mlp = (
+            linear(
+                b,
+                "t_embedder.mlp.0",
+                w,
+                TIME_DIM,
+                Init::Normal { std: 0.02 },
+            ),
+            linear(b, "t_embedder.mlp.2", w, w, Init::Normal { std: 0.02 }),
+        );
+        let y_embed = (c.classes > 0).then(|| {
+            b.add(
+                "y_embedder.embedding_table.weight",
+                &[c.classes + 1, w],
+                Init::Normal { std: 0.02 },
+            )
+        });
+        let d = w / heads;
+        let blocks = (0..c.depth)
+            .map(|i| Block {
+                ada: linear(
+                    b,
+                    &format!("blocks.{i}.adaLN_modulation.1"),
+                    6 * w,
+                    w,
+                    Init::Zeros,
+                ),
+                qkv: linear(
+                    b,
+                    &format!("blocks.{i}.attn.qkv"),
+                    3 * w,
+                    w,
+                    xavier(w, 3 * w),
+                ),
+                q_norm: b.add(format!("blocks.{i}.attn.q_norm.weight"), &[d], Init::Ones),
+                k_norm: b.add(format!("blocks.{i}.attn.k_norm.weight"), &[d], Init::Ones),
+                proj: linear(b, &format!("blocks.{i}.attn.proj"), w, w, xavier(w, w)),
+                fc1: linear(
+                    b,
+                    &format!("blocks.{i}.mlp.fc1"),
+                    4 * w,
+                    w,
+                    xavier(w, 4 * w),
+                ),
+                fc2: linear(
+                    b,
+                    &format!("blocks.{i}.mlp.fc2"),
+                    w,
+                    4 * w,
+                    xavier(4 * w, w),
+                ),
+            })
+            .collect();
+        Ok(Dit {
+            config: c.clone(),
+            x_embed,
+            t_mlp,
+            y_embed,
+            blocks,
+            final_ada: linear(b, "final_layer.adaLN_modulation.1", 2 * w, w, Init::Zeros),
+            final_linear: linear(b, "final_layer.linear", patch_dim, w, Init::Zeros),
+            pos: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn positions(&self, gpu: &crate::Gpu, batch: usize) -> Result<Tensor> {
+        let mut cache = self.pos.lock().unwrap();
+        if let Some(t) = cache.get(&batch) {
+            return Ok(t.clone());
+        }
+        let c = &self.config;
+        let (gh, gw) = (c.shape[1] / c.patch, c.shape[2] / c.patch);
+        let one = position_embedding(gh, gw, c.width);
+        let tiled: Vec<f32> = (0..batch).flat_map(|_| one.iter().copied()).collect();
+        let t = Tensor::from_slice(gpu, &[batch, gh * gw, c.width], &tiled)?;
+        cache.insert(batch, t.clone());
+        Ok(t)
+    }
+
+    pub fn forward(
+        &self,
+        tape: &mut Tape,
+        p: &Params,
+        z: &Var,
+        t: &Var,
+        labels: &Tensor,
+    ) -> Result<Var> {
+        let c = &self.config;
+        let (ch, h, wd, heads) = (c.shape[0], c.shape[1], c.shape[2], c.heads);
+        let b = z.shape()[0];
+        let tokens = (h / c.patch) * (wd / c.patch);
+        let lin = |tape: &mut Tape, x: &Var, (wt, bs): Linear| {
+            let (wt, bs) = (tape.param(p, wt), tape.param(p, bs));
+            f::linear(tape, x, &wt, Some(&bs))
+        };
+        // Conditioning vector.
+        let temb = f::timestep_embedding(tape, t, TIME_DIM, TIME_SCALE)?;
+        let h1 = lin(tape, &temb, self.t_mlp.0)?;
+        let h1 = f::silu(tape, &h1)?;
+        let mut cond = lin(tape, &h1, self.t_mlp.1)?;
+        if let Some(table) = self.y_embed {
+            let table = tape.param(p, table);
+            let y = f::embedding(tape, labels, &table)?;
+            cond = f::add(tape, &cond, &y)?;
+        }
+        let cond = f::silu(tape, &cond)?;
+        // Patch tokens plus positions.
+        let img = f::reshape(tape, z, &[b, ch, h, wd])?;
+        let patches = f::patchify(tape, &img, c.patch)?;
+        let x = lin(tape, &patches, self.x_embed)?;
+        let pos = tape.constant(self.positions(z.value().gpu(), b)?);
+        let mut x = f::add(tape, &x, &pos)?;
+        for blk in &self.blocks {
+            let ada = lin(tape, &cond, blk.ada)?;
+            let m = chunks(tape, &ada, 6)?;
+            let hn = f::layer_norm(tape, &x, None, EPS)?;
+            let hm = f::modulate(tape, &hn, &m[1], &m[0])?;
+            let qkv = lin(tape, &hm, blk.qkv)?;
+            let qkv = qk_norm(tape, p, &qkv, blk.q_norm, blk.k_norm, heads)?;
+            let a = f::attention(tape, &qkv, heads)?;
+            let o = lin(tape, &a, blk.proj)?;
+            x = f::gate(tape, &x, &o, &m[2])?;
+            let hn = f::layer_norm(tape, &x, None, EPS)?;
+            let hm = f::modulate(tape, &hn, &m[4], &m[3])?;
+            let f1 = lin(tape, &hm, blk.fc1)?;
+            let f1 = f::gelu(tape, &f1)?;
+            let f2 = lin(tape, &f1, blk.fc2)?;
+            x = f::gate(tape, &x, &f2, &m[5])?;
+        }
+        let ada = lin(tape, &cond, self.final_ada)?;
+        let m = chunks(tape, &ada, 2)?;
+        let hn = f::layer_norm(tape, &x, None, EPS)?;
+        let hm = f::modulate(tape, &hn, &m[1], &m[0])?;
+        let out = lin(tape, &hm, self.final_linear)?;
+        debug_assert_eq!(out.shape(), [b, tokens, ch * c.patch * c.patch]);
+        let img = f::unpatchify(tape, &out, ch, h, wd, c.patch)?;
+        f::reshape(tape, &img, &[b, ch * h * wd])
+    }
+}
+
+/// Split `[B, k W]` into `k` tensors `[B, W]` (the adaLN outputs), through the token axis.
+fn chunks(tape: &mut Tape, x: &Var, k: usize) -> Result<Vec<Var>> {
+    let (b, w) = (x.shape()[0], x.shape()[1] / k);
+    let x3 = f::reshape(tape, x, &[b, k, w])?;
+    (0..k)
+        .map(|i| {
+            let s = f::slice_tokens(tape, &x3, i, 1)?;
+            f::reshape(tape, &s, &[b, w])
+        })
+        .collect()
+}
+
+/// RMSNorm of each head's query and key (learnable scales `[D]`), values untouched.
+fn qk_norm(
+    tape: &mut Tape,
+    p: &Params,
+    qkv: &Var,
+    q_norm: ParamId,
+    k_norm: ParamId,
+    heads: usize,
+) -> Result<Var> {
+    let (b, t, w3) = (qkv.shape()[0], qkv.shape()[1], qkv.shape()[2]);
+    let w = w3 / 3;
+    let d = w / heads;
+    let rows = f::reshape(tape, qkv, &[b * t, 3, w])?;
+    let mut parts = Vec::new();
+    for (i, scale) in [(0, Some(q_norm)), (1, Some(k_norm)), (2, None)] {
+        let part = f::slice_tokens(tape, &rows, i, 1)?;
+        parts.push(match scale {
+            Some(s) => {
+                let per_head = f::reshape(tape, &part, &[b * t * heads, d])?;
+                let g = tape.param(p, s);
+                let n = f::rms_norm(tape, &per_head, &g, EPS)?;
+                f::reshape(tape, &n, &[b * t, 1, w])?
+            }
+            None => part,
+        });
+    }
+    let qk = f::concat_tokens(tape, &parts[0], &parts[1])?;
+    let all = f::concat_tokens(tape, &qk, &parts[2])?;
+    f::reshape(tape, &all, &[b, t, w3])
+}

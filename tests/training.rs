@@ -1,0 +1,402 @@
+//! Training, checkpoints, sampling, data loading and the command line, on tiny models.
+
+mod common;
+
+use common::gpu;
+use rectiflow::checkpoint::Checkpoint;
+use rectiflow::data::{self, Dataset};
+use rectiflow::nn::ModelConfig;
+use rectiflow::output::npy_header;
+use rectiflow::sample::{sample, SampleOptions, Solver};
+use rectiflow::train::{TrainConfig, Trainer};
+use std::path::PathBuf;
+
+fn config(data: &Dataset, kind: &str, width: usize) -> TrainConfig {
+    TrainConfig {
+        data: data.name.clone(),
+        model: ModelConfig {
+            kind: kind.into(),
+            width,
+            depth: 1,
+            heads: 2,
+            patch: 2,
+            shape: data.shape.clone(),
+            classes: data.classes,
+        },
+        schedule: "rf".into(),
+        prediction: "velocity".into(),
+        weighting: None,
+        t_sampler: "uniform".into(),
+        steps: 100,
+        batch: 64,
+        lr: 3e-3,
+        warmup: 10,
+        ema_decay: 0.9,
+        max_grad_norm: 1.0,
+        label_dropout: 0.1,
+        seed: 3,
+    }
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("rectiflow-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn mean_loss(tr: &mut Trainer, steps: usize) -> f32 {
+    (0..steps)
+        .map(|_| {
+            tr.step().unwrap();
+            tr.read_loss().unwrap()
+        })
+        .sum::<f32>()
+        / steps as f32
+}
+
+#[test]
+fn a_tiny_mlp_and_a_tiny_dit_learn() {
+    let toy = data::toy("8gaussians", 5000, 1).unwrap();
+    let mut tr = Trainer::new(gpu(), config(&toy, "mlp", 64), &toy).unwrap();
+    let (first, _) = (mean_loss(&mut tr, 20), mean_loss(&mut tr, 200));
+    let last = mean_loss(&mut tr, 20);
+    assert!(last < 0.8 * first, "mlp loss {first} -> {last}");
+    // The pool creates no buffer once the step has run.
+    let created = gpu().pool_stats().created;
+    mean_loss(&mut tr, 5);
+    assert_eq!(
+        gpu().pool_stats().created,
+        created,
+        "a repeated step allocates nothing"
+    );
+
+    let digits = data::digits().unwrap();
+    let mut tr = Trainer::new(gpu(), config(&digits, "dit", 16), &digits).unwrap();
+    let first = mean_loss(&mut tr, 10);
+    mean_loss(&mut tr, 50);
+    let last = mean_loss(&mut tr, 10);
+    assert!(last < 0.9 * first, "dit loss {first} -> {last}");
+}
+
+#[test]
+fn checkpoints_round_trip_and_resume_continues_bit_for_bit() {
+    let digits = data::digits().unwrap();
+    let cfg = config(&digits, "dit", 16);
+    let dir = temp_dir("resume");
+    let path = dir.join("checkpoint.safetensors");
+
+    let mut a = Trainer::new(gpu(), cfg.clone(), &digits).unwrap();
+    for _ in 0..6 {
+        a.step().unwrap();
+    }
+    a.checkpoint().unwrap().save(&path).unwrap();
+    assert!(
+        !dir.join("checkpoint.safetensors.tmp").exists(),
+        "the temporary file was renamed"
+    );
+    for _ in 0..6 {
+        a.step().unwrap();
+    }
+
+    let loaded = Checkpoint::load(&path).unwrap();
+    assert_eq!(loaded.step, 6);
+    assert_eq!(TrainConfig::from_json(&loaded.config).unwrap(), cfg);
+    let mut b = Trainer::new(gpu(), cfg.clone(), &digits).unwrap();
+    b.restore(&loaded, &path).unwrap();
+    // Saving what was restored gives the same checkpoint.
+    assert_eq!(b.checkpoint().unwrap(), loaded);
+    for _ in 0..6 {
+        b.step().unwrap();
+    }
+    assert_eq!(
+        a.params.values().to_vec().unwrap(),
+        b.params.values().to_vec().unwrap(),
+        "weights after resuming"
+    );
+    assert_eq!(
+        a.opt.ema().to_vec().unwrap(),
+        b.opt.ema().to_vec().unwrap(),
+        "EMA after resuming"
+    );
+    assert_eq!(a.read_loss().unwrap(), b.read_loss().unwrap());
+}
+
+#[test]
+fn corrupt_or_mismatched_checkpoints_are_refused_clearly() {
+    let digits = data::digits().unwrap();
+    let dir = temp_dir("corrupt");
+    let good = dir.join("good.safetensors");
+    let tr = Trainer::new(gpu(), config(&digits, "dit", 16), &digits).unwrap();
+    tr.checkpoint().unwrap().save(&good).unwrap();
+    let bytes = std::fs::read(&good).unwrap();
+
+    let truncated = dir.join("truncated.safetensors");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let err = Checkpoint::load(&truncated).unwrap_err().to_string();
+    assert!(
+        err.contains("truncated.safetensors") && err.contains("not a usable"),
+        "{err}"
+    );
+
+    let garbage = dir.join("garbage.safetensors");
+    std::fs::write(&garbage, b"this is not a checkpoint at all").unwrap();
+    assert!(Checkpoint::load(&garbage)
+        .unwrap_err()
+        .to_string()
+        .contains("not a usable"));
+
+    let missing = dir.join("missing.safetensors");
+    assert!(Checkpoint::load(&missing)
+        .unwrap_err()
+        .to_string()
+        .contains("cannot read checkpoint"));
+
+    // A checkpoint of another model size is refused by name and shape.
+    let ck = Checkpoint::load(&good).unwrap();
+    let mut wider = Trainer::new(gpu(), config(&digits, "dit", 32), &digits).unwrap();
+    let err = wider.restore(&ck, &good).unwrap_err().to_string();
+    assert!(
+        err.contains("shape") && err.contains("good.safetensors"),
+        "{err}"
+    );
+    // And one that lacks a parameter.
+    let mut partial = ck.clone();
+    partial.params.remove("final_layer.linear.weight");
+    let mut same = Trainer::new(gpu(), config(&digits, "dit", 16), &digits).unwrap();
+    let err = same.restore(&partial, &good).unwrap_err().to_string();
+    assert!(err.contains("final_layer.linear.weight"), "{err}");
+}
+
+#[test]
+fn sampling_with_a_fixed_seed_is_deterministic() {
+    let digits = data::digits().unwrap();
+    let mut tr = Trainer::new(gpu(), config(&digits, "dit", 16), &digits).unwrap();
+    for _ in 0..3 {
+        tr.step().unwrap();
+    }
+    let run = |seed: u64, solver: Solver, cfg: f32| {
+        let opts = SampleOptions {
+            steps: 4,
+            solver,
+            cfg,
+            shift: 3.0,
+            labels: vec![0, 1, 2, 3, 10],
+            seed,
+        };
+        sample(&tr.model, &tr.params, &tr.flow, 64, 10, &opts)
+            .unwrap()
+            .to_vec()
+            .unwrap()
+    };
+    let a = run(5, Solver::Euler, 2.0);
+    assert_eq!(a.len(), 5 * 64);
+    assert!(a.iter().all(|v| v.is_finite()));
+    assert_eq!(a, run(5, Solver::Euler, 2.0), "same seed, same samples");
+    assert_ne!(a, run(6, Solver::Euler, 2.0), "another seed, other samples");
+    assert_ne!(a, run(5, Solver::Heun, 2.0));
+    assert_eq!(run(5, Solver::Heun, 1.0), run(5, Solver::Heun, 1.0));
+}
+
+#[test]
+fn npy_headers_follow_numpy_format_1_0() {
+    for shape in [vec![100, 1, 8, 8], vec![5000, 2], vec![7]] {
+        let h = npy_header("<f4", &shape);
+        assert_eq!(&h[..8], b"\x93NUMPY\x01\x00");
+        let len = u16::from_le_bytes([h[8], h[9]]) as usize;
+        assert_eq!(h.len(), 10 + len);
+        assert_eq!(h.len() % 64, 0, "data starts 64-byte aligned");
+        let dict = std::str::from_utf8(&h[10..]).unwrap();
+        assert!(dict.ends_with('\n'));
+        let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+        let want = if shape.len() == 1 {
+            format!("({},)", dims[0])
+        } else {
+            format!("({})", dims.join(", "))
+        };
+        assert!(
+            dict.starts_with(&format!(
+                "{{'descr': '<f4', 'fortran_order': False, 'shape': {want}, }}"
+            )),
+            "{dict}"
+        );
+    }
+}
+
+fn write_idx(path: &std::path::Path, magic: u32, dims: &[u32], data: &[u8]) {
+    let mut b = magic.to_be_bytes().to_vec();
+    for d in dims {
+        b.extend(d.to_be_bytes());
+    }
+    b.extend(data);
+    std::fs::write(path, b).unwrap();
+}
+
+#[test]
+fn data_sets_load_and_bad_files_get_clear_errors() {
+    let d = data::digits().unwrap();
+    assert_eq!((d.len(), d.dim(), d.classes), (1797, 64, 10));
+    assert!(d.x.iter().all(|v| (-1.0..=1.0).contains(v)));
+    assert_eq!(&d.labels.as_ref().unwrap()[..5], &[0, 1, 2, 3, 4]);
+    for toy in data::TOYS {
+        let t = data::toy(toy, 1000, 0).unwrap();
+        assert_eq!(t.len(), 1000);
+        assert!(t.x.iter().all(|v| v.is_finite() && v.abs() < 4.0), "{toy}");
+    }
+    assert!(data::toy("circles", 10, 0)
+        .unwrap_err()
+        .to_string()
+        .contains("checkerboard"));
+
+    let dir = temp_dir("idx");
+    let (img, lab) = (dir.join("img.idx"), dir.join("lab.idx"));
+    write_idx(
+        &img,
+        2051,
+        &[3, 2, 2],
+        &[0, 255, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100],
+    );
+    write_idx(&lab, 2049, &[3], &[7, 2, 1]);
+    let spec = format!("idx:{},{}", img.display(), lab.display());
+    let ds = Dataset::from_spec(&spec, 0).unwrap();
+    assert_eq!(
+        (ds.len(), ds.shape.clone(), ds.classes),
+        (3, vec![1, 2, 2], 8)
+    );
+    assert_eq!(ds.x[1], 1.0);
+    // gzipped works too
+    let gz = dir.join("img.idx.gz");
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut enc, &std::fs::read(&img).unwrap()).unwrap();
+    std::fs::write(&gz, enc.finish().unwrap()).unwrap();
+    assert_eq!(
+        Dataset::from_spec(&format!("idx:{}", gz.display()), 0)
+            .unwrap()
+            .x,
+        ds.x
+    );
+
+    let err = Dataset::from_spec(&format!("idx:{}", dir.join("nope").display()), 0)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cannot read") && err.contains("nope"), "{err}");
+    let err = Dataset::from_spec(&format!("idx:{}", lab.display()), 0)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("magic") && err.contains("2051"), "{err}");
+    let short = dir.join("short.idx");
+    write_idx(&short, 2051, &[3, 2, 2], &[1, 2, 3]);
+    let err = Dataset::from_spec(&format!("idx:{}", short.display()), 0)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("truncated"), "{err}");
+    let lab2 = dir.join("lab2.idx");
+    write_idx(&lab2, 2049, &[2], &[1, 2]);
+    let err = Dataset::from_spec(&format!("idx:{},{}", img.display(), lab2.display()), 0)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("2 labels for 3 images"), "{err}");
+}
+
+#[test]
+fn the_command_line_trains_samples_and_protects_existing_runs() {
+    let bin = env!("CARGO_BIN_EXE_rectiflow");
+    let dir = temp_dir("cli");
+    let out = dir.join("run");
+    let train = |extra: &[&str]| {
+        let steps = if extra.contains(&"--resume") {
+            "30"
+        } else {
+            "20"
+        };
+        let mut args = vec![
+            "train",
+            "--data",
+            "toy:moons",
+            "--model",
+            "mlp",
+            "--steps",
+            steps,
+            "--batch",
+            "32",
+            "--width",
+            "16",
+            "--depth",
+            "1",
+            "--quiet",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        std::process::Command::new(bin)
+            .args(&args)
+            .output()
+            .unwrap()
+    };
+    let r = train(&[]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    for f in [
+        "config.json",
+        "checkpoint.safetensors",
+        "metrics.json",
+        "samples.png",
+        "samples.npy",
+        "labels.npy",
+    ] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    let before = std::fs::read(out.join("checkpoint.safetensors")).unwrap();
+    // A second run into the same directory is refused and leaves it untouched.
+    let r = train(&[]);
+    assert!(!r.status.success());
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("--resume"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert_eq!(
+        std::fs::read(out.join("checkpoint.safetensors")).unwrap(),
+        before
+    );
+    // Resume to more steps.
+    let r = train(&["--resume"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(
+        Checkpoint::load(&out.join("checkpoint.safetensors"))
+            .unwrap()
+            .step,
+        30
+    );
+    // Bad settings fail before anything is written.
+    let r = std::process::Command::new(bin)
+        .args([
+            "train",
+            "--t-sampler",
+            "mode:5",
+            "--out",
+            dir.join("bad").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!r.status.success() && String::from_utf8_lossy(&r.stderr).contains("mode:5"));
+    assert!(!dir.join("bad").exists());
+    // Sample from the checkpoint.
+    let png = dir.join("s").join("grid.png");
+    let r = std::process::Command::new(bin)
+        .args([
+            "sample",
+            "--checkpoint",
+            out.join("checkpoint.safetensors").to_str().unwrap(),
+            "--n",
+            "50",
+            "--steps",
+            "3",
+            "--out",
+            png.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let npy = std::fs::read(dir.join("s").join("samples.npy")).unwrap();
+    assert_eq!(npy.len(), npy_header("<f4", &[50, 2]).len() + 50 * 2 * 4);
+}

@@ -18,6 +18,7 @@ pub mod autograd;
 pub mod checkpoint;
 pub mod data;
 pub mod error;
+pub mod eval;
 pub mod flow;
 pub mod gpu;
 pub mod nn;

@@ -23,6 +23,9 @@ enum Command {
     Train(cli::TrainArgs),
     /// Draw samples from a checkpoint: a PNG grid or scatter plot, samples.npy and labels.npy.
     Sample(cli::SampleArgs),
+    /// Measure a checkpoint's samples: sliced W2 and MMD (2-D data) or classifier accuracy and
+    /// Frechet distance (labelled images), each beside its real-vs-real floor.
+    Eval(cli::EvalArgs),
     /// List every GPU adapter and show the chosen one's features and limits.
     Info,
 }
@@ -32,6 +35,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Train(args) => cli::train(args),
         Command::Sample(args) => cli::sample(args),
+        Command::Eval(args) => cli::eval(args),
         Command::Info => info(),
     };
     match result {

@@ -22,7 +22,8 @@ pub struct AdamWConfig {
     pub max_grad_norm: f32,
     /// Linear warm-up from `lr / warmup_steps` to `lr`.
     pub warmup_steps: u64,
-    /// EMA decay; 0 turns the EMA off.
+    /// EMA decay; 0 turns the EMA off. It warms up as `min(ema_decay, (1 + t) / (10 + t))` at
+    /// step `t`, so that the average forgets the initial weights early in training.
     pub ema_decay: f32,
 }
 
@@ -100,7 +101,7 @@ impl AdamW {
             eps: c.eps,
             weight_decay: c.weight_decay,
             max_norm: c.max_grad_norm,
-            ema_decay: c.ema_decay,
+            ema_decay: self.ema_decay_at(self.step),
             step: self.step,
         };
         ops::adamw(
@@ -112,6 +113,12 @@ impl AdamW {
             &self.stats,
             &s,
         )
+    }
+
+    /// The EMA decay at 1-based step `step` (warmed up; 0 when the EMA is off).
+    pub fn ema_decay_at(&self, step: u64) -> f32 {
+        let warm = (1.0 + step as f64) / (10.0 + step as f64);
+        (self.config.ema_decay as f64).min(warm) as f32
     }
 
     /// Steps taken.

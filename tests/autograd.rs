@@ -350,6 +350,8 @@ fn adamw_with_warmup_clipping_decay_and_ema_matches_cpu_reference() {
         let norm = gd.iter().map(|x| x * x).sum::<f64>().sqrt();
         let clip = (2.0 / (norm + 1e-6)).min(1.0);
         let lr = 0.05 * (step.min(3) as f64 / 3.0);
+        // The EMA decay warms up: min(0.9, (1 + t) / (10 + t)), as f32 on the GPU.
+        let decay = 0.9f64.min((1.0 + step as f64) / (10.0 + step as f64)) as f32 as f64;
         let (bc1, bc2) = (
             1.0 - 0.8f64.powi(step as i32),
             1.0 - 0.95f64.powi(step as i32),
@@ -359,7 +361,7 @@ fn adamw_with_warmup_clipping_decay_and_ema_matches_cpu_reference() {
             m[i] = 0.8 * m[i] + 0.2 * gi;
             v[i] = 0.95 * v[i] + 0.05 * gi * gi;
             w[i] -= lr * ((m[i] / bc1) / ((v[i] / bc2).sqrt() + 1e-6) + 0.1 * w[i]);
-            ema[i] = 0.9 * ema[i] + 0.1 * w[i];
+            ema[i] = decay * ema[i] + (1.0 - decay) * w[i];
         }
         let stats = opt.stats().to_vec().unwrap();
         assert!(

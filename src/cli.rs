@@ -18,7 +18,7 @@ pub struct TrainArgs {
     /// digits | toy:NAME (checkerboard, moons, 8gaussians, spirals) | idx:IMAGES[,LABELS]
     #[arg(long, default_value = "digits")]
     data: String,
-    /// dit | mlp
+    /// dit | mmdit | mlp (default: dit for images, mlp for points)
     #[arg(long)]
     model: Option<String>,
     /// rf | cosine | ldm-linear | edm:PM,PS
@@ -51,10 +51,10 @@ pub struct TrainArgs {
     label_dropout: f32,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Model width (default: 64 for dit, 256 for mlp).
+    /// Model width (default: 64 for dit and mmdit, 256 for mlp).
     #[arg(long)]
     width: Option<usize>,
-    /// Transformer blocks or hidden layers (default: 4 for dit, 3 for mlp).
+    /// Transformer blocks or hidden layers (default: 4 for dit and mmdit, 3 for mlp).
     #[arg(long)]
     depth: Option<usize>,
     #[arg(long, default_value_t = 4)]
@@ -235,8 +235,8 @@ pub fn train(a: TrainArgs) -> Result<()> {
     let config = TrainConfig {
         data: a.data.clone(),
         model: ModelConfig {
-            width: a.width.unwrap_or(if kind == "dit" { 64 } else { 256 }),
-            depth: a.depth.unwrap_or(if kind == "dit" { 4 } else { 3 }),
+            width: a.width.unwrap_or(if kind == "mlp" { 256 } else { 64 }),
+            depth: a.depth.unwrap_or(if kind == "mlp" { 3 } else { 4 }),
             heads: a.heads,
             patch: a.patch,
             shape: data.shape.clone(),

@@ -380,6 +380,41 @@ fn the_command_line_trains_samples_and_protects_existing_runs() {
         .unwrap();
     assert!(!r.status.success() && String::from_utf8_lossy(&r.stderr).contains("mode:5"));
     assert!(!dir.join("bad").exists());
+    // A diverging run stops with the step named and writes no checkpoint.
+    let blown = dir.join("blown");
+    let r = std::process::Command::new(bin)
+        .args([
+            "train",
+            "--data",
+            "toy:moons",
+            "--model",
+            "mlp",
+            "--width",
+            "16",
+            "--depth",
+            "1",
+            "--steps",
+            "40",
+            "--batch",
+            "32",
+            "--lr",
+            "1e30",
+            "--warmup",
+            "0",
+            "--log-every",
+            "5",
+            "--quiet",
+            "--out",
+            blown.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        !r.status.success() && err.contains("the loss became") && err.contains("at step"),
+        "{err}"
+    );
+    assert!(!blown.join("checkpoint.safetensors").exists());
     // Sample from the checkpoint.
     let png = dir.join("s").join("grid.png");
     let r = std::process::Command::new(bin)
@@ -399,4 +434,70 @@ fn the_command_line_trains_samples_and_protects_existing_runs() {
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let npy = std::fs::read(dir.join("s").join("samples.npy")).unwrap();
     assert_eq!(npy.len(), npy_header("<f4", &[50, 2]).len() + 50 * 2 * 4);
+}
+
+#[test]
+fn mmdit_gradients_match_finite_differences_of_its_forward_pass() {
+    use rectiflow::autograd::{functions as f, Tape};
+    let digits = data::digits().unwrap();
+    let mut cfg = config(&digits, "mmdit", 8);
+    cfg.model.heads = 2;
+    let tr = Trainer::new(gpu(), cfg, &digits).unwrap();
+    let p = &tr.params;
+    // Random weights everywhere, so that no zero-initialised gate hides a path.
+    let n = p.values().numel();
+    p.values()
+        .write(
+            &common::rand_vec(n, 40)
+                .iter()
+                .map(|v| 0.3 * v)
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+    let b = 3;
+    let z = common::upload(gpu(), &[b, 64], &common::rand_vec(b * 64, 41));
+    let t = common::upload(gpu(), &[b], &[0.2, 0.5, 0.9]);
+    let labels = common::upload(gpu(), &[b], &[1.0, 7.0, 10.0]);
+    let target = common::upload(gpu(), &[b, 64], &common::rand_vec(b * 64, 42));
+    let loss_of = |record: bool| {
+        let mut tape = if record { Tape::new() } else { Tape::no_grad() };
+        let (zv, tv, yv) = (
+            tape.constant(z.clone()),
+            tape.constant(t.clone()),
+            tape.constant(target.clone()),
+        );
+        let out = tr.model.forward(&mut tape, p, &zv, &tv, &labels).unwrap();
+        let loss = f::mse(&mut tape, &out, &yv).unwrap();
+        if record {
+            p.zero_grads().unwrap();
+            tape.backward(&loss).unwrap();
+        }
+        loss.value().to_vec().unwrap()[0] as f64
+    };
+    loss_of(true);
+    let grads = p.grads().to_vec().unwrap();
+    let values = p.values().to_vec().unwrap();
+    // One element of every parameter tensor: central differences in f32 with step 1e-2.
+    let h = 1e-2f32;
+    let mut checked = 0;
+    for (i, spec) in p.specs().iter().enumerate() {
+        let k = spec.offset + (i * 7) % spec.shape.iter().product::<usize>();
+        let mut v = values.clone();
+        v[k] = values[k] + h;
+        p.values().write(&v).unwrap();
+        let up = loss_of(false);
+        v[k] = values[k] - h;
+        p.values().write(&v).unwrap();
+        let down = loss_of(false);
+        let fd = (up - down) / (2.0 * h as f64);
+        let g = grads[k] as f64;
+        assert!(
+            (g - fd).abs() <= 0.03 * fd.abs() + 2e-4,
+            "{} element {k}: backward {g}, finite differences {fd}",
+            spec.name
+        );
+        checked += 1;
+    }
+    p.values().write(&values).unwrap();
+    assert!(checked >= 30, "{checked} tensors checked");
 }

@@ -26,10 +26,10 @@ use crate::tensor::Tensor;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-const TIME_DIM: usize = 256;
-const EPS: f32 = 1e-6;
+pub(super) const TIME_DIM: usize = 256;
+pub(super) const EPS: f32 = 1e-6;
 
-type Linear = (ParamId, ParamId);
+pub(super) type Linear = (ParamId, ParamId);
 
 struct Block {
     ada: Linear,
@@ -49,18 +49,23 @@ pub struct Dit {
     blocks: Vec<Block>,
     final_ada: Linear,
     final_linear: Linear,
-    /// The positional embedding tiled over the batch, per batch size (a constant).
-    pos: Mutex<HashMap<usize, Tensor>>,
+    pos: Positions,
 }
 
-fn linear(b: &mut ParamsBuilder, name: &str, out: usize, inp: usize, init: Init) -> Linear {
+pub(super) fn linear(
+    b: &mut ParamsBuilder,
+    name: &str,
+    out: usize,
+    inp: usize,
+    init: Init,
+) -> Linear {
     (
         b.add(format!("{name}.weight"), &[out, inp], init),
         b.add(format!("{name}.bias"), &[out], Init::Zeros),
     )
 }
 
-fn xavier(inp: usize, out: usize) -> Init {
+pub(super) fn xavier(inp: usize, out: usize) -> Init {
     Init::XavierUniform {
         fan_in: inp,
         fan_out: out,
@@ -88,27 +93,66 @@ pub fn position_embedding(gh: usize, gw: usize, width: usize) -> Vec<f32> {
     out
 }
 
+/// The position embedding of a token grid, tiled over the batch: a constant, made once per
+/// batch size.
+pub(super) struct Positions {
+    grid: (usize, usize),
+    width: usize,
+    tiled: Mutex<HashMap<usize, Tensor>>,
+}
+
+impl Positions {
+    pub(super) fn new(gh: usize, gw: usize, width: usize) -> Positions {
+        Positions {
+            grid: (gh, gw),
+            width,
+            tiled: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `[batch, gh * gw, width]`.
+    pub(super) fn tiled(&self, gpu: &crate::Gpu, batch: usize) -> Result<Tensor> {
+        let mut cache = self.tiled.lock().unwrap();
+        if let Some(t) = cache.get(&batch) {
+            return Ok(t.clone());
+        }
+        let (gh, gw) = self.grid;
+        let one = position_embedding(gh, gw, self.width);
+        let all: Vec<f32> = (0..batch).flat_map(|_| one.iter().copied()).collect();
+        let t = Tensor::from_slice(gpu, &[batch, gh * gw, self.width], &all)?;
+        cache.insert(batch, t.clone());
+        Ok(t)
+    }
+}
+
+/// Check an image transformer's configuration; returns (channels, height, width).
+pub(super) fn check_image_model(c: &ModelConfig) -> Result<(usize, usize, usize)> {
+    let (w, heads, p) = (c.width, c.heads, c.patch);
+    if c.shape.len() != 3 {
+        return Err(Error::Config(format!(
+            "{} takes images [C, H, W], the data has shape {:?} (use --model mlp for points)",
+            c.kind, c.shape
+        )));
+    }
+    let (ch, h, wd) = (c.shape[0], c.shape[1], c.shape[2]);
+    if p == 0 || h % p != 0 || wd % p != 0 {
+        return Err(Error::Config(format!(
+            "patch size {p} must divide the image size {h}x{wd}"
+        )));
+    }
+    if heads == 0 || w % heads != 0 || w % 4 != 0 || w / heads > crate::ops::MAX_HEAD_DIM {
+        return Err(Error::Config(format!(
+            "width {w} must be a multiple of 4 and of heads {heads}, with width / heads at most {}",
+            crate::ops::MAX_HEAD_DIM
+        )));
+    }
+    Ok((ch, h, wd))
+}
+
 impl Dit {
     pub fn build(c: &ModelConfig, b: &mut ParamsBuilder) -> Result<Dit> {
         let (w, heads, p) = (c.width, c.heads, c.patch);
-        if c.shape.len() != 3 {
-            return Err(Error::Config(format!(
-                "dit takes images [C, H, W], the data has shape {:?} (use --model mlp for points)",
-                c.shape
-            )));
-        }
-        let (ch, h, wd) = (c.shape[0], c.shape[1], c.shape[2]);
-        if p == 0 || h % p != 0 || wd % p != 0 {
-            return Err(Error::Config(format!(
-                "patch size {p} must divide the image size {h}x{wd}"
-            )));
-        }
-        if heads == 0 || w % heads != 0 || w % 4 != 0 || w / heads > crate::ops::MAX_HEAD_DIM {
-            return Err(Error::Config(format!(
-                "width {w} must be a multiple of 4 and of heads {heads}, with width / heads at most {}",
-                crate::ops::MAX_HEAD_DIM
-            )));
-        }
+        let (ch, h, wd) = check_image_model(c)?;
         let patch_dim = ch * p * p;
         let x_embed = linear(b, "x_embedder.proj", w, patch_dim, xavier(patch_dim, w));
         let t_mlp = (
@@ -172,22 +216,8 @@ impl Dit {
             blocks,
             final_ada: linear(b, "final_layer.adaLN_modulation.1", 2 * w, w, Init::Zeros),
             final_linear: linear(b, "final_layer.linear", patch_dim, w, Init::Zeros),
-            pos: Mutex::new(HashMap::new()),
+            pos: Positions::new(h / p, wd / p, w),
         })
-    }
-
-    fn positions(&self, gpu: &crate::Gpu, batch: usize) -> Result<Tensor> {
-        let mut cache = self.pos.lock().unwrap();
-        if let Some(t) = cache.get(&batch) {
-            return Ok(t.clone());
-        }
-        let c = &self.config;
-        let (gh, gw) = (c.shape[1] / c.patch, c.shape[2] / c.patch);
-        let one = position_embedding(gh, gw, c.width);
-        let tiled: Vec<f32> = (0..batch).flat_map(|_| one.iter().copied()).collect();
-        let t = Tensor::from_slice(gpu, &[batch, gh * gw, c.width], &tiled)?;
-        cache.insert(batch, t.clone());
-        Ok(t)
     }
 
     pub fn forward(
@@ -221,7 +251,7 @@ impl Dit {
         let img = f::reshape(tape, z, &[b, ch, h, wd])?;
         let patches = f::patchify(tape, &img, c.patch)?;
         let x = lin(tape, &patches, self.x_embed)?;
-        let pos = tape.constant(self.positions(z.value().gpu(), b)?);
+        let pos = tape.constant(self.pos.tiled(z.value().gpu(), b)?);
         let mut x = f::add(tape, &x, &pos)?;
         for blk in &self.blocks {
             let ada = lin(tape, &cond, blk.ada)?;
@@ -252,7 +282,7 @@ impl Dit {
 }
 
 /// Split `[B, k W]` into `k` tensors `[B, W]` (the adaLN outputs), through the token axis.
-fn chunks(tape: &mut Tape, x: &Var, k: usize) -> Result<Vec<Var>> {
+pub(super) fn chunks(tape: &mut Tape, x: &Var, k: usize) -> Result<Vec<Var>> {
     let (b, w) = (x.shape()[0], x.shape()[1] / k);
     let x3 = f::reshape(tape, x, &[b, k, w])?;
     (0..k)
@@ -264,7 +294,7 @@ fn chunks(tape: &mut Tape, x: &Var, k: usize) -> Result<Vec<Var>> {
 }
 
 /// RMSNorm of each head's query and key (learnable scales `[D]`), values untouched.
-fn qk_norm(
+pub(super) fn qk_norm(
     tape: &mut Tape,
     p: &Params,
     qkv: &Var,

@@ -1,9 +1,11 @@
-//! Velocity networks: an MLP for 2-D data and a diffusion transformer (DiT) for images. A model
+//! Velocity networks: an MLP for 2-D data, a diffusion transformer (DiT) and SD3's two-stream
+//! MM-DiT for images. A model
 //! declares its parameters (with stable dotted names, the checkpoint keys) into a
 //! [`ParamsBuilder`] and computes the network output from `z_t`, `t` and labels on a tape.
 
 pub mod dit;
 pub mod mlp;
+pub mod mmdit;
 
 use crate::autograd::{Tape, Var};
 use crate::error::{Error, Result};
@@ -14,7 +16,7 @@ use serde::{Deserialize, Serialize};
 /// Which network and its size.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
-    /// `mlp` or `dit`.
+    /// `mlp`, `dit` or `mmdit`.
     pub kind: String,
     /// Hidden width (the transformer's model dimension).
     pub width: usize,
@@ -34,6 +36,7 @@ pub struct ModelConfig {
 pub enum Model {
     Mlp(mlp::Mlp),
     Dit(dit::Dit),
+    Mmdit(mmdit::Mmdit),
 }
 
 impl Model {
@@ -42,8 +45,9 @@ impl Model {
         match config.kind.as_str() {
             "mlp" => Ok(Model::Mlp(mlp::Mlp::build(config, builder)?)),
             "dit" => Ok(Model::Dit(dit::Dit::build(config, builder)?)),
+            "mmdit" => Ok(Model::Mmdit(mmdit::Mmdit::build(config, builder)?)),
             other => Err(Error::Config(format!(
-                "unknown model {other:?}: use dit or mlp"
+                "unknown model {other:?}: use dit, mmdit or mlp"
             ))),
         }
     }
@@ -61,6 +65,7 @@ impl Model {
         match self {
             Model::Mlp(m) => m.forward(tape, params, z, t, labels),
             Model::Dit(m) => m.forward(tape, params, z, t, labels),
+            Model::Mmdit(m) => m.forward(tape, params, z, t, labels),
         }
     }
 }

@@ -1,0 +1,191 @@
+//! SD3's multimodal diffusion transformer (MM-DiT, Esser et al. 2024): two token streams with
+//! their own weights, the image patches and a context sequence, meeting in one joint attention
+//! over their concatenation; adaLN-Zero conditioning from the pooled vector
+//! `c = mlp_t(temb(1000 t)) + E_pool[y]`. Here the context is `context_tokens` learned tokens per
+//! class, `E_ctx[y]` reshaped to `[B, Tc, W]` (the null class has its own).
+//!
+//! ```text
+//! per joint block, for each stream s in (context, image) with its own weights:
+//!   (sh1, sc1, g1, sh2, sc2, g2)_s = Linear_s,ada(SiLU(c))          (zero-init)
+//!   qkv_s = QKNorm(Linear_s,qkv(LN(x_s) (1 + sc1_s) + sh1_s))
+//! a = attention(concat_tokens(qkv_context, qkv_image))               (joint, context first)
+//! for each stream: x_s = x_s + g1_s Linear_s,proj(a_s)
+//!                  x_s = x_s + g2_s MLP_s(LN(x_s) (1 + sc2_s) + sh2_s)
+//! ```
+//!
+//! The image stream starts as in DiT (patch embedding plus 2-D sin-cos positions) and ends with
+//! DiT's final adaLN layer and un-patchify. Parameter names follow SD3's reference:
+//! `joint_blocks.i.x_block.*` (image) and `joint_blocks.i.context_block.*`, with
+//! `attn.ln_q` / `attn.ln_k` the QK RMSNorm scales.
+
+use super::dit::{
+    check_image_model, chunks, linear, qk_norm, xavier, Linear, Positions, EPS, TIME_DIM,
+};
+use super::{ModelConfig, TIME_SCALE};
+use crate::autograd::{functions as f, Tape, Var};
+use crate::error::Result;
+use crate::params::{Init, ParamId, Params, ParamsBuilder};
+use crate::tensor::Tensor;
+
+/// Context tokens per class label.
+pub const CONTEXT_TOKENS: usize = 4;
+
+struct Stream {
+    ada: Linear,
+    qkv: Linear,
+    ln_q: ParamId,
+    ln_k: ParamId,
+    proj: Linear,
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl Stream {
+    fn build(b: &mut ParamsBuilder, prefix: &str, w: usize, d: usize) -> Stream {
+        Stream {
+            ada: linear(
+                b,
+                &format!("{prefix}.adaLN_modulation.1"),
+                6 * w,
+                w,
+                Init::Zeros,
+            ),
+            qkv: linear(b, &format!("{prefix}.attn.qkv"), 3 * w, w, xavier(w, 3 * w)),
+            ln_q: b.add(format!("{prefix}.attn.ln_q.weight"), &[d], Init::Ones),
+            ln_k: b.add(format!("{prefix}.attn.ln_k.weight"), &[d], Init::Ones),
+            proj: linear(b, &format!("{prefix}.attn.proj"), w, w, xavier(w, w)),
+            fc1: linear(b, &format!("{prefix}.mlp.fc1"), 4 * w, w, xavier(w, 4 * w)),
+            fc2: linear(b, &format!("{prefix}.mlp.fc2"), w, 4 * w, xavier(4 * w, w)),
+        }
+    }
+}
+
+pub struct Mmdit {
+    config: ModelConfig,
+    x_embed: Linear,
+    t_mlp: (Linear, Linear),
+    y_pool: ParamId,
+    y_context: ParamId,
+    blocks: Vec<(Stream, Stream)>,
+    final_ada: Linear,
+    final_linear: Linear,
+    pos: Positions,
+}
+
+fn lin(tape: &mut Tape, p: &Params, x: &Var, (w, b): Linear) -> Result<Var> {
+    let (w, b) = (tape.param(p, w), tape.param(p, b));
+    f::linear(tape, x, &w, Some(&b))
+}
+
+impl Mmdit {
+    pub fn build(c: &ModelConfig, b: &mut ParamsBuilder) -> Result<Mmdit> {
+        let (ch, h, wd) = check_image_model(c)?;
+        let (w, p) = (c.width, c.patch);
+        let d = w / c.heads;
+        let patch_dim = ch * p * p;
+        let rows = c.classes + 1;
+        Ok(Mmdit {
+            config: c.clone(),
+            x_embed: linear(b, "x_embedder.proj", w, patch_dim, xavier(patch_dim, w)),
+            t_mlp: (
+                linear(
+                    b,
+                    "t_embedder.mlp.0",
+                    w,
+                    TIME_DIM,
+                    Init::Normal { std: 0.02 },
+                ),
+                linear(b, "t_embedder.mlp.2", w, w, Init::Normal { std: 0.02 }),
+            ),
+            y_pool: b.add(
+                "y_embedder.embedding_table.weight",
+                &[rows, w],
+                Init::Normal { std: 0.02 },
+            ),
+            y_context: b.add(
+                "context_embedder.embedding_table.weight",
+                &[rows, CONTEXT_TOKENS * w],
+                Init::Normal { std: 0.02 },
+            ),
+            blocks: (0..c.depth)
+                .map(|i| {
+                    (
+                        Stream::build(b, &format!("joint_blocks.{i}.context_block"), w, d),
+                        Stream::build(b, &format!("joint_blocks.{i}.x_block"), w, d),
+                    )
+                })
+                .collect(),
+            final_ada: linear(b, "final_layer.adaLN_modulation.1", 2 * w, w, Init::Zeros),
+            final_linear: linear(b, "final_layer.linear", patch_dim, w, Init::Zeros),
+            pos: Positions::new(h / p, wd / p, w),
+        })
+    }
+
+    pub fn forward(
+        &self,
+        tape: &mut Tape,
+        p: &Params,
+        z: &Var,
+        t: &Var,
+        labels: &Tensor,
+    ) -> Result<Var> {
+        let c = &self.config;
+        let (ch, h, wd, w, heads) = (c.shape[0], c.shape[1], c.shape[2], c.width, c.heads);
+        let b = z.shape()[0];
+        // Pooled conditioning and context tokens.
+        let temb = f::timestep_embedding(tape, t, TIME_DIM, TIME_SCALE)?;
+        let h1 = lin(tape, p, &temb, self.t_mlp.0)?;
+        let h1 = f::silu(tape, &h1)?;
+        let cond = lin(tape, p, &h1, self.t_mlp.1)?;
+        let pool_table = tape.param(p, self.y_pool);
+        let pooled = f::embedding(tape, labels, &pool_table)?;
+        let cond = f::add(tape, &cond, &pooled)?;
+        let cond = f::silu(tape, &cond)?;
+        let ctx_table = tape.param(p, self.y_context);
+        let ctx = f::embedding(tape, labels, &ctx_table)?;
+        let mut ctx = f::reshape(tape, &ctx, &[b, CONTEXT_TOKENS, w])?;
+        // Image tokens.
+        let img = f::reshape(tape, z, &[b, ch, h, wd])?;
+        let patches = f::patchify(tape, &img, c.patch)?;
+        let x = lin(tape, p, &patches, self.x_embed)?;
+        let pos = tape.constant(self.pos.tiled(z.value().gpu(), b)?);
+        let mut x = f::add(tape, &x, &pos)?;
+        for (cs, xs) in &self.blocks {
+            let ada_c = lin(tape, p, &cond, cs.ada)?;
+            let mc = chunks(tape, &ada_c, 6)?;
+            let ada_x = lin(tape, p, &cond, xs.ada)?;
+            let mx = chunks(tape, &ada_x, 6)?;
+            let qkv = |tape: &mut Tape, s: &Stream, x: &Var, m: &[Var]| -> Result<Var> {
+                let hn = f::layer_norm(tape, x, None, EPS)?;
+                let hm = f::modulate(tape, &hn, &m[1], &m[0])?;
+                let q = lin(tape, p, &hm, s.qkv)?;
+                qk_norm(tape, p, &q, s.ln_q, s.ln_k, heads)
+            };
+            let qc = qkv(tape, cs, &ctx, &mc)?;
+            let qx = qkv(tape, xs, &x, &mx)?;
+            let joint = f::concat_tokens(tape, &qc, &qx)?;
+            let a = f::attention(tape, &joint, heads)?;
+            let (ac, ax) = f::split_tokens(tape, &a, CONTEXT_TOKENS)?;
+            let finish =
+                |tape: &mut Tape, s: &Stream, x: &Var, a: &Var, m: &[Var]| -> Result<Var> {
+                    let o = lin(tape, p, a, s.proj)?;
+                    let x = f::gate(tape, x, &o, &m[2])?;
+                    let hn = f::layer_norm(tape, &x, None, EPS)?;
+                    let hm = f::modulate(tape, &hn, &m[4], &m[3])?;
+                    let f1 = lin(tape, p, &hm, s.fc1)?;
+                    let f1 = f::gelu(tape, &f1)?;
+                    let f2 = lin(tape, p, &f1, s.fc2)?;
+                    f::gate(tape, &x, &f2, &m[5])
+                };
+            ctx = finish(tape, cs, &ctx, &ac, &mc)?;
+            x = finish(tape, xs, &x, &ax, &mx)?;
+        }
+        let ada = lin(tape, p, &cond, self.final_ada)?;
+        let m = chunks(tape, &ada, 2)?;
+        let hn = f::layer_norm(tape, &x, None, EPS)?;
+        let hm = f::modulate(tape, &hn, &m[1], &m[0])?;
+        let out = lin(tape, p, &hm, self.final_linear)?;
+        let img = f::unpatchify(tape, &out, ch, h, wd, c.patch)?;
+        f::reshape(tape, &img, &[b, ch * h * wd])
+    }
+}

@@ -84,11 +84,13 @@ pub struct TrainArgs {
     quiet: bool,
 }
 
+/// How samples are drawn (shared by `sample` and `eval`).
 #[derive(Args, Debug)]
-pub struct SampleArgs {
+pub struct SamplingArgs {
     /// A checkpoint written by `rectiflow train` (RUN/checkpoint.safetensors).
     #[arg(long)]
     checkpoint: PathBuf,
+    /// Sampling steps.
     #[arg(long, default_value_t = 20)]
     steps: usize,
     /// euler | heun
@@ -100,17 +102,45 @@ pub struct SampleArgs {
     /// Time-grid shift alpha (1: none).
     #[arg(long, default_value_t = 1.0)]
     shift: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Use the EMA weights.
+    #[arg(long)]
+    ema: bool,
+}
+
+impl SamplingArgs {
+    fn options(&self, labels: Vec<u32>) -> Result<SampleOptions> {
+        Ok(SampleOptions {
+            steps: self.steps,
+            solver: Solver::parse(&self.solver)?,
+            cfg: self.cfg,
+            shift: self.shift,
+            labels,
+            seed: self.seed,
+        })
+    }
+
+    /// The checkpoint's weights, or their EMA.
+    fn params(&self, tr: &Trainer) -> Result<rectiflow::params::Params> {
+        if self.ema {
+            tr.ema_params()
+        } else {
+            tr.params.with_values(tr.params.values().clone())
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct SampleArgs {
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// Number of samples (default: 100 for images, 5000 for points).
     #[arg(long)]
     n: Option<usize>,
     /// Labels, comma-separated, cycled over the samples (default: 0, 1, ..., classes - 1).
     #[arg(long)]
     labels: Option<String>,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Use the EMA weights.
-    #[arg(long)]
-    ema: bool,
     /// The PNG to write; samples.npy and labels.npy go beside it.
     #[arg(long)]
     out: PathBuf,
@@ -118,25 +148,11 @@ pub struct SampleArgs {
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
-    #[arg(long)]
-    checkpoint: PathBuf,
-    /// Sampling steps.
-    #[arg(long, default_value_t = 20)]
-    steps: usize,
-    /// euler | heun
-    #[arg(long, default_value = "euler")]
-    solver: String,
-    /// Classifier-free guidance weight.
-    #[arg(long, default_value_t = 2.0)]
-    cfg: f32,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// Samples to measure (default: 500 images, 5000 points).
     #[arg(long)]
     n: Option<usize>,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Use the EMA weights.
-    #[arg(long)]
-    ema: bool,
     /// Where to write the JSON (default: eval.json beside the checkpoint).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -391,7 +407,7 @@ fn load_trainer(gpu: &Gpu, path: &Path) -> Result<Trainer> {
 
 pub fn sample(a: SampleArgs) -> Result<()> {
     let gpu = Gpu::new()?;
-    let tr = load_trainer(&gpu, &a.checkpoint)?;
+    let tr = load_trainer(&gpu, &a.sampling.checkpoint)?;
     let config = tr.config.clone();
     let classes = config.model.classes;
     let image = config.model.shape.len() == 3;
@@ -408,19 +424,8 @@ pub fn sample(a: SampleArgs) -> Result<()> {
         }
         (None, _) => grid_labels(classes, n),
     };
-    let opts = SampleOptions {
-        steps: a.steps,
-        solver: Solver::parse(&a.solver)?,
-        cfg: a.cfg,
-        shift: a.shift,
-        labels: labels.clone(),
-        seed: a.seed,
-    };
-    let params = if a.ema {
-        tr.ema_params()?
-    } else {
-        tr.params.with_values(tr.params.values().clone())?
-    };
+    let opts = a.sampling.options(labels.clone())?;
+    let params = a.sampling.params(&tr)?;
     let dim: usize = config.model.shape.iter().product();
     let z = draw(&tr.model, &params, &tr.flow, dim, classes as u32, &opts)?;
     write_samples(&a.out, &config.model.shape, &z.to_vec()?, &labels)?;
@@ -435,36 +440,25 @@ pub fn sample(a: SampleArgs) -> Result<()> {
 pub fn eval(a: EvalArgs) -> Result<()> {
     use rectiflow::eval::{frechet_distance, mmd_rbf, sliced_w2, Classifier};
     let gpu = Gpu::new()?;
-    let tr = load_trainer(&gpu, &a.checkpoint)?;
+    let tr = load_trainer(&gpu, &a.sampling.checkpoint)?;
     let config = tr.config.clone();
     let data = Dataset::from_spec(&config.data, config.seed)?;
     let (shape, classes) = (config.model.shape.clone(), config.model.classes);
     let dim: usize = shape.iter().product();
-    let params = if a.ema {
-        tr.ema_params()?
-    } else {
-        tr.params.with_values(tr.params.values().clone())?
-    };
+    let params = a.sampling.params(&tr)?;
     let n = a.n.unwrap_or(if data.is_image() { 500 } else { 5000 });
     let labels = if classes > 0 {
         grid_labels(classes, n)
     } else {
         vec![0; n]
     };
-    let opts = SampleOptions {
-        steps: a.steps,
-        solver: Solver::parse(&a.solver)?,
-        cfg: a.cfg,
-        shift: 1.0,
-        labels: labels.clone(),
-        seed: a.seed,
-    };
+    let opts = a.sampling.options(labels.clone())?;
     let samples = draw(&tr.model, &params, &tr.flow, dim, classes as u32, &opts)?.to_vec()?;
     let mut rows: Vec<(String, f64, Option<f64>)> = Vec::new();
     if !data.is_image() {
         let name = config.data.strip_prefix("toy:").unwrap_or(&config.data);
-        let fresh = rectiflow::data::toy(name, n, a.seed + 1000)?;
-        let other = rectiflow::data::toy(name, n, a.seed + 2000)?;
+        let fresh = rectiflow::data::toy(name, n, a.sampling.seed + 1000)?;
+        let other = rectiflow::data::toy(name, n, a.sampling.seed + 2000)?;
         rows.push((
             "sliced W2".into(),
             sliced_w2(&samples, &fresh.x, dim, 256, 7),
@@ -513,14 +507,14 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         println!("(the accuracy's reference is the classifier's own accuracy on 300 held-out real images)");
     }
     let json = serde_json::json!({
-        "checkpoint": a.checkpoint.display().to_string(),
-        "steps": a.steps, "solver": a.solver, "cfg": a.cfg, "n": n, "ema": a.ema,
+        "checkpoint": a.sampling.checkpoint.display().to_string(),
+        "steps": a.sampling.steps, "solver": a.sampling.solver, "cfg": a.sampling.cfg, "n": n, "ema": a.sampling.ema,
         "metrics": rows.iter().map(|(name, v, f)| serde_json::json!({"metric": name, "value": v, "real_vs_real": f})).collect::<Vec<_>>(),
     });
     let path = a
         .json
         .clone()
-        .unwrap_or_else(|| a.checkpoint.with_file_name("eval.json"));
+        .unwrap_or_else(|| a.sampling.checkpoint.with_file_name("eval.json"));
     std::fs::write(&path, serde_json::to_string_pretty(&json).unwrap())
         .map_err(|e| io(&path, e))?;
     println!("wrote {}", path.display());

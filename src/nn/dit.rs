@@ -42,14 +42,9 @@ struct Block {
 }
 
 pub struct Dit {
-    config: ModelConfig,
-    x_embed: Linear,
-    t_mlp: (Linear, Linear),
+    io: ImageStream,
     y_embed: Option<ParamId>,
     blocks: Vec<Block>,
-    final_ada: Linear,
-    final_linear: Linear,
-    pos: Positions,
 }
 
 pub(super) fn linear(
@@ -149,22 +144,85 @@ pub(super) fn check_image_model(c: &ModelConfig) -> Result<(usize, usize, usize)
     Ok((ch, h, wd))
 }
 
+/// `x W^T + b` with a parameter pair.
+pub(super) fn lin(tape: &mut Tape, p: &Params, x: &Var, (w, b): Linear) -> Result<Var> {
+    let (w, b) = (tape.param(p, w), tape.param(p, b));
+    f::linear(tape, x, &w, Some(&b))
+}
+
+/// What DiT and MM-DiT share around their blocks: the patch embedding with positions, the time
+/// MLP, and the final adaLN layer with un-patchify.
+pub(super) struct ImageStream {
+    pub(super) config: ModelConfig,
+    x_embed: Linear,
+    t_mlp: (Linear, Linear),
+    final_ada: Linear,
+    final_linear: Linear,
+    pos: Positions,
+}
+
+impl ImageStream {
+    pub(super) fn build(c: &ModelConfig, b: &mut ParamsBuilder) -> Result<ImageStream> {
+        let (ch, h, wd) = check_image_model(c)?;
+        let (w, p) = (c.width, c.patch);
+        let patch_dim = ch * p * p;
+        Ok(ImageStream {
+            config: c.clone(),
+            x_embed: linear(b, "x_embedder.proj", w, patch_dim, xavier(patch_dim, w)),
+            t_mlp: (
+                linear(
+                    b,
+                    "t_embedder.mlp.0",
+                    w,
+                    TIME_DIM,
+                    Init::Normal { std: 0.02 },
+                ),
+                linear(b, "t_embedder.mlp.2", w, w, Init::Normal { std: 0.02 }),
+            ),
+            final_ada: linear(b, "final_layer.adaLN_modulation.1", 2 * w, w, Init::Zeros),
+            final_linear: linear(b, "final_layer.linear", patch_dim, w, Init::Zeros),
+            pos: Positions::new(h / p, wd / p, w),
+        })
+    }
+
+    /// `mlp_t(temb(1000 t))`, `[B, W]`.
+    pub(super) fn time(&self, tape: &mut Tape, p: &Params, t: &Var) -> Result<Var> {
+        let temb = f::timestep_embedding(tape, t, TIME_DIM, TIME_SCALE)?;
+        let h = lin(tape, p, &temb, self.t_mlp.0)?;
+        let h = f::silu(tape, &h)?;
+        lin(tape, p, &h, self.t_mlp.1)
+    }
+
+    /// Patch tokens plus positions, `[B, T, W]`, from `z` `[B, C H W]`.
+    pub(super) fn tokens(&self, tape: &mut Tape, p: &Params, z: &Var) -> Result<Var> {
+        let c = &self.config;
+        let b = z.shape()[0];
+        let img = f::reshape(tape, z, &[b, c.shape[0], c.shape[1], c.shape[2]])?;
+        let patches = f::patchify(tape, &img, c.patch)?;
+        let x = lin(tape, p, &patches, self.x_embed)?;
+        let pos = tape.constant(self.pos.tiled(z.value().gpu(), b)?);
+        f::add(tape, &x, &pos)
+    }
+
+    /// The final adaLN layer and un-patchify: tokens `[B, T, W]` to the output `[B, C H W]`,
+    /// conditioned on `cond` (already through SiLU).
+    pub(super) fn output(&self, tape: &mut Tape, p: &Params, x: &Var, cond: &Var) -> Result<Var> {
+        let c = &self.config;
+        let (ch, h, wd) = (c.shape[0], c.shape[1], c.shape[2]);
+        let ada = lin(tape, p, cond, self.final_ada)?;
+        let m = chunks(tape, &ada, 2)?;
+        let hn = f::layer_norm(tape, x, None, EPS)?;
+        let hm = f::modulate(tape, &hn, &m[1], &m[0])?;
+        let out = lin(tape, p, &hm, self.final_linear)?;
+        let img = f::unpatchify(tape, &out, ch, h, wd, c.patch)?;
+        f::reshape(tape, &img, &[x.shape()[0], ch * h * wd])
+    }
+}
+
 impl Dit {
     pub fn build(c: &ModelConfig, b: &mut ParamsBuilder) -> Result<Dit> {
-        let (w, heads, p) = (c.width, c.heads, c.patch);
-        let (ch, h, wd) = check_image_model(c)?;
-        let patch_dim = ch * p * p;
-        let x_embed = linear(b, "x_embedder.proj", w, patch_dim, xavier(patch_dim, w));
-        let t_mlp = (
-            linear(
-                b,
-                "t_embedder.mlp.0",
-                w,
-                TIME_DIM,
-                Init::Normal { std: 0.02 },
-            ),
-            linear(b, "t_embedder.mlp.2", w, w, Init::Normal { std: 0.02 }),
-        );
+        let io = ImageStream::build(c, b)?;
+        let (w, d) = (c.width, c.width / c.heads);
         let y_embed = (c.classes > 0).then(|| {
             b.add(
                 "y_embedder.embedding_table.weight",
@@ -172,7 +230,6 @@ impl Dit {
                 Init::Normal { std: 0.02 },
             )
         });
-        let d = w / heads;
         let blocks = (0..c.depth)
             .map(|i| Block {
                 ada: linear(
@@ -209,14 +266,9 @@ impl Dit {
             })
             .collect();
         Ok(Dit {
-            config: c.clone(),
-            x_embed,
-            t_mlp,
+            io,
             y_embed,
             blocks,
-            final_ada: linear(b, "final_layer.adaLN_modulation.1", 2 * w, w, Init::Zeros),
-            final_linear: linear(b, "final_layer.linear", patch_dim, w, Init::Zeros),
-            pos: Positions::new(h / p, wd / p, w),
         })
     }
 
@@ -228,56 +280,33 @@ impl Dit {
         t: &Var,
         labels: &Tensor,
     ) -> Result<Var> {
-        let c = &self.config;
-        let (ch, h, wd, heads) = (c.shape[0], c.shape[1], c.shape[2], c.heads);
-        let b = z.shape()[0];
-        let tokens = (h / c.patch) * (wd / c.patch);
-        let lin = |tape: &mut Tape, x: &Var, (wt, bs): Linear| {
-            let (wt, bs) = (tape.param(p, wt), tape.param(p, bs));
-            f::linear(tape, x, &wt, Some(&bs))
-        };
-        // Conditioning vector.
-        let temb = f::timestep_embedding(tape, t, TIME_DIM, TIME_SCALE)?;
-        let h1 = lin(tape, &temb, self.t_mlp.0)?;
-        let h1 = f::silu(tape, &h1)?;
-        let mut cond = lin(tape, &h1, self.t_mlp.1)?;
+        let heads = self.io.config.heads;
+        let mut cond = self.io.time(tape, p, t)?;
         if let Some(table) = self.y_embed {
             let table = tape.param(p, table);
             let y = f::embedding(tape, labels, &table)?;
             cond = f::add(tape, &cond, &y)?;
         }
         let cond = f::silu(tape, &cond)?;
-        // Patch tokens plus positions.
-        let img = f::reshape(tape, z, &[b, ch, h, wd])?;
-        let patches = f::patchify(tape, &img, c.patch)?;
-        let x = lin(tape, &patches, self.x_embed)?;
-        let pos = tape.constant(self.pos.tiled(z.value().gpu(), b)?);
-        let mut x = f::add(tape, &x, &pos)?;
+        let mut x = self.io.tokens(tape, p, z)?;
         for blk in &self.blocks {
-            let ada = lin(tape, &cond, blk.ada)?;
+            let ada = lin(tape, p, &cond, blk.ada)?;
             let m = chunks(tape, &ada, 6)?;
             let hn = f::layer_norm(tape, &x, None, EPS)?;
             let hm = f::modulate(tape, &hn, &m[1], &m[0])?;
-            let qkv = lin(tape, &hm, blk.qkv)?;
+            let qkv = lin(tape, p, &hm, blk.qkv)?;
             let qkv = qk_norm(tape, p, &qkv, blk.q_norm, blk.k_norm, heads)?;
             let a = f::attention(tape, &qkv, heads)?;
-            let o = lin(tape, &a, blk.proj)?;
+            let o = lin(tape, p, &a, blk.proj)?;
             x = f::gate(tape, &x, &o, &m[2])?;
             let hn = f::layer_norm(tape, &x, None, EPS)?;
             let hm = f::modulate(tape, &hn, &m[4], &m[3])?;
-            let f1 = lin(tape, &hm, blk.fc1)?;
+            let f1 = lin(tape, p, &hm, blk.fc1)?;
             let f1 = f::gelu(tape, &f1)?;
-            let f2 = lin(tape, &f1, blk.fc2)?;
+            let f2 = lin(tape, p, &f1, blk.fc2)?;
             x = f::gate(tape, &x, &f2, &m[5])?;
         }
-        let ada = lin(tape, &cond, self.final_ada)?;
-        let m = chunks(tape, &ada, 2)?;
-        let hn = f::layer_norm(tape, &x, None, EPS)?;
-        let hm = f::modulate(tape, &hn, &m[1], &m[0])?;
-        let out = lin(tape, &hm, self.final_linear)?;
-        debug_assert_eq!(out.shape(), [b, tokens, ch * c.patch * c.patch]);
-        let img = f::unpatchify(tape, &out, ch, h, wd, c.patch)?;
-        f::reshape(tape, &img, &[b, ch * h * wd])
+        self.io.output(tape, p, &x, &cond)
     }
 }
 

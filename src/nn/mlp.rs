@@ -4,6 +4,7 @@
 //! `out = W_out h + b_out` (zero-initialised), where `temb` is the 64-dimensional sinusoidal
 //! embedding of `1000 t` and `E` the class table (when labelled).
 
+use super::dit::lin;
 use super::{ModelConfig, TIME_SCALE};
 use crate::autograd::{functions as f, Tape, Var};
 use crate::error::Result;
@@ -70,13 +71,9 @@ impl Mlp {
         t: &Var,
         labels: &Tensor,
     ) -> Result<Var> {
-        let lin = |tape: &mut Tape, x: &Var, (w, b): (ParamId, ParamId)| {
-            let (w, b) = (tape.param(p, w), tape.param(p, b));
-            f::linear(tape, x, &w, Some(&b))
-        };
         let temb = f::timestep_embedding(tape, t, TIME_DIM, TIME_SCALE)?;
-        let hz = lin(tape, z, self.input)?;
-        let ht = lin(tape, &temb, self.time)?;
+        let hz = lin(tape, p, z, self.input)?;
+        let ht = lin(tape, p, &temb, self.time)?;
         let mut h = f::add(tape, &hz, &ht)?;
         if let Some(table) = self.classes {
             let table = tape.param(p, table);
@@ -85,9 +82,9 @@ impl Mlp {
         }
         h = f::silu(tape, &h)?;
         for &layer in &self.hidden {
-            let x = lin(tape, &h, layer)?;
+            let x = lin(tape, p, &h, layer)?;
             h = f::silu(tape, &x)?;
         }
-        lin(tape, &h, self.output)
+        lin(tape, p, &h, self.output)
     }
 }

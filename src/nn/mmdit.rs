@@ -18,10 +18,8 @@
 //! `joint_blocks.i.x_block.*` (image) and `joint_blocks.i.context_block.*`, with
 //! `attn.ln_q` / `attn.ln_k` the QK RMSNorm scales.
 
-use super::dit::{
-    check_image_model, chunks, linear, qk_norm, xavier, Linear, Positions, EPS, TIME_DIM,
-};
-use super::{ModelConfig, TIME_SCALE};
+use super::dit::{chunks, lin, linear, qk_norm, xavier, ImageStream, Linear, EPS};
+use super::ModelConfig;
 use crate::autograd::{functions as f, Tape, Var};
 use crate::error::Result;
 use crate::params::{Init, ParamId, Params, ParamsBuilder};
@@ -61,42 +59,18 @@ impl Stream {
 }
 
 pub struct Mmdit {
-    config: ModelConfig,
-    x_embed: Linear,
-    t_mlp: (Linear, Linear),
+    io: ImageStream,
     y_pool: ParamId,
     y_context: ParamId,
     blocks: Vec<(Stream, Stream)>,
-    final_ada: Linear,
-    final_linear: Linear,
-    pos: Positions,
-}
-
-fn lin(tape: &mut Tape, p: &Params, x: &Var, (w, b): Linear) -> Result<Var> {
-    let (w, b) = (tape.param(p, w), tape.param(p, b));
-    f::linear(tape, x, &w, Some(&b))
 }
 
 impl Mmdit {
     pub fn build(c: &ModelConfig, b: &mut ParamsBuilder) -> Result<Mmdit> {
-        let (ch, h, wd) = check_image_model(c)?;
-        let (w, p) = (c.width, c.patch);
-        let d = w / c.heads;
-        let patch_dim = ch * p * p;
-        let rows = c.classes + 1;
+        let io = ImageStream::build(c, b)?;
+        let (w, d, rows) = (c.width, c.width / c.heads, c.classes + 1);
         Ok(Mmdit {
-            config: c.clone(),
-            x_embed: linear(b, "x_embedder.proj", w, patch_dim, xavier(patch_dim, w)),
-            t_mlp: (
-                linear(
-                    b,
-                    "t_embedder.mlp.0",
-                    w,
-                    TIME_DIM,
-                    Init::Normal { std: 0.02 },
-                ),
-                linear(b, "t_embedder.mlp.2", w, w, Init::Normal { std: 0.02 }),
-            ),
+            io,
             y_pool: b.add(
                 "y_embedder.embedding_table.weight",
                 &[rows, w],
@@ -115,9 +89,6 @@ impl Mmdit {
                     )
                 })
                 .collect(),
-            final_ada: linear(b, "final_layer.adaLN_modulation.1", 2 * w, w, Init::Zeros),
-            final_linear: linear(b, "final_layer.linear", patch_dim, w, Init::Zeros),
-            pos: Positions::new(h / p, wd / p, w),
         })
     }
 
@@ -129,14 +100,10 @@ impl Mmdit {
         t: &Var,
         labels: &Tensor,
     ) -> Result<Var> {
-        let c = &self.config;
-        let (ch, h, wd, w, heads) = (c.shape[0], c.shape[1], c.shape[2], c.width, c.heads);
+        let (w, heads) = (self.io.config.width, self.io.config.heads);
         let b = z.shape()[0];
         // Pooled conditioning and context tokens.
-        let temb = f::timestep_embedding(tape, t, TIME_DIM, TIME_SCALE)?;
-        let h1 = lin(tape, p, &temb, self.t_mlp.0)?;
-        let h1 = f::silu(tape, &h1)?;
-        let cond = lin(tape, p, &h1, self.t_mlp.1)?;
+        let cond = self.io.time(tape, p, t)?;
         let pool_table = tape.param(p, self.y_pool);
         let pooled = f::embedding(tape, labels, &pool_table)?;
         let cond = f::add(tape, &cond, &pooled)?;
@@ -144,12 +111,7 @@ impl Mmdit {
         let ctx_table = tape.param(p, self.y_context);
         let ctx = f::embedding(tape, labels, &ctx_table)?;
         let mut ctx = f::reshape(tape, &ctx, &[b, CONTEXT_TOKENS, w])?;
-        // Image tokens.
-        let img = f::reshape(tape, z, &[b, ch, h, wd])?;
-        let patches = f::patchify(tape, &img, c.patch)?;
-        let x = lin(tape, p, &patches, self.x_embed)?;
-        let pos = tape.constant(self.pos.tiled(z.value().gpu(), b)?);
-        let mut x = f::add(tape, &x, &pos)?;
+        let mut x = self.io.tokens(tape, p, z)?;
         for (cs, xs) in &self.blocks {
             let ada_c = lin(tape, p, &cond, cs.ada)?;
             let mc = chunks(tape, &ada_c, 6)?;
@@ -180,12 +142,6 @@ impl Mmdit {
             ctx = finish(tape, cs, &ctx, &ac, &mc)?;
             x = finish(tape, xs, &x, &ax, &mx)?;
         }
-        let ada = lin(tape, p, &cond, self.final_ada)?;
-        let m = chunks(tape, &ada, 2)?;
-        let hn = f::layer_norm(tape, &x, None, EPS)?;
-        let hm = f::modulate(tape, &hn, &m[1], &m[0])?;
-        let out = lin(tape, p, &hm, self.final_linear)?;
-        let img = f::unpatchify(tape, &out, ch, h, wd, c.patch)?;
-        f::reshape(tape, &img, &[b, ch * h * wd])
+        self.io.output(tape, p, &x, &cond)
     }
 }

@@ -41,6 +41,27 @@ struct Params {
     _pad: [u32; 3],
 }
 
+impl Params {
+    fn lookup(batch: usize, rows: usize, dim: usize) -> Params {
+        Params {
+            batch: batch as u32,
+            dim: dim as u32,
+            rows: rows as u32,
+            scale: 0.0,
+            max_period: 0.0,
+            _pad: [0; 3],
+        }
+    }
+
+    fn timestep(batch: usize, dim: usize, scale: f32) -> Params {
+        Params {
+            scale,
+            max_period: MAX_PERIOD,
+            ..Params::lookup(batch, 0, dim)
+        }
+    }
+}
+
 /// Frequencies run from 1 down to `1 / MAX_PERIOD` (as in DiT).
 pub const MAX_PERIOD: f32 = 10000.0;
 
@@ -56,14 +77,7 @@ pub fn timestep_embedding(t: &Tensor, dim: usize, scale: f32) -> Result<Tensor> 
     let b = t.numel();
     let gpu = t.gpu();
     let out = Tensor::uninit(gpu, &[b, dim], DType::F32)?;
-    let p = Params {
-        batch: b as u32,
-        dim: dim as u32,
-        rows: 0,
-        scale,
-        max_period: MAX_PERIOD,
-        _pad: [0; 3],
-    };
+    let p = Params::timestep(b, dim, scale);
     gpu.dispatch(
         &TIMESTEP,
         &[],
@@ -85,14 +99,7 @@ pub fn timestep_embedding_backward(t: &Tensor, dy: &Tensor, scale: f32) -> Resul
     let dim = dy.shape()[1];
     let gpu = t.gpu();
     let out = Tensor::uninit(gpu, &[b], DType::F32)?;
-    let p = Params {
-        batch: b as u32,
-        dim: dim as u32,
-        rows: 0,
-        scale,
-        max_period: MAX_PERIOD,
-        _pad: [0; 3],
-    };
+    let p = Params::timestep(b, dim, scale);
     gpu.dispatch(
         &TIMESTEP_BACKWARD,
         &[],
@@ -120,14 +127,7 @@ pub fn embedding(labels: &Tensor, table: &Tensor) -> Result<Tensor> {
     let (b, rows, dim) = (labels.numel(), table.shape()[0], table.shape()[1]);
     let gpu = table.gpu();
     let out = Tensor::uninit(gpu, &[b, dim], DType::F32)?;
-    let p = Params {
-        batch: b as u32,
-        dim: dim as u32,
-        rows: rows as u32,
-        scale: 0.0,
-        max_period: 0.0,
-        _pad: [0; 3],
-    };
+    let p = Params::lookup(b, rows, dim);
     gpu.dispatch(
         &LOOKUP,
         &[],
@@ -153,14 +153,7 @@ pub fn embedding_backward(labels: &Tensor, dy: &Tensor, dtable: &Tensor) -> Resu
         dy.shape()
     );
     let gpu = dtable.gpu();
-    let p = Params {
-        batch: b as u32,
-        dim: dim as u32,
-        rows: rows as u32,
-        scale: 0.0,
-        max_period: 0.0,
-        _pad: [0; 3],
-    };
+    let p = Params::lookup(b, rows, dim);
     gpu.dispatch(
         &LOOKUP_BACKWARD,
         &[],

@@ -257,6 +257,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
             patch: a.patch,
             shape: data.shape.clone(),
             classes: data.classes,
+            context_dim: 0,
             kind,
         },
         schedule: a.schedule.clone(),

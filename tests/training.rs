@@ -22,6 +22,7 @@ fn config(data: &Dataset, kind: &str, width: usize) -> TrainConfig {
             patch: 2,
             shape: data.shape.clone(),
             classes: data.classes,
+            context_dim: 0,
         },
         schedule: "rf".into(),
         prediction: "velocity".into(),
@@ -442,14 +443,18 @@ fn the_command_line_trains_samples_and_protects_existing_runs() {
     assert_eq!(npy.len(), npy_header("<f4", &[50, 2]).len() + 50 * 2 * 4);
 }
 
-#[test]
-fn mmdit_gradients_match_finite_differences_of_its_forward_pass() {
+/// Gradients of every parameter tensor of a tiny MM-DiT (and of its context input, when it takes
+/// one) against central finite differences of its own forward pass, in f32 with step 1e-2.
+fn mmdit_gradient_check(context_dim: usize) {
     use rectiflow::autograd::{functions as f, Tape};
+    use rectiflow::nn::mmdit::Mmdit;
+    use rectiflow::params::ParamsBuilder;
     let digits = data::digits().unwrap();
-    let mut cfg = config(&digits, "mmdit", 8);
-    cfg.model.heads = 2;
-    let tr = Trainer::new(gpu(), cfg, &digits).unwrap();
-    let p = &tr.params;
+    let mut cfg = config(&digits, "mmdit", 8).model;
+    cfg.context_dim = context_dim;
+    let mut builder = ParamsBuilder::new();
+    let model = Mmdit::build(&cfg, &mut builder).unwrap();
+    let p = builder.build(gpu(), 5).unwrap();
     // Random weights everywhere, so that no zero-initialised gate hides a path.
     let n = p.values().numel();
     p.values()
@@ -465,45 +470,87 @@ fn mmdit_gradients_match_finite_differences_of_its_forward_pass() {
     let t = common::upload(gpu(), &[b], &[0.2, 0.5, 0.9]);
     let labels = common::upload(gpu(), &[b], &[1.0, 7.0, 10.0]);
     let target = common::upload(gpu(), &[b, 64], &common::rand_vec(b * 64, 42));
-    let loss_of = |record: bool| {
+    let tc = 3; // context tokens, when given
+    let mut context_host = common::rand_vec(b * tc * context_dim.max(1), 43);
+    let loss_of = |ctx: &[f32], record: bool| {
         let mut tape = if record { Tape::new() } else { Tape::no_grad() };
         let (zv, tv, yv) = (
             tape.constant(z.clone()),
             tape.constant(t.clone()),
             tape.constant(target.clone()),
         );
-        let out = tr.model.forward(&mut tape, p, &zv, &tv, &labels).unwrap();
+        let cv = tape.input(common::upload(gpu(), &[b, tc, context_dim.max(1)], ctx));
+        let out = if context_dim > 0 {
+            model
+                .forward_with_context(&mut tape, &p, &zv, &tv, &labels, &cv)
+                .unwrap()
+        } else {
+            model.forward(&mut tape, &p, &zv, &tv, &labels).unwrap()
+        };
         let loss = f::mse(&mut tape, &out, &yv).unwrap();
-        if record {
+        let value = loss.value().to_vec().unwrap()[0] as f64;
+        let grad = record.then(|| {
             p.zero_grads().unwrap();
-            tape.backward(&loss).unwrap();
-        }
-        loss.value().to_vec().unwrap()[0] as f64
+            let grads = tape.backward(&loss).unwrap();
+            grads.get(&cv).map(|g| g.to_vec().unwrap())
+        });
+        (value, grad.flatten())
     };
-    loss_of(true);
+    let (_, context_grad) = loss_of(&context_host, true);
     let grads = p.grads().to_vec().unwrap();
     let values = p.values().to_vec().unwrap();
-    // One element of every parameter tensor: central differences in f32 with step 1e-2.
     let h = 1e-2f32;
-    let mut checked = 0;
+    let close = |what: &str, g: f64, fd: f64| {
+        assert!(
+            (g - fd).abs() <= 0.03 * fd.abs() + 2e-4,
+            "{what}: backward {g}, finite differences {fd}"
+        );
+    };
     for (i, spec) in p.specs().iter().enumerate() {
         let k = spec.offset + (i * 7) % spec.shape.iter().product::<usize>();
         let mut v = values.clone();
         v[k] = values[k] + h;
         p.values().write(&v).unwrap();
-        let up = loss_of(false);
+        let up = loss_of(&context_host, false).0;
         v[k] = values[k] - h;
         p.values().write(&v).unwrap();
-        let down = loss_of(false);
-        let fd = (up - down) / (2.0 * h as f64);
-        let g = grads[k] as f64;
-        assert!(
-            (g - fd).abs() <= 0.03 * fd.abs() + 2e-4,
-            "{} element {k}: backward {g}, finite differences {fd}",
-            spec.name
+        let down = loss_of(&context_host, false).0;
+        close(
+            &format!("{} element {k}", spec.name),
+            grads[k] as f64,
+            (up - down) / (2.0 * h as f64),
         );
-        checked += 1;
     }
     p.values().write(&values).unwrap();
-    assert!(checked >= 30, "{checked} tensors checked");
+    assert!(p.specs().len() >= 30);
+    if context_dim > 0 {
+        let cg = context_grad.expect("the context input has a gradient");
+        for k in [0, 7, b * tc * context_dim - 1] {
+            let orig = context_host[k];
+            context_host[k] = orig + h;
+            let up = loss_of(&context_host, false).0;
+            context_host[k] = orig - h;
+            let down = loss_of(&context_host, false).0;
+            context_host[k] = orig;
+            close(
+                &format!("context element {k}"),
+                cg[k] as f64,
+                (up - down) / (2.0 * h as f64),
+            );
+        }
+        // The wrong entry point is refused.
+        let mut tape = Tape::no_grad();
+        let (zv, tv) = (tape.constant(z.clone()), tape.constant(t.clone()));
+        assert!(model.forward(&mut tape, &p, &zv, &tv, &labels).is_err());
+    }
+}
+
+#[test]
+fn mmdit_gradients_match_finite_differences_with_label_context() {
+    mmdit_gradient_check(0);
+}
+
+#[test]
+fn mmdit_gradients_match_finite_differences_with_a_given_context_sequence() {
+    mmdit_gradient_check(5);
 }

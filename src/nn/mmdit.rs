@@ -1,8 +1,10 @@
 //! SD3's multimodal diffusion transformer (MM-DiT, Esser et al. 2024): two token streams with
 //! their own weights, the image patches and a context sequence, meeting in one joint attention
 //! over their concatenation; adaLN-Zero conditioning from the pooled vector
-//! `c = mlp_t(temb(1000 t)) + E_pool[y]`. Here the context is `context_tokens` learned tokens per
-//! class, `E_ctx[y]` reshaped to `[B, Tc, W]` (the null class has its own).
+//! `c = mlp_t(temb(1000 t)) + E_pool[y]`. The context is either [`CONTEXT_TOKENS`] learned tokens
+//! per class, `E_ctx[y]` reshaped to `[B, Tc, W]` (the null class has its own), or, when the model
+//! is built with `context_dim > 0`, a given embedding sequence `[B, Tc, context_dim]` projected to
+//! the width by `context_embedder.proj` ([`Mmdit::forward_with_context`]; Tc is free).
 //!
 //! ```text
 //! per joint block, for each stream s in (context, image) with its own weights:
@@ -21,7 +23,7 @@
 use super::dit::{chunks, lin, linear, qk_norm, xavier, ImageStream, Linear, EPS};
 use super::ModelConfig;
 use crate::autograd::{functions as f, Tape, Var};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::params::{Init, ParamId, Params, ParamsBuilder};
 use crate::tensor::Tensor;
 
@@ -61,8 +63,16 @@ impl Stream {
 pub struct Mmdit {
     io: ImageStream,
     y_pool: ParamId,
-    y_context: ParamId,
+    context: Context,
     blocks: Vec<(Stream, Stream)>,
+}
+
+/// Where the context stream comes from.
+enum Context {
+    /// A table of `CONTEXT_TOKENS` tokens per class.
+    Labels(ParamId),
+    /// A projection of a given sequence.
+    Sequence(Linear),
 }
 
 impl Mmdit {
@@ -76,11 +86,21 @@ impl Mmdit {
                 &[rows, w],
                 Init::Normal { std: 0.02 },
             ),
-            y_context: b.add(
-                "context_embedder.embedding_table.weight",
-                &[rows, CONTEXT_TOKENS * w],
-                Init::Normal { std: 0.02 },
-            ),
+            context: if c.context_dim > 0 {
+                Context::Sequence(linear(
+                    b,
+                    "context_embedder.proj",
+                    w,
+                    c.context_dim,
+                    xavier(c.context_dim, w),
+                ))
+            } else {
+                Context::Labels(b.add(
+                    "context_embedder.embedding_table.weight",
+                    &[rows, CONTEXT_TOKENS * w],
+                    Init::Normal { std: 0.02 },
+                ))
+            },
             blocks: (0..c.depth)
                 .map(|i| {
                     (
@@ -92,6 +112,7 @@ impl Mmdit {
         })
     }
 
+    /// The output for `z`, `t` and labels, the context taken from the labels.
     pub fn forward(
         &self,
         tape: &mut Tape,
@@ -100,17 +121,64 @@ impl Mmdit {
         t: &Var,
         labels: &Tensor,
     ) -> Result<Var> {
-        let (w, heads) = (self.io.config.width, self.io.config.heads);
-        let b = z.shape()[0];
-        // Pooled conditioning and context tokens.
+        let Context::Labels(table) = self.context else {
+            return Err(Error::Config(
+                "this MM-DiT was built to take a context sequence: call Mmdit::forward_with_context".into(),
+            ));
+        };
+        let (b, w) = (z.shape()[0], self.io.config.width);
+        let table = tape.param(p, table);
+        let ctx = f::embedding(tape, labels, &table)?;
+        let ctx = f::reshape(tape, &ctx, &[b, CONTEXT_TOKENS, w])?;
+        self.joint(tape, p, z, t, labels, ctx)
+    }
+
+    /// The output for `z`, `t`, labels (for the pooled vector) and a context sequence
+    /// `[B, Tc, context_dim]` (for a model built with `context_dim > 0`).
+    pub fn forward_with_context(
+        &self,
+        tape: &mut Tape,
+        p: &Params,
+        z: &Var,
+        t: &Var,
+        labels: &Tensor,
+        context: &Var,
+    ) -> Result<Var> {
+        let Context::Sequence(proj) = self.context else {
+            return Err(Error::Config(
+                "this MM-DiT takes its context from the labels (context_dim 0): call forward"
+                    .into(),
+            ));
+        };
+        let (b, dim) = (z.shape()[0], self.io.config.context_dim);
+        let s = context.shape();
+        if s.len() != 3 || s[0] != b || s[2] != dim || s[1] == 0 {
+            return Err(Error::Shape(format!(
+                "the context must be [{b}, Tc, {dim}], got {s:?}"
+            )));
+        }
+        let ctx = lin(tape, p, context, proj)?;
+        self.joint(tape, p, z, t, labels, ctx)
+    }
+
+    /// The joint blocks and the output layer, from the context stream's input `ctx` `[B, Tc, W]`.
+    fn joint(
+        &self,
+        tape: &mut Tape,
+        p: &Params,
+        z: &Var,
+        t: &Var,
+        labels: &Tensor,
+        mut ctx: Var,
+    ) -> Result<Var> {
+        let heads = self.io.config.heads;
+        let context_tokens = ctx.shape()[1];
+        // Pooled conditioning.
         let cond = self.io.time(tape, p, t)?;
         let pool_table = tape.param(p, self.y_pool);
         let pooled = f::embedding(tape, labels, &pool_table)?;
         let cond = f::add(tape, &cond, &pooled)?;
         let cond = f::silu(tape, &cond)?;
-        let ctx_table = tape.param(p, self.y_context);
-        let ctx = f::embedding(tape, labels, &ctx_table)?;
-        let mut ctx = f::reshape(tape, &ctx, &[b, CONTEXT_TOKENS, w])?;
         let mut x = self.io.tokens(tape, p, z)?;
         for (cs, xs) in &self.blocks {
             let ada_c = lin(tape, p, &cond, cs.ada)?;
@@ -127,7 +195,7 @@ impl Mmdit {
             let qx = qkv(tape, xs, &x, &mx)?;
             let joint = f::concat_tokens(tape, &qc, &qx)?;
             let a = f::attention(tape, &joint, heads)?;
-            let (ac, ax) = f::split_tokens(tape, &a, CONTEXT_TOKENS)?;
+            let (ac, ax) = f::split_tokens(tape, &a, context_tokens)?;
             let finish =
                 |tape: &mut Tape, s: &Stream, x: &Var, a: &Var, m: &[Var]| -> Result<Var> {
                     let o = lin(tape, p, a, s.proj)?;

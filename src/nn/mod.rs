@@ -30,6 +30,10 @@ pub struct ModelConfig {
     pub shape: Vec<usize>,
     /// Number of classes; the label `classes` is the null class. 0: unconditional.
     pub classes: usize,
+    /// MM-DiT only: the width of an external context sequence `[B, Tc, context_dim]` (given to
+    /// `Mmdit::forward_with_context`); 0: the context comes from the class label.
+    #[serde(default)]
+    pub context_dim: usize,
 }
 
 /// A built network.

@@ -23,6 +23,7 @@ const ITEMS: u32 = 8u;
 const OP_GELU: u32 = 0u;
 const OP_SILU: u32 = 1u;
 const OP_SCALE: u32 = 2u;
+const OP_CLAMP: u32 = 3u;  // clamp to [-alpha, alpha]
 // Binary ops.
 const OP_ADD: u32 = 10u;
 const OP_SUB: u32 = 11u;
@@ -74,6 +75,7 @@ fn unary(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
             case OP_GELU: { out[i] = gelu(v); }
             case OP_SILU: { out[i] = silu(v); }
             case OP_SCALE: { out[i] = params.alpha * v; }
+            case OP_CLAMP: { out[i] = clamp(v, -params.alpha, params.alpha); }
             default: { out[i] = v; }
         }
     }

@@ -107,10 +107,21 @@ pub struct SamplingArgs {
     /// Use the EMA weights.
     #[arg(long)]
     ema: bool,
+    /// Clamp the predicted x0 to [-V, V] at each step (0: never). Default: the data range for
+    /// eps-prediction, whose x0 = (z - b eps) / a is ill-conditioned near t = 1; off otherwise.
+    #[arg(long)]
+    clip_x0: Option<f32>,
+}
+
+/// The x0 clamp a sampler uses by default: the data's range for eps-prediction (images lie in
+/// [-1, 1], the toys within [-4, 4]), none for the other predictions.
+fn default_clip(config: &TrainConfig) -> Option<f32> {
+    let range = if config.model.shape.len() == 3 { 1.0 } else { 4.0 };
+    (config.prediction == "eps").then_some(range)
 }
 
 impl SamplingArgs {
-    fn options(&self, labels: Vec<u32>) -> Result<SampleOptions> {
+    fn options(&self, labels: Vec<u32>, config: &TrainConfig) -> Result<SampleOptions> {
         Ok(SampleOptions {
             steps: self.steps,
             solver: Solver::parse(&self.solver)?,
@@ -118,6 +129,11 @@ impl SamplingArgs {
             shift: self.shift,
             labels,
             seed: self.seed,
+            clip_x0: match self.clip_x0 {
+                Some(v) if v > 0.0 => Some(v),
+                Some(_) => None,
+                None => default_clip(config),
+            },
         })
     }
 
@@ -214,6 +230,7 @@ fn sample_to(tr: &Trainer, png: &Path, n: usize, seed: u64) -> Result<()> {
         shift: 1.0,
         labels: labels.clone(),
         seed,
+        clip_x0: default_clip(&tr.config),
     };
     let params = tr.ema_params()?;
     let z = draw(&tr.model, &params, &tr.flow, dim, classes as u32, &opts)?;
@@ -425,7 +442,7 @@ pub fn sample(a: SampleArgs) -> Result<()> {
         }
         (None, _) => grid_labels(classes, n),
     };
-    let opts = a.sampling.options(labels.clone())?;
+    let opts = a.sampling.options(labels.clone(), &config)?;
     let params = a.sampling.params(&tr)?;
     let dim: usize = config.model.shape.iter().product();
     let z = draw(&tr.model, &params, &tr.flow, dim, classes as u32, &opts)?;
@@ -453,7 +470,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     } else {
         vec![0; n]
     };
-    let opts = a.sampling.options(labels.clone())?;
+    let opts = a.sampling.options(labels.clone(), &config)?;
     let samples = draw(&tr.model, &params, &tr.flow, dim, classes as u32, &opts)?.to_vec()?;
     let mut rows: Vec<(String, f64, Option<f64>)> = Vec::new();
     if !data.is_image() {

@@ -44,6 +44,10 @@ pub struct SampleOptions {
     /// One label per sample (the null class for unconditional models).
     pub labels: Vec<u32>,
     pub seed: u64,
+    /// Clamp the predicted `x0_hat` to `[-clip, clip]` before each step (images live in [-1, 1]).
+    /// Predictions whose `x0_hat` divides by a small `a_t` (eps on `rf` or `cosine` near `t = 1`)
+    /// otherwise amplify the network's error by `b / a`.
+    pub clip_x0: Option<f32>,
 }
 
 /// Where sampling starts: just below 1, where every schedule's conversions are finite.
@@ -126,7 +130,17 @@ pub fn sample(
         let y = output(&z, t)?;
         let [p, q, r, u] = affine(pred, &schedule, t);
         let (a_s, b_s, _, _) = schedule.coefficients(s);
-        let euler = combine(a_s * p + b_s * r, &y, a_s * q + b_s * u, &z)?;
+        let euler = match opts.clip_x0 {
+            None => combine(a_s * p + b_s * r, &y, a_s * q + b_s * u, &z)?,
+            Some(bound) => {
+                // z_s = a_s clamp(x0_hat) + b_s eps_hat
+                let x0 = ops::clamp(&combine(p, &y, q, &z)?, bound)?;
+                let next = combine(r, &y, u, &z)?;
+                let scaled = ops::scale(&next, b_s as f32)?;
+                ops::axpy(a_s as f32, &x0, &scaled)?;
+                scaled
+            }
+        };
         let last = i + 2 == times.len();
         z = if opts.solver == Solver::Heun && !last {
             // Velocities at both ends: v = a' x0_hat + b' eps_hat.

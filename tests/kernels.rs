@@ -65,6 +65,10 @@ fn unary_ops_match_reference() {
         let want: Vec<f64> = xd.iter().map(|&v| cpu::gelu(v)).collect();
         assert_rel(&format!("gelu n={n}"), &got, &want, 2e-6, 2e-6);
 
+        let got = ops::clamp(&tx, 2.5).unwrap().to_vec().unwrap();
+        let want: Vec<f64> = xd.iter().map(|&v| v.clamp(-2.5, 2.5)).collect();
+        assert_rel(&format!("clamp n={n}"), &got, &want, 0.0, 0.0);
+
         let got = ops::silu(&tx).unwrap().to_vec().unwrap();
         let want: Vec<f64> = xd.iter().map(|&v| cpu::silu(v)).collect();
         assert_rel(&format!("silu n={n}"), &got, &want, 2e-6, 2e-6);

@@ -190,6 +190,7 @@ fn sampling_with_a_fixed_seed_is_deterministic() {
             shift: 3.0,
             labels: vec![0, 1, 2, 3, 10],
             seed,
+            clip_x0: None,
         };
         sample(&tr.model, &tr.params, &tr.flow, 64, 10, &opts)
             .unwrap()
@@ -203,6 +204,22 @@ fn sampling_with_a_fixed_seed_is_deterministic() {
     assert_ne!(a, run(6, Solver::Euler, 2.0), "another seed, other samples");
     assert_ne!(a, run(5, Solver::Heun, 2.0));
     assert_eq!(run(5, Solver::Heun, 1.0), run(5, Solver::Heun, 1.0));
+    // Clamping x0_hat changes the trajectory and keeps it finite.
+    let opts = SampleOptions {
+        steps: 4,
+        solver: Solver::Euler,
+        cfg: 2.0,
+        shift: 1.0,
+        labels: vec![0, 1, 2, 3, 10],
+        seed: 5,
+        clip_x0: Some(0.1),
+    };
+    let clipped = sample(&tr.model, &tr.params, &tr.flow, 64, 10, &opts)
+        .unwrap()
+        .to_vec()
+        .unwrap();
+    assert!(clipped.iter().all(|v| v.is_finite()));
+    assert_ne!(clipped, run(5, Solver::Euler, 2.0));
 }
 
 #[test]

@@ -35,6 +35,7 @@ const PER_GROUP: usize = 256 * 8;
 const OP_GELU: f64 = 0.0;
 const OP_SILU: f64 = 1.0;
 const OP_SCALE: f64 = 2.0;
+const OP_CLAMP: f64 = 3.0;
 const OP_ADD: f64 = 10.0;
 const OP_SUB: f64 = 11.0;
 const OP_MUL: f64 = 12.0;
@@ -106,6 +107,10 @@ pub fn mul(x: &Tensor, y: &Tensor) -> Result<Tensor> {
 /// `alpha * x`.
 pub fn scale(x: &Tensor, alpha: f32) -> Result<Tensor> {
     unary("scale", x, OP_SCALE, alpha)
+}
+/// `x` clamped to `[-bound, bound]`.
+pub fn clamp(x: &Tensor, bound: f32) -> Result<Tensor> {
+    unary("clamp", x, OP_CLAMP, bound)
 }
 /// GELU with the tanh approximation: `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {

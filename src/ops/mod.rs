@@ -16,7 +16,7 @@ mod reduce;
 pub use attention::{attention, attention_backward, MAX_HEAD_DIM};
 pub use cast::{to_f16, to_f32};
 pub use elementwise::{
-    add, axpy, fill, gelu, gelu_backward, mul, scale, scale_by, silu, silu_backward, sub,
+    add, axpy, clamp, fill, gelu, gelu_backward, mul, scale, scale_by, silu, silu_backward, sub,
 };
 pub use embed::{
     embedding, embedding_backward, timestep_embedding, timestep_embedding_backward, MAX_PERIOD,

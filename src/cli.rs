@@ -116,7 +116,11 @@ pub struct SamplingArgs {
 /// The x0 clamp a sampler uses by default: the data's range for eps-prediction (images lie in
 /// [-1, 1], the toys within [-4, 4]), none for the other predictions.
 fn default_clip(config: &TrainConfig) -> Option<f32> {
-    let range = if config.model.shape.len() == 3 { 1.0 } else { 4.0 };
+    let range = if config.model.shape.len() == 3 {
+        1.0
+    } else {
+        4.0
+    };
     (config.prediction == "eps").then_some(range)
 }
 

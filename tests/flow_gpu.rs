@@ -346,3 +346,68 @@ fn bad_flow_configurations_are_refused() {
     )
     .is_err());
 }
+
+#[test]
+fn batches_are_gathered_from_the_rows_philox_names() {
+    // Row of sample b = floor(uniform(words(seed, step, 2, b)[0]) * N), with its label.
+    let (n, d, batch) = (37, 5, 300);
+    let data = rand_vec(n * d, 50);
+    let labels: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
+    let k = kernels(FlowConfig::default());
+    let (x, l) = k
+        .gather_batch(
+            &upload(gpu(), &[n, d], &data),
+            &upload(gpu(), &[n], &labels),
+            batch,
+            SEED,
+            9,
+        )
+        .unwrap();
+    let (x, l) = (x.to_vec().unwrap(), l.to_vec().unwrap());
+    let mut seen = vec![false; n];
+    for b in 0..batch {
+        let u = uniform(words(SEED, 9, rectiflow::ops::flow::STREAM_BATCH, b as u32)[0]);
+        let row = ((u * n as f32) as usize).min(n - 1);
+        seen[row] = true;
+        assert_eq!(
+            &x[b * d..(b + 1) * d],
+            &data[row * d..(row + 1) * d],
+            "sample {b}"
+        );
+        assert_eq!(l[b], labels[row], "label of sample {b}");
+    }
+    assert!(
+        seen.iter().filter(|&&s| s).count() > n * 3 / 4,
+        "draws cover the data set"
+    );
+}
+
+#[test]
+fn training_times_are_shifted_on_the_gpu_as_in_the_reference() {
+    let n = 200;
+    let x0 = upload(gpu(), &[n, 1], &vec![0.0; n]);
+    for alpha in [0.5f32, 3.0] {
+        let k = kernels(FlowConfig {
+            sampler: TimeSampler::Uniform,
+            shift: alpha,
+            t_min: 1e-6,
+            t_max: 1.0 - 1e-6,
+            ..Default::default()
+        });
+        let t = k
+            .forward_process(&x0, None, SEED, 2)
+            .unwrap()
+            .t
+            .to_vec()
+            .unwrap();
+        let want: Vec<f64> = (0..n)
+            .map(|b| {
+                rectiflow::flow::shift(
+                    uniform(words(SEED, 2, STREAM_T, b as u32)[0]) as f64,
+                    alpha as f64,
+                )
+            })
+            .collect();
+        assert_rel(&format!("shifted t, alpha {alpha}"), &t, &want, 1e-6, 1e-7);
+    }
+}

@@ -79,6 +79,14 @@ pub struct GpuOptions {
     pub profile: Option<KernelProfile>,
 }
 
+/// The resolved settings a context is built with.
+struct Settings {
+    no_immediates: bool,
+    poison: bool,
+    /// `None`: from the adapter's type.
+    profile: Option<KernelProfile>,
+}
+
 /// One adapter as `rectiflow info` reports it.
 #[derive(Clone, Debug)]
 pub struct AdapterReport {
@@ -236,24 +244,24 @@ impl Gpu {
             sink.lock().unwrap().push(e.to_string());
         }));
         let flag = |name| env_nonempty(name).is_some_and(|v| v != "0");
-        let mut gpu = Self::build(
+        let profile = match opts.profile {
+            Some(p) => Some(p),
+            None => env_nonempty(ENV_PROFILE)
+                .map(|name| KernelProfile::parse(&name))
+                .transpose()?,
+        };
+        let settings = Settings {
+            no_immediates: opts.no_immediates || flag(ENV_NO_IMMEDIATES),
+            poison: opts.poison || flag(ENV_POISON),
+            profile,
+        };
+        Ok(Self::build(
             device,
             queue,
             adapter.get_info(),
             uncaptured,
-            opts.no_immediates || flag(ENV_NO_IMMEDIATES),
-        );
-        let profile = match opts.profile {
-            Some(p) => p,
-            None => match env_nonempty(ENV_PROFILE) {
-                Some(name) => KernelProfile::parse(&name)?,
-                None => gpu.inner.profile,
-            },
-        };
-        let inner = Arc::get_mut(&mut gpu.inner).expect("not shared yet");
-        inner.poison = opts.poison || flag(ENV_POISON);
-        inner.profile = profile;
-        Ok(gpu)
+            settings,
+        ))
     }
 
     /// Adopt a device and queue that the host application already owns (the embedding path).
@@ -263,7 +271,18 @@ impl Gpu {
     /// device; its own work runs inside error scopes.
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Gpu {
         let info = device.adapter_info();
-        Self::build(device, queue, info, Arc::new(Mutex::new(Vec::new())), false)
+        let settings = Settings {
+            no_immediates: false,
+            poison: false,
+            profile: None,
+        };
+        Self::build(
+            device,
+            queue,
+            info,
+            Arc::new(Mutex::new(Vec::new())),
+            settings,
+        )
     }
 
     fn build(
@@ -271,18 +290,20 @@ impl Gpu {
         queue: wgpu::Queue,
         info: wgpu::AdapterInfo,
         uncaptured: Arc<Mutex<Vec<String>>>,
-        no_immediates: bool,
+        settings: Settings,
     ) -> Gpu {
         let features = device.features();
         let limits = device.limits();
-        let use_immediates = !no_immediates
+        let use_immediates = !settings.no_immediates
             && features.contains(wgpu::Features::IMMEDIATES)
             && limits.max_immediate_size as usize >= PARAMS_BYTES;
-        let profile = if info.device_type == wgpu::DeviceType::Cpu {
-            KernelProfile::Cpu
-        } else {
-            KernelProfile::Gpu
-        };
+        let profile = settings
+            .profile
+            .unwrap_or(if info.device_type == wgpu::DeviceType::Cpu {
+                KernelProfile::Cpu
+            } else {
+                KernelProfile::Gpu
+            });
         let pool = BufferPool::new(device.clone());
         let dummy = pool
             .acquire(16, pool::STORAGE_USAGE, &limits)
@@ -297,7 +318,7 @@ impl Gpu {
                 features,
                 limits,
                 use_immediates,
-                poison: false,
+                poison: settings.poison,
                 profile,
                 pool,
                 pipelines,

@@ -156,6 +156,13 @@ fn code_schedule(s: &Schedule) -> f64 {
     }
 }
 
+/// Placeholders for the read-write slots a kernel leaves unwritten (writable bindings must not
+/// alias, so each needs a buffer of its own; the pool makes them free after the first step).
+fn unused_outputs(gpu: &Gpu) -> Result<[Tensor; 3]> {
+    let one = || Tensor::uninit(gpu, &[1], DType::F32);
+    Ok([one()?, one()?, one()?])
+}
+
 impl FlowKernels {
     pub fn new(gpu: &Gpu, config: FlowConfig) -> Result<FlowKernels> {
         config.sampler.validate()?;
@@ -253,12 +260,7 @@ impl FlowKernels {
         let mut p = self.params(1, n, seed, step);
         p.stream = stream;
         let d = (gpu.dummy(), 0, 4);
-        let scratch = Tensor::uninit(gpu, &[1], DType::F32)?;
-        let (s1, s2, s3) = (
-            Tensor::uninit(gpu, &[1], DType::F32)?,
-            Tensor::uninit(gpu, &[1], DType::F32)?,
-            scratch,
-        );
+        let [s1, s2, s3] = unused_outputs(gpu)?;
         gpu.dispatch(
             &RANDOM_NORMAL,
             &self.overrides(),
@@ -302,10 +304,7 @@ impl FlowKernels {
         let gpu = data.gpu();
         let x = Tensor::uninit(gpu, &[batch, d], DType::F32)?;
         let l = Tensor::uninit(gpu, &[batch], DType::F32)?;
-        let (s1, s2) = (
-            Tensor::uninit(gpu, &[1], DType::F32)?,
-            Tensor::uninit(gpu, &[1], DType::F32)?,
-        );
+        let [s1, s2, _] = unused_outputs(gpu)?;
         let mut p = self.params(batch, d, seed, step);
         p.rows = n as u32;
         gpu.dispatch(
@@ -399,9 +398,8 @@ impl FlowKernels {
         let gpu = output.gpu();
         let grad = Tensor::uninit(gpu, &[b, d], DType::F32)?;
         let per_sample = Tensor::uninit(gpu, &[b], DType::F32)?;
-        let labels_unused = Tensor::uninit(gpu, &[1], DType::F32)?;
-        // t is bound read-write (its slot is written by the forward process); copy it so the
-        // caller's tensor can be bound elsewhere in the same step.
+        // t takes the read-write slot the forward process writes it through (only read here).
+        let [labels_unused, _, _] = unused_outputs(gpu)?;
         let p = self.params(b, d, 0, 0);
         gpu.dispatch(
             &WEIGHTED_LOSS,

@@ -1,16 +1,23 @@
 //! Checkpoints: one safetensors file holding the parameters (`params.NAME`), their EMA
 //! (`ema.NAME`), the AdamW moments (`adam.m.NAME`, `adam.v.NAME`), with the step and the run's
 //! resolved configuration (JSON) in the metadata. Written atomically: a temporary file in the same
-//! directory, then a rename, so a run killed at any moment leaves the last complete checkpoint.
+//! directory, then a rename, so a run killed at any moment leaves the last complete checkpoint
+//! (and a failed write removes its temporary file). Read defensively: only a regular file whose
+//! size agrees with its header and fits a stated budget is read, and every value must be finite.
 
 use crate::error::{Error, Result};
+use crate::limits::{show_bytes, HOST_BUDGET_BYTES};
 use crate::params::Params;
 use safetensors::tensor::{Dtype, TensorView};
 use std::collections::HashMap;
+use std::io::Read;
 use std::path::Path;
 
 /// The value of the metadata key `format`.
 pub const FORMAT: &str = "rectiflow-1";
+
+/// Longest safetensors header read (the format's own limit).
+pub const MAX_HEADER_BYTES: u64 = 100_000_000;
 
 /// What a checkpoint holds, on the host, by parameter name.
 #[derive(Clone, Debug, PartialEq)]
@@ -99,23 +106,26 @@ impl Checkpoint {
         ]);
         let bytes = safetensors::serialize(views, Some(meta))
             .map_err(|e| Error::Io(format!("serialising the checkpoint: {e}")))?;
-        let tmp = path.with_extension("safetensors.tmp");
-        std::fs::write(&tmp, bytes)
-            .map_err(|e| Error::Io(format!("cannot write {}: {e}", tmp.display())))?;
-        std::fs::rename(&tmp, path)
-            .map_err(|e| Error::Io(format!("cannot move {} into place: {e}", tmp.display())))
+        crate::output::write_atomically(&[(path, &bytes)])
     }
 
-    /// Read and check a checkpoint file.
+    /// Read and check a checkpoint file of at most half the host budget.
     pub fn load(path: &Path) -> Result<Checkpoint> {
-        let bytes = std::fs::read(path)
-            .map_err(|e| Error::Io(format!("cannot read checkpoint {}: {e}", path.display())))?;
+        Checkpoint::load_within(path, HOST_BUDGET_BYTES / 2)
+    }
+
+    /// Read and check a checkpoint file of at most `max_bytes`. Refuses, before reading the
+    /// body, anything but a regular file, a file larger than `max_bytes`, and a header length
+    /// (the first 8 bytes, little-endian) beyond the file or [`MAX_HEADER_BYTES`]; then the
+    /// safetensors structure, the metadata, the dtypes, and any value that is not finite.
+    pub fn load_within(path: &Path, max_bytes: u64) -> Result<Checkpoint> {
         let bad = |why: String| {
             Error::Io(format!(
                 "{} is not a usable rectiflow checkpoint: {why}",
                 path.display()
             ))
         };
+        let bytes = read_bounded(path, max_bytes, &bad)?;
         let (_, meta) =
             safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("{e}")))?;
         let tensors =
@@ -148,6 +158,13 @@ impl Checkpoint {
                 return Err(bad(format!("tensor {name} is {:?}, not F32", view.dtype())));
             }
             let data: Vec<f32> = bytemuck::pod_collect_to_vec(view.data());
+            if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+                return Err(bad(format!(
+                    "tensor {name} holds a non-finite value ({} at element {i}); it was damaged \
+                     or written by a diverged run",
+                    data[i]
+                )));
+            }
             if let Some(n) = name.strip_prefix("params.") {
                 ck.params
                     .insert(n.to_string(), (view.shape().to_vec(), data));
@@ -163,4 +180,55 @@ impl Checkpoint {
         }
         Ok(ck)
     }
+}
+
+/// The bytes of a checkpoint file, read only once its kind and sizes are known to be sane.
+fn read_bounded(path: &Path, max_bytes: u64, bad: &dyn Fn(String) -> Error) -> Result<Vec<u8>> {
+    let cannot =
+        |e: std::io::Error| Error::Io(format!("cannot read checkpoint {}: {e}", path.display()));
+    let mut file = std::fs::File::open(path).map_err(cannot)?;
+    let meta = file.metadata().map_err(cannot)?;
+    if !meta.is_file() {
+        return Err(bad(
+            "it is not a regular file (a device, a pipe or a directory); give the path of a \
+             checkpoint.safetensors written by rectiflow train"
+                .into(),
+        ));
+    }
+    let len = meta.len();
+    if len < 8 {
+        return Err(bad(format!(
+            "it has {len} bytes, fewer than the 8-byte header length"
+        )));
+    }
+    if len > max_bytes {
+        return Err(Error::TooLarge(format!(
+            "checkpoint {} has {}, more than the {} budget for a checkpoint",
+            path.display(),
+            show_bytes(len),
+            show_bytes(max_bytes)
+        )));
+    }
+    let mut head = [0u8; 8];
+    file.read_exact(&mut head).map_err(cannot)?;
+    let header = u64::from_le_bytes(head);
+    if header > MAX_HEADER_BYTES || header > len - 8 {
+        return Err(bad(format!(
+            "its header length field says {header} bytes, but the file has {} bytes after it \
+             (at most {MAX_HEADER_BYTES} are allowed): truncated or corrupt",
+            len - 8
+        )));
+    }
+    // The length was checked against the budget, so it fits a usize.
+    let mut bytes = Vec::with_capacity(len as usize);
+    bytes.extend_from_slice(&head);
+    // Bounded by the length seen, in case the file grows while it is read.
+    file.take(len - 8).read_to_end(&mut bytes).map_err(cannot)?;
+    if bytes.len() as u64 != len {
+        return Err(bad(format!(
+            "it changed while being read ({len} bytes expected, {} read)",
+            bytes.len()
+        )));
+    }
+    Ok(bytes)
 }

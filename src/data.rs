@@ -1,8 +1,11 @@
 //! Data sets: the 8x8 handwritten digits embedded in the binary (the default), 2-D toy
 //! distributions generated from a seed, and MNIST-format IDX files (gzipped or not). Images are
-//! scaled to [-1, 1] and flattened `[N, C * H * W]`; labels are class numbers.
+//! scaled to [-1, 1] and flattened `[N, C * H * W]`; labels are class numbers. Files are read
+//! within a stated size (the device's largest buffer, or the host budget): every size a header
+//! claims is checked before anything that large is allocated or inflated.
 
 use crate::error::{Error, Result};
+use crate::limits::{checked_product, show_bytes, HOST_BUDGET_BYTES};
 use rand::{Rng, SeedableRng};
 use std::io::Read;
 use std::path::Path;
@@ -33,7 +36,7 @@ impl Dataset {
         self.shape.iter().product()
     }
     pub fn len(&self) -> usize {
-        self.x.len() / self.dim()
+        self.x.len().checked_div(self.dim()).unwrap_or(0)
     }
     pub fn is_empty(&self) -> bool {
         self.x.is_empty()
@@ -42,8 +45,14 @@ impl Dataset {
         self.shape.len() == 3
     }
 
-    /// Parse a `--data` value: `digits`, `toy:NAME` or `idx:IMAGES[,LABELS]`.
+    /// Parse a `--data` value: `digits`, `toy:NAME` or `idx:IMAGES[,LABELS]`, within the host
+    /// budget.
     pub fn from_spec(spec: &str, seed: u64) -> Result<Dataset> {
+        Dataset::from_spec_within(spec, seed, HOST_BUDGET_BYTES)
+    }
+
+    /// [`Dataset::from_spec`] for a data set of at most `max_bytes` as f32 (one device buffer).
+    pub fn from_spec_within(spec: &str, seed: u64, max_bytes: u64) -> Result<Dataset> {
         if spec == "digits" {
             digits()
         } else if let Some(name) = spec.strip_prefix("toy:") {
@@ -53,13 +62,72 @@ impl Dataset {
                 Some((i, l)) => (i, Some(l)),
                 None => (paths, None),
             };
-            idx(Path::new(images), labels.map(Path::new))
+            idx_within(Path::new(images), labels.map(Path::new), max_bytes)
         } else {
             Err(Error::Config(format!(
                 "unknown data {spec:?}: use digits, toy:NAME ({}) or idx:IMAGES[,LABELS]",
                 TOYS.join(", ")
             )))
         }
+    }
+
+    /// One line for the log: what was loaded, and the classes the labels imply.
+    pub fn describe(&self) -> String {
+        let shape = self
+            .shape
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("x");
+        let what = if self.is_image() { "images" } else { "points" };
+        let mut line = format!("{}: {} {what} of {shape}", self.name, self.len());
+        match &self.labels {
+            Some(labels) => {
+                let mut present = vec![false; self.classes];
+                for &l in labels {
+                    if let Some(p) = present.get_mut(l as usize) {
+                        *p = true;
+                    }
+                }
+                let max = labels.iter().max().copied().unwrap_or(0);
+                line += &format!(
+                    ", labels 0..={max}: {} classes ({} of them present)",
+                    self.classes,
+                    present.iter().filter(|&&p| p).count()
+                );
+            }
+            None => line += ", unlabelled",
+        }
+        line
+    }
+
+    /// Bound the classes by `--classes K`: every label must be below `classes`, which becomes
+    /// the number of classes (a class may have no examples).
+    pub fn set_classes(&mut self, classes: usize) -> Result<()> {
+        let Some(labels) = &self.labels else {
+            return Err(Error::Config(format!(
+                "--classes {classes}: {} has no labels",
+                self.name
+            )));
+        };
+        if classes == 0 {
+            return Err(Error::Config(
+                "--classes 0: give the number of classes, at least 1 (leave it out to take it from the labels)".into(),
+            ));
+        }
+        if let Some((i, &l)) = labels
+            .iter()
+            .enumerate()
+            .find(|(_, &l)| l as usize >= classes)
+        {
+            return Err(Error::Config(format!(
+                "--classes {classes}: example {i} of {} has label {l}; labels must lie in 0..={}",
+                self.name,
+                classes - 1
+            )));
+        }
+        self.classes = classes;
+        Ok(())
     }
 
     /// Split off the last `n` examples (a held-out set).
@@ -174,36 +242,55 @@ pub fn toy(name: &str, n: usize, seed: u64) -> Result<Dataset> {
     })
 }
 
-fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
-    let raw = std::fs::read(path).map_err(|e| {
+/// Bytes of an IDX header: the 4-byte magic and 4 bytes per dimension.
+fn idx_header_len(dims: usize) -> usize {
+    4 + 4 * dims
+}
+
+/// Read an IDX file of unsigned bytes, gzipped or not: (dimensions, data). The header is read
+/// first; the data it promises is sized with checked arithmetic and refused, before it is read,
+/// when a dimension is zero, when it exceeds `max_elems`, or (uncompressed) when it disagrees
+/// with the file's length. A gzipped body is inflated through a bound of what the header allows,
+/// so a small file cannot inflate into more.
+fn read_idx(path: &Path, want_dims: usize, max_elems: u64) -> Result<(Vec<usize>, Vec<u8>)> {
+    let cannot = |e: std::io::Error| {
         Error::Io(format!(
             "cannot read {}: {e} (give the path of an MNIST-format IDX file, gzipped or not)",
             path.display()
         ))
-    })?;
-    if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| {
-                Error::Io(format!(
-                    "{} is gzipped but does not decompress: {e}",
-                    path.display()
-                ))
-            })?;
-        Ok(out)
-    } else {
-        Ok(raw)
-    }
-}
-
-/// Parse an IDX file of unsigned bytes: (dimensions, data). Checks the magic and the length.
-fn parse_idx(bytes: &[u8], path: &Path, want_dims: usize) -> Result<(Vec<usize>, Vec<u8>)> {
+    };
     let bad = |why: String| Error::Io(format!("{} is not a valid IDX file: {why}", path.display()));
-    if bytes.len() < 4 {
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    let meta = file.metadata().map_err(cannot)?;
+    if !meta.is_file() {
+        return Err(bad(
+            "it is not a regular file (a device, a pipe or a directory)".into(),
+        ));
+    }
+    let file_len = meta.len();
+    let mut file = std::io::BufReader::new(file);
+    let gzipped = {
+        use std::io::BufRead;
+        file.fill_buf().map_err(cannot)?.starts_with(&[0x1f, 0x8b])
+    };
+    let mut reader: Box<dyn Read> = if gzipped {
+        Box::new(flate2::read::GzDecoder::new(file))
+    } else {
+        Box::new(file)
+    };
+    let inflate = |e: std::io::Error| {
+        if gzipped {
+            bad(format!("it is gzipped but does not decompress: {e}"))
+        } else {
+            cannot(e)
+        }
+    };
+    let mut header = vec![0u8; idx_header_len(want_dims)];
+    let got = read_up_to(&mut reader, &mut header).map_err(inflate)?;
+    if got < 4 {
         return Err(bad("shorter than its 4-byte magic".into()));
     }
-    let magic = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+    let magic = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
     let want_magic = 0x0800 + want_dims as u32;
     if magic != want_magic {
         return Err(bad(format!(
@@ -211,30 +298,92 @@ fn parse_idx(bytes: &[u8], path: &Path, want_dims: usize) -> Result<(Vec<usize>,
             if want_dims == 3 { "images" } else { "labels" }
         )));
     }
-    let header = 4 + 4 * want_dims;
-    if bytes.len() < header {
+    if got < header.len() {
         return Err(bad("truncated header".into()));
     }
-    let dims: Vec<usize> = (0..want_dims)
-        .map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize)
+    let dims: Vec<usize> = header[4..]
+        .chunks_exact(4)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
         .collect();
-    let count: usize = dims.iter().product();
-    if bytes.len() != header + count {
+    if dims.contains(&0) {
         return Err(bad(format!(
-            "the header promises {dims:?} = {count} bytes of data, the file has {} (truncated or corrupt)",
-            bytes.len() - header
+            "its header gives the dimensions {dims:?}, one of them zero: it holds no data"
         )));
     }
-    Ok((dims, bytes[header..].to_vec()))
+    let count = checked_product(dims.iter().map(|&d| d as u64));
+    let Some(count) = count.filter(|&c| c <= max_elems) else {
+        return Err(Error::TooLarge(format!(
+            "{}: its header promises {dims:?} = {} values, more than the {max_elems} (as f32: {}) \
+             that may be loaded here (the device's largest buffer, or the host budget)",
+            path.display(),
+            count.map_or("more than 2^64".into(), |c| c.to_string()),
+            show_bytes(max_elems.saturating_mul(4))
+        )));
+    };
+    if !gzipped && file_len != idx_header_len(want_dims) as u64 + count {
+        return Err(bad(format!(
+            "the header promises {dims:?} = {count} bytes of data, the file has {} (truncated or corrupt)",
+            file_len.saturating_sub(idx_header_len(want_dims) as u64)
+        )));
+    }
+    // One byte more than promised shows a body that is too long; an uncompressed body was
+    // measured above, so its buffer is allocated once.
+    let mut data = Vec::with_capacity(if gzipped { 0 } else { count as usize });
+    reader
+        .take(count + 1)
+        .read_to_end(&mut data)
+        .map_err(inflate)?;
+    let body = if gzipped { "decompressed body" } else { "file" };
+    if data.len() as u64 > count {
+        return Err(bad(format!(
+            "the header promises {dims:?} = {count} bytes of data, the {body} holds more (corrupt)"
+        )));
+    }
+    if (data.len() as u64) < count {
+        return Err(bad(format!(
+            "the header promises {dims:?} = {count} bytes of data, the {body} holds only {} (truncated or corrupt)",
+            data.len()
+        )));
+    }
+    Ok((dims, data))
 }
 
-/// MNIST-format images (magic 2051) and, optionally, labels (magic 2049).
+/// Fill `buf` as far as the reader allows; the number of bytes read.
+fn read_up_to(reader: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// MNIST-format images (magic 2051) and, optionally, labels (magic 2049), within the host budget.
 pub fn idx(images: &Path, labels: Option<&Path>) -> Result<Dataset> {
-    let (dims, pixels) = parse_idx(&read_maybe_gz(images)?, images, 3)?;
+    idx_within(images, labels, HOST_BUDGET_BYTES)
+}
+
+/// MNIST-format images and optional labels whose images take at most `max_bytes` as f32 (the
+/// size of one device buffer, say); larger files are refused before their data is read.
+pub fn idx_within(images: &Path, labels: Option<&Path>, max_bytes: u64) -> Result<Dataset> {
+    let (dims, pixels) = read_idx(images, 3, max_bytes / 4)?;
     let x = pixels.iter().map(|&p| p as f32 / 127.5 - 1.0).collect();
+    drop(pixels);
     let (labels, classes) = match labels {
         Some(path) => {
-            let (ldims, l) = parse_idx(&read_maybe_gz(path)?, path, 1)?;
+            let (ldims, l) = read_idx(path, 1, dims[0] as u64).map_err(|e| match e {
+                Error::TooLarge(_) => Error::Io(format!(
+                    "{} has more labels than the {} images in {}",
+                    path.display(),
+                    dims[0],
+                    images.display()
+                )),
+                e => e,
+            })?;
             if ldims[0] != dims[0] {
                 return Err(Error::Io(format!(
                     "{} has {} labels for {} images in {}",

@@ -18,7 +18,8 @@ pub enum Error {
     Device(String),
     /// An operation was given tensors of the wrong shape or dtype.
     Shape(String),
-    /// A tensor does not fit the device's buffer or binding limits.
+    /// A tensor does not fit the device's buffer or binding limits, or an input asks for more
+    /// host memory than the budget (see `limits`).
     TooLarge(String),
     /// WGSL compilation or pipeline creation failed for a kernel.
     Kernel { kernel: String, message: String },
@@ -28,6 +29,9 @@ pub enum Error {
     Io(String),
     /// A setting (environment variable, option, config value) is not valid.
     Config(String),
+    /// Numbers that must be finite are not: a diverged run's loss or weights, or samples that
+    /// blow up. Nothing is written from them.
+    NonFinite(String),
 }
 
 /// Shorthand used across the crate.
@@ -60,13 +64,14 @@ impl fmt::Display for Error {
             }
             Error::Device(m) => write!(f, "could not create the GPU device: {m}"),
             Error::Shape(m) => write!(f, "shape error: {m}"),
-            Error::TooLarge(m) => write!(f, "too large for this device: {m}"),
+            Error::TooLarge(m) => write!(f, "too large: {m}"),
             Error::Kernel { kernel, message } => {
                 write!(f, "kernel `{kernel}` failed to compile: {message}")
             }
             Error::Gpu(m) => write!(f, "GPU error: {m}"),
             Error::Io(m) => write!(f, "{m}"),
             Error::Config(m) => write!(f, "invalid setting: {m}"),
+            Error::NonFinite(m) => write!(f, "not finite: {m}"),
         }
     }
 }

@@ -3,6 +3,7 @@
 //!
 //! Layers, bottom up: [`gpu`] (adapter, device, buffer pool, pipeline cache, recorder),
 //! [`tensor`] (GPU tensors), [`ops`] (one Rust file per WGSL file: shape checks and dispatch).
+//! Input from users and files is bounded by [`limits`] before anything is allocated.
 //!
 //! ```no_run
 //! use rectiflow::{gpu::Gpu, ops, tensor::Tensor};
@@ -21,6 +22,7 @@ pub mod error;
 pub mod eval;
 pub mod flow;
 pub mod gpu;
+pub mod limits;
 pub mod nn;
 pub mod ops;
 pub mod optim;

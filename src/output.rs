@@ -1,21 +1,72 @@
 //! Files a run writes for people and other tools: PNG sample grids (images) or scatter plots
-//! (2-D points), and NumPy `.npy` arrays.
+//! (2-D points), NumPy `.npy` arrays, JSON. Every file is written atomically
+//! ([`write_atomically`]): to a temporary file beside it, synced, then renamed into place, so a
+//! full disk or a kill leaves either the old file or the new one, never a partial one, and no
+//! temporary file behind.
 
 use crate::error::{Error, Result};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-fn io(path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::Io(format!("cannot write {}: {e}", path.display()))
+/// The temporary file `path` is written to before it is renamed into place: `NAME.tmp`.
+pub fn temp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    path.with_file_name(name)
 }
 
-fn write_png(path: &Path, width: u32, height: u32, gray: &[u8]) -> Result<()> {
-    let file = std::fs::File::create(path).map_err(|e| io(path, e))?;
-    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), width, height);
+/// Write every `(path, bytes)` as a group: each to its temporary file (synced), and only when all
+/// are complete, each renamed into place. On any failure every temporary file is removed and the
+/// error names the file; the files already in place are untouched unless a rename itself fails.
+pub fn write_atomically(files: &[(&Path, &[u8])]) -> Result<()> {
+    let temps: Vec<PathBuf> = files.iter().map(|(p, _)| temp_path(p)).collect();
+    let remove_temps = || {
+        for t in &temps {
+            let _ = std::fs::remove_file(t);
+        }
+    };
+    for ((path, bytes), tmp) in files.iter().zip(&temps) {
+        let written = std::fs::File::create(tmp).and_then(|mut f| {
+            f.write_all(bytes)?;
+            f.sync_all()
+        });
+        if let Err(e) = written {
+            remove_temps();
+            return Err(Error::Io(format!(
+                "cannot write {} (for {}): {e}; nothing was replaced",
+                tmp.display(),
+                path.display()
+            )));
+        }
+    }
+    for ((path, _), tmp) in files.iter().zip(&temps) {
+        if let Err(e) = std::fs::rename(tmp, path) {
+            remove_temps();
+            return Err(Error::Io(format!(
+                "cannot move {} into place as {}: {e}",
+                tmp.display(),
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A grayscale PNG, encoded in memory.
+fn png_bytes(width: usize, height: usize, gray: &[u8]) -> Result<Vec<u8>> {
+    let encode_error = |e: png::EncodingError| Error::Io(format!("encoding a PNG: {e}"));
+    let (w, h) = (u32::try_from(width), u32::try_from(height));
+    let (Ok(w), Ok(h)) = (w, h) else {
+        return Err(Error::TooLarge(format!("a PNG of {width}x{height} pixels")));
+    };
+    let mut out = Vec::new();
+    let mut enc = png::Encoder::new(&mut out, w, h);
     enc.set_color(png::ColorType::Grayscale);
     enc.set_depth(png::BitDepth::Eight);
-    let mut w = enc.write_header().map_err(|e| io(path, e))?;
-    w.write_image_data(gray).map_err(|e| io(path, e))
+    let mut writer = enc.write_header().map_err(encode_error)?;
+    writer.write_image_data(gray).map_err(encode_error)?;
+    writer.finish().map_err(encode_error)?;
+    Ok(out)
 }
 
 /// A grid of single-channel images `[n, h, w]` in [-1, 1], `scale`d up (nearest neighbour), one
@@ -29,6 +80,26 @@ pub fn image_grid(
     cols: usize,
     scale: usize,
 ) -> Result<()> {
+    let png = image_grid_png(images, n, h, w, cols, scale)?;
+    write_atomically(&[(path, &png)])
+}
+
+/// [`image_grid`]'s PNG, in memory.
+pub fn image_grid_png(
+    images: &[f32],
+    n: usize,
+    h: usize,
+    w: usize,
+    cols: usize,
+    scale: usize,
+) -> Result<Vec<u8>> {
+    let needed = n.checked_mul(h).and_then(|v| v.checked_mul(w));
+    if cols == 0 || scale == 0 || needed.is_none_or(|v| v > images.len()) {
+        return Err(Error::Shape(format!(
+            "a grid of {n} images of {h}x{w} in {cols} columns at scale {scale} from {} values",
+            images.len()
+        )));
+    }
     let rows = n.div_ceil(cols);
     let (tw, th) = (w * scale + 1, h * scale + 1);
     let (gw, gh) = (cols * tw + 1, rows * th + 1);
@@ -43,11 +114,23 @@ pub fn image_grid(
             }
         }
     }
-    write_png(path, gw as u32, gh as u32, &px)
+    png_bytes(gw, gh, &px)
 }
 
 /// A scatter plot of 2-D points `[n, 2]` over `[-range, range]^2`, brightness by density.
 pub fn scatter(path: &Path, points: &[f32], size: usize, range: f32) -> Result<()> {
+    let png = scatter_png(points, size, range)?;
+    write_atomically(&[(path, &png)])
+}
+
+/// [`scatter`]'s PNG, in memory.
+pub fn scatter_png(points: &[f32], size: usize, range: f32) -> Result<Vec<u8>> {
+    if !points.len().is_multiple_of(2) {
+        return Err(Error::Shape(format!(
+            "a scatter plot of 2-D points from {} values",
+            points.len()
+        )));
+    }
     let mut counts = vec![0u32; size * size];
     for p in points.chunks(2) {
         let x = ((p[0] + range) / (2.0 * range) * size as f32) as isize;
@@ -67,7 +150,7 @@ pub fn scatter(path: &Path, points: &[f32], size: usize, range: f32) -> Result<(
             }
         })
         .collect();
-    write_png(path, size as u32, size as u32, &px)
+    png_bytes(size, size, &px)
 }
 
 /// The `.npy` (format 1.0) header for `descr` and `shape`, padded to a multiple of 64 bytes.
@@ -90,19 +173,28 @@ pub fn npy_header(descr: &str, shape: &[usize]) -> Vec<u8> {
     out
 }
 
-fn write_npy(path: &Path, descr: &str, shape: &[usize], data: &[u8]) -> Result<()> {
-    let mut f = std::fs::File::create(path).map_err(|e| io(path, e))?;
-    f.write_all(&npy_header(descr, shape))
-        .and_then(|_| f.write_all(data))
-        .map_err(|e| io(path, e))
+fn npy_bytes(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
+    let mut out = npy_header(descr, shape);
+    out.extend_from_slice(data);
+    out
 }
 
-/// Little-endian float32 `.npy`.
+/// A little-endian float32 `.npy` file, in memory.
+pub fn npy_f32_bytes(shape: &[usize], data: &[f32]) -> Vec<u8> {
+    npy_bytes("<f4", shape, bytemuck::cast_slice(data))
+}
+
+/// A little-endian int64 `.npy` file, in memory.
+pub fn npy_i64_bytes(shape: &[usize], data: &[i64]) -> Vec<u8> {
+    npy_bytes("<i8", shape, bytemuck::cast_slice(data))
+}
+
+/// Little-endian float32 `.npy`, written atomically.
 pub fn npy_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
-    write_npy(path, "<f4", shape, bytemuck::cast_slice(data))
+    write_atomically(&[(path, &npy_f32_bytes(shape, data))])
 }
 
-/// Little-endian int64 `.npy`.
+/// Little-endian int64 `.npy`, written atomically.
 pub fn npy_i64(path: &Path, shape: &[usize], data: &[i64]) -> Result<()> {
-    write_npy(path, "<i8", shape, bytemuck::cast_slice(data))
+    write_atomically(&[(path, &npy_i64_bytes(shape, data))])
 }

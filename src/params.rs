@@ -77,11 +77,22 @@ pub struct ParamSpec {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ParamId(pub(crate) usize);
 
-/// Collects parameter declarations, then allocates and initialises them all at once.
-#[derive(Default)]
+/// Collects parameter declarations, then allocates and initialises them all at once. Declaring
+/// allocates nothing the size of a parameter, so a model can be laid out (and its size checked
+/// against the device) before anything is allocated.
 pub struct ParamsBuilder {
     specs: Vec<ParamSpec>,
-    len: usize,
+    /// Length of the flat buffer so far; `None` once a size overflowed.
+    len: Option<usize>,
+}
+
+impl Default for ParamsBuilder {
+    fn default() -> Self {
+        ParamsBuilder {
+            specs: Vec::new(),
+            len: Some(0),
+        }
+    }
 }
 
 impl ParamsBuilder {
@@ -96,8 +107,15 @@ impl ParamsBuilder {
             !self.specs.iter().any(|s| s.name == name),
             "parameter {name:?} declared twice"
         );
-        let offset = self.len;
-        self.len = (offset + numel(shape)).div_ceil(ALIGN) * ALIGN;
+        // Sizes come from configurations that may be corrupt: an overflow is remembered and
+        // reported by `len` and `build`, never wrapped.
+        let offset = self.len.unwrap_or(usize::MAX);
+        let elems = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        self.len = self
+            .len
+            .zip(elems)
+            .and_then(|(len, n)| len.checked_add(n))
+            .and_then(|end| end.checked_next_multiple_of(ALIGN));
         self.specs.push(ParamSpec {
             name,
             shape: shape.to_vec(),
@@ -107,10 +125,33 @@ impl ParamsBuilder {
         ParamId(self.specs.len() - 1)
     }
 
+    /// The parameters declared so far.
+    pub fn specs(&self) -> &[ParamSpec] {
+        &self.specs
+    }
+
+    /// Elements of the flat buffer `build` would allocate (padding included); `None` when the
+    /// declared sizes overflow.
+    pub fn len(&self) -> Option<usize> {
+        self.len.map(|l| l.max(ALIGN))
+    }
+
+    /// Whether nothing has been declared.
+    pub fn is_empty(&self) -> bool {
+        self.specs.is_empty()
+    }
+
     /// Allocate the flat value and gradient buffers and initialise the values from `seed`
     /// (each parameter from its own stream, so adding one does not change the others).
     pub fn build(self, gpu: &Gpu, seed: u64) -> Result<Params> {
-        let len = self.len.max(ALIGN);
+        let len = self.len().ok_or_else(|| {
+            Error::TooLarge("the parameters' sizes overflow the address space".into())
+        })?;
+        crate::limits::Budget::of(gpu).check_tensor(
+            &format!("the flat parameter buffer ({len} values)"),
+            Some(len as u64),
+            "declare fewer or smaller parameters",
+        )?;
         let mut host = vec![0f32; len];
         for (i, s) in self.specs.iter().enumerate() {
             let mut rng = rand::rngs::StdRng::seed_from_u64(

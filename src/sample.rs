@@ -50,6 +50,44 @@ pub struct SampleOptions {
     pub clip_x0: Option<f32>,
 }
 
+/// Most sampling steps (the time grid is one f64 per step).
+pub const MAX_STEPS: usize = 100_000;
+
+impl SampleOptions {
+    /// Check every option against its range, naming the flag: at least one sample, steps in
+    /// `1..=MAX_STEPS`, a finite guidance weight, a finite positive shift, and a finite positive
+    /// x0 clamp.
+    pub fn validate(&self) -> Result<()> {
+        let refuse = |m: String| Err(Error::Config(m));
+        if self.labels.is_empty() {
+            return refuse("sampling needs at least one sample (--n)".into());
+        }
+        if !(1..=MAX_STEPS).contains(&self.steps) {
+            return refuse(format!("--steps {}: use 1..={MAX_STEPS}", self.steps));
+        }
+        if !self.cfg.is_finite() {
+            return refuse(format!(
+                "--cfg {}: the guidance weight must be a finite number (1: none)",
+                self.cfg
+            ));
+        }
+        if !(self.shift.is_finite() && self.shift > 0.0) {
+            return refuse(format!(
+                "--shift {}: the time shift must be a finite number > 0 (1: none)",
+                self.shift
+            ));
+        }
+        if let Some(v) = self.clip_x0 {
+            if !(v.is_finite() && v > 0.0) {
+                return refuse(format!(
+                    "--clip-x0 {v}: the bound must be a finite number > 0 (0 on the command line: no clamp)"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Where sampling starts: just below 1, where every schedule's conversions are finite.
 pub const T_START: f64 = 1.0 - 1e-5;
 
@@ -69,6 +107,7 @@ pub fn sample(
     null_label: u32,
     opts: &SampleOptions,
 ) -> Result<Tensor> {
+    opts.validate()?;
     let gpu = params.values().gpu();
     let n = opts.labels.len();
     if n == 0 || opts.steps == 0 {

@@ -57,10 +57,14 @@ impl Weighting {
                     .strip_prefix("edm:")
                     .and_then(|a| a.split_once(','))
                     .ok_or_else(bad)?;
-                Weighting::Edm {
-                    pm: pm.trim().parse().map_err(|_| bad())?,
-                    ps: ps.trim().parse().map_err(|_| bad())?,
+                let pm: f64 = pm.trim().parse().map_err(|_| bad())?;
+                let ps: f64 = ps.trim().parse().map_err(|_| bad())?;
+                if !(ps.is_finite() && ps > 0.0 && pm.is_finite()) {
+                    return Err(Error::Config(format!(
+                        "weighting edm:{pm},{ps}: PM must be finite and PS finite and positive"
+                    )));
                 }
+                Weighting::Edm { pm, ps }
             }
         })
     }

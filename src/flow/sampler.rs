@@ -62,8 +62,8 @@ impl TimeSampler {
     /// Reject parameters outside the sampler's domain.
     pub fn validate(&self) -> Result<()> {
         match *self {
-            TimeSampler::LogNormal { m, s } if !(s > 0.0 && m.is_finite()) => Err(Error::Config(format!(
-                "lognorm:{m},{s}: the scale S must be positive"
+            TimeSampler::LogNormal { m, s } if !(s.is_finite() && s > 0.0 && m.is_finite()) => Err(Error::Config(format!(
+                "lognorm:{m},{s}: M must be finite and the scale S finite and positive"
             ))),
             TimeSampler::Mode { s } if !(-1.0..=mode_s_max()).contains(&s) => Err(Error::Config(format!(
                 "mode:{s}: S must lie in [-1, 2/(pi - 2) = {:.4}], where t(u) stays monotone and inside [0, 1]",

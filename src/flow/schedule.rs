@@ -139,8 +139,10 @@ impl Schedule {
                 let (pm, ps) = args.split_once(',').ok_or_else(bad)?;
                 let pm: f64 = pm.trim().parse().map_err(|_| bad())?;
                 let ps: f64 = ps.trim().parse().map_err(|_| bad())?;
-                if ps.is_nan() || ps <= 0.0 || !pm.is_finite() {
-                    return Err(Error::Config(format!("edm:{pm},{ps}: PS must be positive")));
+                if !(ps.is_finite() && ps > 0.0 && pm.is_finite()) {
+                    return Err(Error::Config(format!(
+                        "edm:{pm},{ps}: PM must be finite and PS finite and positive"
+                    )));
                 }
                 Schedule::Edm { pm, ps }
             }

@@ -29,6 +29,7 @@ pub mod optim;
 pub mod output;
 pub mod params;
 pub mod rng;
+pub mod rundir;
 pub mod sample;
 pub mod shaders;
 pub mod tensor;

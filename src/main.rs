@@ -1,4 +1,6 @@
-//! The `rectiflow` command line: `train`, `sample`, `info`.
+//! The `rectiflow` command line: `train`, `sample`, `eval`, `info`, and their exit codes: 0 done,
+//! 1 refused or failed (the message says why), 2 unusable flags (clap), 128 + N when `train` was
+//! stopped by signal N after saving (130 SIGINT, 143 SIGTERM).
 
 mod cli;
 
@@ -20,7 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Train a velocity network and write checkpoints, sample grids and metrics to a run directory.
-    Train(cli::TrainArgs),
+    Train(Box<cli::TrainArgs>),
     /// Draw samples from a checkpoint: a PNG grid or scatter plot, samples.npy and labels.npy.
     Sample(cli::SampleArgs),
     /// Measure a checkpoint's samples: sliced W2 and MMD (2-D data) or classifier accuracy and
@@ -33,13 +35,14 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Train(args) => cli::train(args),
-        Command::Sample(args) => cli::sample(args),
-        Command::Eval(args) => cli::eval(args),
-        Command::Info => info(),
+        Command::Train(args) => cli::train(*args),
+        Command::Sample(args) => cli::sample(args).map(|()| cli::RunEnd::Finished),
+        Command::Eval(args) => cli::eval(args).map(|()| cli::RunEnd::Finished),
+        Command::Info => info().map(|()| cli::RunEnd::Finished),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(cli::RunEnd::Finished) => ExitCode::SUCCESS,
+        Ok(cli::RunEnd::Interrupted(signal)) => ExitCode::from((128 + signal).clamp(1, 255) as u8),
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE

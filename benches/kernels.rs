@@ -286,7 +286,7 @@ fn main() {
                 ..Default::default()
             };
             let t = tiling;
-            let name = if t.lanes {
+            let name = if t.design == rectiflow::ops::MatmulDesign::Lanes {
                 format!("lanes wg{} t{}x{}", t.wg_n, t.tm, t.tn)
             } else {
                 format!("tiled wg{}x{} t{}x{} k{}", t.wg_m, t.wg_n, t.tm, t.tn, t.bk)

@@ -22,6 +22,7 @@ shader!(ATTENTION, "attention", wgpu::Features::empty());
 shader!(OPTIM, "optim", wgpu::Features::empty());
 shader!(FLOW, "flow", wgpu::Features::empty());
 shader!(MATMUL, "matmul", wgpu::Features::empty());
+shader!(MATMUL_SUBGROUP, "matmul_subgroup", wgpu::Features::SUBGROUP);
 shader!(CAST, "cast", wgpu::Features::SHADER_F16);
 
 /// Every shader, for validation tests.
@@ -30,6 +31,7 @@ pub static ALL: &[&Shader] = &[
     &REDUCE,
     &LAYOUT,
     &MATMUL,
+    &MATMUL_SUBGROUP,
     &CAST,
     &NORM,
     &MODULATE,

@@ -407,7 +407,14 @@ fn shapes_to_test() -> Vec<(usize, usize, usize)> {
     v
 }
 
-/// Every shape and layout with each profile's own tile choice, and with both designs forced.
+/// The subgroup design with `tm` rows, where this adapter has subgroups of 8 (else `None`: the
+/// design cannot run here, and the run that would use it is skipped).
+fn subgroup_tiling(tm: u32) -> Option<MatmulTiling> {
+    let t = MatmulTiling::subgroup(tm);
+    t.validate(gpu()).ok().map(|_| t)
+}
+
+/// Every shape and layout with each profile's own tile choice, and with every design forced.
 #[test]
 fn matmul_every_layout_matches_reference() {
     let mut seed = 1000;
@@ -417,7 +424,8 @@ fn matmul_every_layout_matches_reference() {
         (gpu(), Some(MatmulTiling::new(16, 16, 4, 4, 16))),
         (gpu(), Some(MatmulTiling::lanes(16, 8, 8))),
     ];
-    for (context, tiling) in runs {
+    let subgroup = subgroup_tiling(32).map(|t| (gpu(), Some(t)));
+    for (context, tiling) in runs.into_iter().chain(subgroup) {
         for (m, k, n) in shapes_to_test() {
             for (trans_a, trans_b) in [(false, false), (false, true), (true, false), (true, true)] {
                 Mm {
@@ -507,8 +515,9 @@ fn matmul_every_tiling_matches_reference() {
         MatmulTiling::lanes(1, 4, 4),
         MatmulTiling::lanes(32, 4, 8),
     ];
+    let subgroup = [8, 16, 32].into_iter().filter_map(subgroup_tiling);
     let mut seed = 4000;
-    for t in tilings {
+    for t in tilings.into_iter().chain(subgroup) {
         for (m, k, n) in [(257, 65, 127), (128, 64, 132)] {
             for (trans_a, trans_b) in [(false, false), (true, true)] {
                 Mm {

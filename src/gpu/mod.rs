@@ -7,11 +7,13 @@
 
 mod kernel;
 mod pool;
+mod profile;
 mod recorder;
 
 pub use kernel::{Access, Kernel, Shader};
 pub use pool::PoolStats;
 pub(crate) use pool::Storage;
+pub use profile::{Cost, DispatchTiming, KernelTotal, Profile, ProfileMethod};
 
 use crate::error::{Error, Result};
 use kernel::PipelineCache;
@@ -389,6 +391,19 @@ impl Gpu {
         params: &P,
         groups: u64,
     ) -> Result<()> {
+        self.dispatch_costed(kernel, overrides, bindings, params, groups, Cost::default())
+    }
+
+    /// [`Gpu::dispatch`] with the work the dispatch does, for profiles.
+    pub(crate) fn dispatch_costed<P: bytemuck::Pod>(
+        &self,
+        kernel: &Kernel,
+        overrides: &[(&'static str, f64)],
+        bindings: &[(&Arc<Storage>, u64, u64)],
+        params: &P,
+        groups: u64,
+        cost: Cost,
+    ) -> Result<()> {
         let bytes = bytemuck::bytes_of(params);
         assert!(
             bytes.len() <= PARAMS_BYTES,
@@ -425,10 +440,43 @@ impl Gpu {
             bind_group,
             bytes,
             grid,
-            kernel.entry,
+            (kernel.shader.name, kernel.entry),
+            cost,
             self.inner.use_immediates,
         );
         Ok(())
+    }
+
+    /// Dispatches recorded on this context so far (a training step's count is the difference).
+    pub fn dispatch_count(&self) -> u64 {
+        self.inner.recorder.lock().unwrap().dispatches
+    }
+
+    /// Start timing every dispatch (see [`Profile`]): with device timestamps where the adapter
+    /// has `TIMESTAMP_QUERY`, else the host clock around each dispatch submitted alone. Work
+    /// recorded before is submitted first, untimed. Profiling slows submission down; use it to
+    /// see shares, not to measure a step's time.
+    pub fn start_profile(&self) -> Result<()> {
+        self.flush()?;
+        let method = if self
+            .inner
+            .features
+            .contains(wgpu::Features::TIMESTAMP_QUERY)
+        {
+            ProfileMethod::Timestamps
+        } else {
+            ProfileMethod::WallClock
+        };
+        self.inner.recorder.lock().unwrap().profile = Some((method, Vec::new()));
+        Ok(())
+    }
+
+    /// Stop profiling and return what was timed since [`Gpu::start_profile`] (pending work is
+    /// submitted and timed first). `None` if profiling was not on.
+    pub fn finish_profile(&self) -> Result<Option<Profile>> {
+        self.flush()?;
+        let taken = self.inner.recorder.lock().unwrap().profile.take();
+        Ok(taken.map(|(method, dispatches)| Profile { method, dispatches }))
     }
 
     /// Record a dispatch of your own kernel on tensors (bound at `@group(0)`, bindings `0..n` in

@@ -8,7 +8,7 @@
 
 use super::ensure_f32;
 use crate::error::{ensure_shape, Result};
-use crate::gpu::{Access, Kernel, KernelProfile};
+use crate::gpu::{Access, Cost, Kernel, KernelProfile};
 use crate::shaders::ATTENTION;
 use crate::tensor::{DType, Tensor};
 
@@ -109,7 +109,8 @@ pub fn attention(qkv: &Tensor, heads: usize) -> Result<(Tensor, Tensor)> {
     let o = Tensor::uninit(gpu, &[b, t, heads * d], DType::F32)?;
     let lse = Tensor::uninit(gpu, &[b, heads, t], DType::F32)?;
     let (p, groups) = params(b, t, heads, d);
-    gpu.dispatch(
+    let flops = 4.0 * (b * heads * t * t * d) as f64;
+    gpu.dispatch_costed(
         &FORWARD,
         &overrides(qkv, d),
         &[
@@ -120,6 +121,10 @@ pub fn attention(qkv: &Tensor, heads: usize) -> Result<(Tensor, Tensor)> {
         ],
         &p,
         groups,
+        Cost {
+            flops,
+            bytes: 4.0 * (qkv.numel() + o.numel() + lse.numel()) as f64,
+        },
     )?;
     Ok((o, lse))
 }
@@ -160,7 +165,14 @@ pub fn attention_backward(
     ];
     let overrides = overrides(qkv, d);
     gpu.dispatch(&BACKWARD_DELTA, &overrides, &bindings, &p, groups)?;
-    gpu.dispatch(&BACKWARD_DQ, &overrides, &bindings, &p, groups)?;
-    gpu.dispatch(&BACKWARD_DKV, &overrides, &bindings, &p, groups)?;
+    // The usual count: the backward's five products, 2.5x the forward's two; dQ takes two of
+    // them (with the recomputed scores), dK and dV three.
+    let forward = 4.0 * (b * heads * t * t * d) as f64;
+    let cost = |share: f64| Cost {
+        flops: share * forward,
+        bytes: 0.0,
+    };
+    gpu.dispatch_costed(&BACKWARD_DQ, &overrides, &bindings, &p, groups, cost(1.0))?;
+    gpu.dispatch_costed(&BACKWARD_DKV, &overrides, &bindings, &p, groups, cost(1.5))?;
     Ok(dqkv)
 }

@@ -7,8 +7,8 @@
 
 use super::ensure_f32;
 use crate::error::{ensure_shape, Error, Result};
-use crate::gpu::{Access, Gpu, Kernel, KernelProfile};
-use crate::shaders::MATMUL;
+use crate::gpu::{Access, Cost, Gpu, Kernel, KernelProfile};
+use crate::shaders::{MATMUL, MATMUL_SUBGROUP};
 use crate::tensor::{DType, Tensor};
 
 const ACCESS: &[Access] = &[Access::Read, Access::Read, Access::Read, Access::ReadWrite];
@@ -32,6 +32,14 @@ static LANES_VEC4: Kernel = Kernel {
     entry: "matmul_lanes_vec4",
     access: ACCESS,
 };
+static SUBGROUP: Kernel = Kernel {
+    shader: &MATMUL_SUBGROUP,
+    entry: "matmul_subgroup",
+    access: ACCESS,
+};
+
+/// Lanes per subgroup the subgroup kernel is written for (a CPU driver's SIMD width).
+const SUBGROUP_LANES: u32 = 8;
 
 /// Activation applied in the epilogue.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -43,13 +51,29 @@ pub enum Activation {
     Silu,
 }
 
-/// Tile shape of the matmul kernels, one of two designs:
+/// The three matmul designs (see docs/performance.md for what each is for).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatmulDesign {
+    /// GPUs: a workgroup stages tiles of A and B in workgroup memory.
+    Tiled,
+    /// CPU drivers without usable subgroups: barrier-free, every lane reads its own columns of
+    /// B and the workgroup's rows of A straight from memory.
+    Lanes,
+    /// CPU drivers with subgroups of 8: each lane loads different data and shuffles it to the
+    /// others, so every load serves the whole subgroup.
+    Subgroup,
+}
+
+/// Tile shape of the matmul kernels:
 ///
 /// - tiled (GPUs): a workgroup of `wg_m x wg_n` invocations, each computing `tm x tn` outputs,
 ///   stages `bk`-deep slices of A and B in workgroup memory; the tile of C is
 ///   `(wg_m tm) x (wg_n tn)`.
-/// - lanes (`lanes: true`, CPU drivers such as lavapipe): `wg_n` invocations share `tm` rows and
-///   each owns `tn` columns; no workgroup memory and no barriers (`wg_m` is 1, `bk` unused).
+/// - lanes (CPU drivers such as lavapipe): `wg_n` invocations share `tm` rows and each owns `tn`
+///   columns; no workgroup memory and no barriers (`wg_m` is 1, `bk` unused).
+/// - subgroup (CPU drivers with subgroups of 8): one subgroup of 8 computes `tm x 32`, each lane
+///   4 columns (`wg_n` 8, `tn` 4, `bk` 4); `tm` is 8, 16 or 32. Where a shape cannot take it
+///   (a contiguous dimension or N not a multiple of 4), the lanes kernel runs instead.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MatmulTiling {
     pub wg_m: u32,
@@ -57,7 +81,7 @@ pub struct MatmulTiling {
     pub tm: u32,
     pub tn: u32,
     pub bk: u32,
-    pub lanes: bool,
+    pub design: MatmulDesign,
 }
 
 impl MatmulTiling {
@@ -69,7 +93,7 @@ impl MatmulTiling {
             tm,
             tn,
             bk,
-            lanes: false,
+            design: MatmulDesign::Tiled,
         }
     }
 
@@ -81,7 +105,19 @@ impl MatmulTiling {
             tm,
             tn,
             bk: 4,
-            lanes: true,
+            design: MatmulDesign::Lanes,
+        }
+    }
+
+    /// A subgroup shape: `tm` rows (8, 16 or 32) by 32 columns per subgroup of 8.
+    pub const fn subgroup(tm: u32) -> Self {
+        MatmulTiling {
+            wg_m: 1,
+            wg_n: SUBGROUP_LANES,
+            tm,
+            tn: 4,
+            bk: 4,
+            design: MatmulDesign::Subgroup,
         }
     }
 
@@ -97,7 +133,14 @@ impl MatmulTiling {
             let (bm, bn) = t.tile();
             batch * m.div_ceil(bm as usize) * n.div_ceil(bn as usize)
         };
-        if gpu.profile() == KernelProfile::Cpu {
+        if gpu.profile() == KernelProfile::Cpu && has_subgroups_of_8(gpu) {
+            // The largest row block that still gives the cores work to share.
+            [32, 16]
+                .map(MatmulTiling::subgroup)
+                .into_iter()
+                .find(|&t| workgroups(t) >= 16)
+                .unwrap_or(MatmulTiling::subgroup(8))
+        } else if gpu.profile() == KernelProfile::Cpu {
             let tn = if n > 4 { 8 } else { 4 };
             let wg_n = n.div_ceil(tn as usize).next_power_of_two().min(16) as u32;
             let mut t = MatmulTiling::lanes(wg_n, 8, tn);
@@ -129,18 +172,26 @@ impl MatmulTiling {
         let fits = invocations >= 1
             && invocations <= l.max_compute_invocations_per_workgroup
             && invocations <= l.max_compute_workgroup_size_x;
-        // The kernels hold at most 16 vec4 accumulators (TM x TN/4).
-        let ok = if self.lanes {
-            fits && self.wg_m == 1
-                && matches!(self.tm, 4 | 8 | 16)
-                && matches!(self.tn, 4 | 8)
-                && self.tm * self.tn <= 64
-        } else {
-            fits && matches!(self.tm, 4 | 8)
-                && matches!(self.tn, 4 | 8)
-                && self.bk > 0
-                && self.bk.is_multiple_of(4)
-                && shared <= l.max_compute_workgroup_storage_size
+        // The kernels hold at most 16 vec4 accumulators (TM x TN/4); the subgroup kernel 32.
+        let ok = match self.design {
+            MatmulDesign::Subgroup => {
+                has_subgroups_of_8(gpu)
+                    && *self == MatmulTiling::subgroup(self.tm)
+                    && matches!(self.tm, 8 | 16 | 32)
+            }
+            MatmulDesign::Lanes => {
+                fits && self.wg_m == 1
+                    && matches!(self.tm, 4 | 8 | 16)
+                    && matches!(self.tn, 4 | 8)
+                    && self.tm * self.tn <= 64
+            }
+            MatmulDesign::Tiled => {
+                fits && matches!(self.tm, 4 | 8)
+                    && matches!(self.tn, 4 | 8)
+                    && self.bk > 0
+                    && self.bk.is_multiple_of(4)
+                    && shared <= l.max_compute_workgroup_storage_size
+            }
         };
         if ok {
             Ok(())
@@ -149,7 +200,8 @@ impl MatmulTiling {
                 "matmul tiling {self:?} is not usable here: tiled shapes need tm and tn of 4 or 8, \
                  bk a multiple of 4 and 4*bk*(BM+BN) = {shared} bytes at most {}; lanes shapes \
                  need wg_m 1, tm of 4, 8 or 16, tn of 4 or 8 and tm*tn at most 64; both at most \
-                 {} invocations",
+                 {} invocations; subgroup shapes need subgroups of exactly {SUBGROUP_LANES} lanes and tm \
+                 of 8, 16 or 32",
                 l.max_compute_workgroup_storage_size, l.max_compute_invocations_per_workgroup
             )))
         }
@@ -296,10 +348,24 @@ fn record(
     }
     let gpu = a.gpu();
     let batch: usize = d.batch_shape.iter().product();
-    let tiling = spec
+    let mut tiling = spec
         .tiling
         .unwrap_or_else(|| MatmulTiling::choose(gpu, d.m, d.n, batch));
     tiling.validate(gpu)?;
+    // vec4 access needs each operand's contiguous dimension, and N, to be multiples of 4.
+    let a_contig = if spec.trans_a { d.m } else { d.k };
+    let b_contig = if spec.trans_b { d.k } else { d.n };
+    let aligned = [a, b, out].iter().all(|t| t.vec4_aligned());
+    if tiling.design == MatmulDesign::Subgroup
+        && !(a_contig.is_multiple_of(4)
+            && b_contig.is_multiple_of(4)
+            && d.n.is_multiple_of(4)
+            && aligned)
+    {
+        let tn = if d.n > 4 { 8 } else { 4 };
+        let wg_n = d.n.div_ceil(tn as usize).next_power_of_two().min(16) as u32;
+        tiling = MatmulTiling::lanes(wg_n, 8, tn);
+    }
     let (bm, bn) = tiling.tile();
     let (tiles_m, tiles_n) = (d.m.div_ceil(bm as usize), d.n.div_ceil(bn as usize));
     let p = Params {
@@ -315,47 +381,65 @@ fn record(
         alpha: spec.alpha.unwrap_or(1.0),
         _pad: [0; 2],
     };
-    // vec4 access needs each operand's contiguous dimension, and N, to be multiples of 4.
-    let a_contig = if spec.trans_a { d.m } else { d.k };
-    let b_contig = if spec.trans_b { d.k } else { d.n };
     // (The lanes kernels read only B and C as vec4s.)
-    let vec4 = (tiling.lanes || a_contig.is_multiple_of(4))
+    let lanes = tiling.design == MatmulDesign::Lanes;
+    let vec4 = (lanes || a_contig.is_multiple_of(4))
         && b_contig.is_multiple_of(4)
         && d.n.is_multiple_of(4)
-        && [a, b, out].iter().all(|t| t.vec4_aligned());
+        && aligned;
     let act = match spec.activation {
         Activation::None => 0.0,
         Activation::Gelu => 1.0,
         Activation::Silu => 2.0,
     };
     let b2 = |v: bool| if v { 1.0 } else { 0.0 };
-    let overrides = [
-        ("WG_M", tiling.wg_m as f64),
-        ("WG_N", tiling.wg_n as f64),
-        ("TM", tiling.tm as f64),
-        ("TN", tiling.tn as f64),
-        ("BK", tiling.bk as f64),
+    let epilogue = [
         ("TRANS_A", b2(spec.trans_a)),
         ("TRANS_B", b2(spec.trans_b)),
         ("HAS_BIAS", b2(spec.bias.is_some())),
         ("ACT", act),
         ("ACCUMULATE", b2(accumulate)),
     ];
+    let shape: &[(&'static str, f64)] = match tiling.design {
+        MatmulDesign::Subgroup => &[("TM", tiling.tm as f64)],
+        _ => &[
+            ("WG_M", tiling.wg_m as f64),
+            ("WG_N", tiling.wg_n as f64),
+            ("TM", tiling.tm as f64),
+            ("TN", tiling.tn as f64),
+            ("BK", tiling.bk as f64),
+        ],
+    };
+    let overrides: Vec<(&'static str, f64)> = shape.iter().chain(&epilogue).copied().collect();
 
     let dummy = (gpu.dummy(), 0, 4);
     let bias = spec.bias.map(|t| t.binding()).unwrap_or(dummy);
     let groups = (batch * tiles_m * tiles_n) as u64;
-    let kernel = match (tiling.lanes, vec4) {
-        (false, false) => &SCALAR,
-        (false, true) => &VEC4,
-        (true, false) => &LANES,
-        (true, true) => &LANES_VEC4,
+    let kernel = match (tiling.design, vec4) {
+        (MatmulDesign::Subgroup, _) => &SUBGROUP,
+        (MatmulDesign::Tiled, false) => &SCALAR,
+        (MatmulDesign::Tiled, true) => &VEC4,
+        (MatmulDesign::Lanes, false) => &LANES,
+        (MatmulDesign::Lanes, true) => &LANES_VEC4,
     };
-    gpu.dispatch(
+    let cost = Cost {
+        flops: 2.0 * (batch * d.m * d.n * d.k) as f64,
+        bytes: 4.0 * (a.numel() + b.numel() + batch * d.m * d.n * (1 + accumulate as usize)) as f64,
+    };
+    gpu.dispatch_costed(
         kernel,
         &overrides,
         &[a.binding(), b.binding(), bias, out.binding()],
         &p,
         groups,
+        cost,
     )
+}
+
+/// Whether the subgroup kernel can run here: subgroups of exactly 8 lanes.
+fn has_subgroups_of_8(gpu: &Gpu) -> bool {
+    let i = gpu.adapter_info();
+    gpu.features().contains(wgpu::Features::SUBGROUP)
+        && i.subgroup_min_size == SUBGROUP_LANES
+        && i.subgroup_max_size == SUBGROUP_LANES
 }

@@ -24,7 +24,9 @@ pub use embed::{
 pub use layout::{
     concat_tokens, copy, copy_into, copy_tokens, patchify, split_tokens, transpose, unpatchify,
 };
-pub use matmul::{matmul, matmul_into, matmul_with, Activation, MatmulSpec, MatmulTiling};
+pub use matmul::{
+    matmul, matmul_into, matmul_with, Activation, MatmulDesign, MatmulSpec, MatmulTiling,
+};
 pub use modulate::{gate, gate_backward, modulate, modulate_backward};
 pub use norm::{
     layer_norm, layer_norm_backward, rms_norm, rms_norm_backward, softmax, softmax_backward,

@@ -10,6 +10,10 @@ struct Params {
     batch: u32,
     tokens: u32,
     cols: u32,
+    chunks: u32,   // the in-place entries below: K, chunks per sample in ada
+    chunk_a: u32,  // shift (ln_modulate) or gate (ada_gate)
+    chunk_b: u32,  // scale (ln_modulate)
+    eps: f32,
     _pad: u32,
 }
 
@@ -49,4 +53,140 @@ fn modulate(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wi
             default: {}
         }
     }
+}
+
+// ---- adaLN with the conditioning vectors read in place ----
+// A DiT block's conditioning is one [B, K C] tensor `ada`, K chunks of C per sample (shift,
+// scale, gate, ...). These entries read chunk j of sample b as ada[b K C + j C + c] instead of
+// taking a copy of each chunk, and their backward entries add the chunk's gradient into the
+// matching columns of d_ada. LayerNorm (no affine, eps from the params) and modulation are
+// one pass:
+//   ln_modulate:  y = LN(x) (1 + scale) + shift        (saves mean and 1/std per row)
+//   ada_gate:     y = x + gate h
+// Their backward:
+//   ln_modulate_backward_rows:  dx = rstd (g - mean(g) - xhat mean(g xhat)), g = dy (1 + scale)
+//   ln_modulate_backward_cols:  d_shift += sum_t dy,  d_scale += sum_t dy xhat
+//   ada_gate_backward:          dh = gate dy,  d_gate += sum_t h dy     (dx is dy itself)
+
+@group(0) @binding(0) var<storage, read> ada_x: array<f32>;          // x, or h for ada_gate_backward
+@group(0) @binding(1) var<storage, read> ada_in: array<f32>;         // ada
+@group(0) @binding(2) var<storage, read> ada_aux: array<f32>;        // h (ada_gate), stats (backward)
+@group(0) @binding(3) var<storage, read> ada_dy: array<f32>;         // dy (backward)
+@group(0) @binding(4) var<storage, read_write> ada_out: array<f32>;  // y, dx or dh
+@group(0) @binding(5) var<storage, read_write> ada_out2: array<f32>; // stats (forward) or d_ada
+
+const ROWS_WG: u32 = 64u;
+
+fn ada_group(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return wid.x + wid.y * nwg.x + wid.z * nwg.x * nwg.y;
+}
+
+// ada[b, chunk j, column c]
+fn ada_at(b: u32, j: u32, c: u32) -> u32 {
+    return (b * params.chunks + j) * params.cols + c;
+}
+
+@compute @workgroup_size(ROWS_WG)
+fn ln_modulate(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+               @builtin(num_workgroups) nwg: vec3<u32>) {
+    let row = ada_group(wid, nwg) * ROWS_WG + lid;
+    if (row >= params.batch * params.tokens) { return; }
+    let b = row / params.tokens;
+    let n = params.cols;
+    let base = row * n;
+    var mean = 0.0;
+    for (var c = 0u; c < n; c++) { mean += ada_x[base + c]; }
+    mean /= f32(n);
+    var var_ = 0.0;
+    for (var c = 0u; c < n; c++) { let d = ada_x[base + c] - mean; var_ += d * d; }
+    let rstd = inverseSqrt(var_ / f32(n) + params.eps);
+    for (var c = 0u; c < n; c++) {
+        let scale = ada_in[ada_at(b, params.chunk_b, c)];
+        let shift = ada_in[ada_at(b, params.chunk_a, c)];
+        ada_out[base + c] = (ada_x[base + c] - mean) * rstd * (1.0 + scale) + shift;
+    }
+    ada_out2[2u * row] = mean;
+    ada_out2[2u * row + 1u] = rstd;
+}
+
+@compute @workgroup_size(ROWS_WG)
+fn ln_modulate_backward_rows(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+                             @builtin(num_workgroups) nwg: vec3<u32>) {
+    let row = ada_group(wid, nwg) * ROWS_WG + lid;
+    if (row >= params.batch * params.tokens) { return; }
+    let b = row / params.tokens;
+    let n = params.cols;
+    let base = row * n;
+    let mean = ada_aux[2u * row];
+    let rstd = ada_aux[2u * row + 1u];
+    var sum_g = 0.0;
+    var sum_gx = 0.0;
+    for (var c = 0u; c < n; c++) {
+        let xhat = (ada_x[base + c] - mean) * rstd;
+        let g = ada_dy[base + c] * (1.0 + ada_in[ada_at(b, params.chunk_b, c)]);
+        sum_g += g;
+        sum_gx += g * xhat;
+    }
+    let mg = sum_g / f32(n);
+    let mgx = sum_gx / f32(n);
+    for (var c = 0u; c < n; c++) {
+        let xhat = (ada_x[base + c] - mean) * rstd;
+        let g = ada_dy[base + c] * (1.0 + ada_in[ada_at(b, params.chunk_b, c)]);
+        ada_out[base + c] = rstd * (g - mg - xhat * mgx);
+    }
+}
+
+// One invocation per (sample, column): sums over the sample's tokens.
+@compute @workgroup_size(ROWS_WG)
+fn ln_modulate_backward_cols(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+                             @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = ada_group(wid, nwg) * ROWS_WG + lid;
+    let n = params.cols;
+    if (i >= params.batch * n) { return; }
+    let b = i / n;
+    let c = i % n;
+    var d_shift = 0.0;
+    var d_scale = 0.0;
+    for (var t = 0u; t < params.tokens; t++) {
+        let row = b * params.tokens + t;
+        let xhat = (ada_x[row * n + c] - ada_aux[2u * row]) * ada_aux[2u * row + 1u];
+        let dy = ada_dy[row * n + c];
+        d_shift += dy;
+        d_scale += dy * xhat;
+    }
+    ada_out2[ada_at(b, params.chunk_a, c)] += d_shift;
+    ada_out2[ada_at(b, params.chunk_b, c)] += d_scale;
+}
+
+@compute @workgroup_size(256)
+fn ada_gate(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+            @builtin(num_workgroups) nwg: vec3<u32>) {
+    let n = params.batch * params.tokens * params.cols;
+    let start = ada_group(wid, nwg) * 256u * 4u + lid;
+    for (var r = 0u; r < 4u; r++) {
+        let i = start + r * 256u;
+        if (i >= n) { return; }
+        let b = i / (params.tokens * params.cols);
+        ada_out[i] = ada_x[i] + ada_in[ada_at(b, params.chunk_a, i % params.cols)] * ada_aux[i];
+    }
+}
+
+// One invocation per (sample, column): dh for each token, and the gate's gradient summed.
+@compute @workgroup_size(ROWS_WG)
+fn ada_gate_backward(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+                     @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = ada_group(wid, nwg) * ROWS_WG + lid;
+    let n = params.cols;
+    if (i >= params.batch * n) { return; }
+    let b = i / n;
+    let c = i % n;
+    let gate = ada_in[ada_at(b, params.chunk_a, c)];
+    var d_gate = 0.0;
+    for (var t = 0u; t < params.tokens; t++) {
+        let at = (b * params.tokens + t) * n + c;
+        let dy = ada_dy[at];
+        ada_out[at] = gate * dy;
+        d_gate += ada_x[at] * dy;
+    }
+    ada_out2[ada_at(b, params.chunk_a, c)] += d_gate;
 }

@@ -12,6 +12,10 @@ struct Params {
     cols: u32,
     eps: f32,
     affine: u32,  // 1: LayerNorm has gamma and beta
+    heads: u32,   // qk_norm: heads per row
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;       // input (forward) / input (backward)
@@ -151,4 +155,82 @@ fn softmax_backward(@builtin(local_invocation_index) lid: u32, @builtin(workgrou
     var s = 0.0;
     for (var j = 0u; j < params.cols; j++) { s += dy[base + j] * x[base + j]; }
     for (var j = 0u; j < params.cols; j++) { dx[base + j] = x[base + j] * (dy[base + j] - s); }
+}
+
+// ---- QK-norm: RMSNorm of every head's query and key inside a qkv row, values passed on ----
+// qkv is [rows, 3, H, D] (a linear layer's output); the result has the same layout, so the
+// attention kernel reads it as it is. One invocation per (row, head); scales gq, gk are [D].
+// The backward writes d(qkv) and the products dy * xhat of queries and keys ([rows H, D] each)
+// whose column sums are the gradients of gq and gk.
+
+@group(0) @binding(0) var<storage, read> qk_x: array<f32>;
+@group(0) @binding(1) var<storage, read> qk_dy: array<f32>;
+@group(0) @binding(2) var<storage, read> qk_gq: array<f32>;
+@group(0) @binding(3) var<storage, read> qk_gk: array<f32>;
+@group(0) @binding(4) var<storage, read> qk_stats: array<f32>;
+@group(0) @binding(5) var<storage, read_write> qk_dx: array<f32>;
+@group(0) @binding(6) var<storage, read_write> qk_prod_q: array<f32>;
+@group(0) @binding(7) var<storage, read_write> qk_prod_k: array<f32>;
+
+// Element 0 of part p (0 q, 1 k, 2 v) of head h in row r.
+fn qk_at(r: u32, p: u32, h: u32) -> u32 {
+    return ((r * 3u + p) * params.heads + h) * params.cols;
+}
+
+// Forward bindings: x (0), gq (1, as gamma), gk (2, as beta), y (3), stats (4): [rows H, 2],
+// 1/rms of the query and of the key.
+@compute @workgroup_size(WG)
+fn qk_norm(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+           @builtin(num_workgroups) nwg: vec3<u32>) {
+    let id = row_of(lid, wid, nwg);
+    if (id >= params.rows * params.heads) { return; }
+    let r = id / params.heads;
+    let h = id % params.heads;
+    let d = params.cols;
+    for (var p = 0u; p < 2u; p++) {
+        let base = qk_at(r, p, h);
+        var ss = 0.0;
+        for (var c = 0u; c < d; c++) { ss += x[base + c] * x[base + c]; }
+        let rrms = inverseSqrt(ss / f32(d) + params.eps);
+        for (var c = 0u; c < d; c++) {
+            var g: f32;
+            if (p == 0u) { g = gamma[c]; } else { g = beta[c]; }
+            y[base + c] = x[base + c] * rrms * g;
+        }
+        stats[2u * id + p] = rrms;
+    }
+    let vb = qk_at(r, 2u, h);
+    for (var c = 0u; c < d; c++) { y[vb + c] = x[vb + c]; }
+}
+
+@compute @workgroup_size(WG)
+fn qk_norm_backward(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+                    @builtin(num_workgroups) nwg: vec3<u32>) {
+    let id = row_of(lid, wid, nwg);
+    if (id >= params.rows * params.heads) { return; }
+    let r = id / params.heads;
+    let h = id % params.heads;
+    let d = params.cols;
+    for (var p = 0u; p < 2u; p++) {
+        let base = qk_at(r, p, h);
+        let rrms = qk_stats[2u * id + p];
+        var sum_gx = 0.0;
+        for (var c = 0u; c < d; c++) {
+            var g: f32;
+            if (p == 0u) { g = qk_gq[c]; } else { g = qk_gk[c]; }
+            let xhat = qk_x[base + c] * rrms;
+            let dy = qk_dy[base + c];
+            if (p == 0u) { qk_prod_q[id * d + c] = dy * xhat; } else { qk_prod_k[id * d + c] = dy * xhat; }
+            sum_gx += dy * g * xhat;
+        }
+        let m = sum_gx / f32(d);
+        for (var c = 0u; c < d; c++) {
+            var g: f32;
+            if (p == 0u) { g = qk_gq[c]; } else { g = qk_gk[c]; }
+            let xhat = qk_x[base + c] * rrms;
+            qk_dx[base + c] = rrms * (qk_dy[base + c] * g - xhat * m);
+        }
+    }
+    let vb = qk_at(r, 2u, h);
+    for (var c = 0u; c < d; c++) { qk_dx[vb + c] = qk_dy[vb + c]; }
 }

@@ -19,6 +19,7 @@ const OP_MEAN: u32 = 1u;
 const OP_MAX: u32 = 2u;
 
 override OP: u32 = 0u;
+override ACCUMULATE: bool = false;  // sum_tokens: add into out instead of overwriting it
 
 var<workgroup> partial: array<f32, WG>;
 
@@ -84,5 +85,5 @@ fn sum_tokens(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
     for (var t = 0u; t < tokens; t++) {
         acc += x[(b * tokens + t) * params.cols + c];
     }
-    out[e] = acc;
+    if (ACCUMULATE) { out[e] += acc; } else { out[e] = acc; }
 }

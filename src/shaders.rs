@@ -19,6 +19,11 @@ shader!(NORM, "norm", wgpu::Features::empty());
 shader!(MODULATE, "modulate", wgpu::Features::empty());
 shader!(EMBED, "embed", wgpu::Features::empty());
 shader!(ATTENTION, "attention", wgpu::Features::empty());
+shader!(
+    ATTENTION_SUBGROUP,
+    "attention_subgroup",
+    wgpu::Features::SUBGROUP
+);
 shader!(OPTIM, "optim", wgpu::Features::empty());
 shader!(FLOW, "flow", wgpu::Features::empty());
 shader!(MATMUL, "matmul", wgpu::Features::empty());
@@ -37,6 +42,7 @@ pub static ALL: &[&Shader] = &[
     &MODULATE,
     &EMBED,
     &ATTENTION,
+    &ATTENTION_SUBGROUP,
     &OPTIM,
     &FLOW,
 ];

@@ -4,8 +4,8 @@
 mod common;
 
 use common::{
-    assert_close, assert_rel, both_profiles, f64s, gpu, gpu_other_profile, rand_vec,
-    reference as cpu,
+    assert_close, assert_rel, both_profiles, f64s, gpu, gpu_other_profile, gpu_without_subgroups,
+    rand_vec, reference as cpu,
 };
 use rectiflow::ops::{self, Activation, MatmulSpec, MatmulTiling};
 use rectiflow::Gpu;
@@ -425,7 +425,10 @@ fn matmul_every_layout_matches_reference() {
         (gpu(), Some(MatmulTiling::lanes(16, 8, 8))),
     ];
     let subgroup = subgroup_tiling(32).map(|t| (gpu(), Some(t)));
-    for (context, tiling) in runs.into_iter().chain(subgroup) {
+    let without = gpu()
+        .subgroup_size()
+        .map(|_| (gpu_without_subgroups(), None));
+    for (context, tiling) in runs.into_iter().chain(subgroup).chain(without) {
         for (m, k, n) in shapes_to_test() {
             for (trans_a, trans_b) in [(false, false), (false, true), (true, false), (true, true)] {
                 Mm {

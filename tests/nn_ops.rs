@@ -6,7 +6,7 @@
 mod common;
 
 use common::{
-    assert_grad, assert_rel, both_profiles, f64s, gpu, rand_vec, reference as cpu, upload,
+    assert_grad, assert_rel, every_design, f64s, gpu, rand_vec, reference as cpu, upload,
 };
 use rectiflow::ops;
 
@@ -390,8 +390,8 @@ fn check_attention(g: &rectiflow::Gpu, b: usize, t: usize, heads: usize, d: usiz
 
 #[test]
 fn attention_matches_reference_at_many_lengths() {
-    for g in both_profiles() {
-        for (t, heads, d) in [(1, 1, 8), (17, 2, 16), (64, 4, 32), (200, 1, 7)] {
+    for g in every_design() {
+        for (t, heads, d) in [(1, 1, 8), (17, 2, 16), (64, 4, 32), (200, 1, 7), (20, 3, 4)] {
             check_attention(g, 2, t, heads, d, false);
         }
         check_attention(g, 1, 24, 2, 128, false);
@@ -400,8 +400,8 @@ fn attention_matches_reference_at_many_lengths() {
 
 #[test]
 fn attention_backward_matches_finite_differences() {
-    for g in both_profiles() {
-        for (b, t, heads, d) in [(1, 1, 1, 4), (2, 17, 2, 8), (1, 70, 1, 5)] {
+    for g in every_design() {
+        for (b, t, heads, d) in [(1, 1, 1, 4), (2, 17, 2, 8), (1, 70, 1, 5), (1, 9, 2, 16)] {
             check_attention(g, b, t, heads, d, true);
         }
     }
@@ -423,4 +423,155 @@ fn attention_at_1024_tokens_never_allocates_a_token_by_token_matrix() {
         largest < (t * t * 4) as u64 / 8,
         "largest buffer {largest} bytes"
     );
+}
+
+/// The fused adaLN ops read their vectors as chunks of one conditioning tensor and add their
+/// gradients into the matching chunks of its gradient (which starts with other content here,
+/// to show that they add and touch nothing else).
+#[test]
+fn ln_modulate_and_ada_gate_read_and_write_chunks_in_place() {
+    let (b, t, c, k) = (3, 17, 65, 4);
+    let (shift, scale, gate) = (2, 0, 3);
+    let n = b * t * c;
+    let g = gpu();
+    let (x, h, w) = (rand_vec(n, 40), rand_vec(n, 41), rand_vec(n, 42));
+    let x: Vec<f32> = x
+        .iter()
+        .enumerate()
+        .map(|(i, v)| 3.0 * v + (i % 7) as f32)
+        .collect();
+    let ada = rand_vec(b * k * c, 43);
+    let d_ada0 = rand_vec(b * k * c, 44);
+    let (tx, th, tw) = (
+        upload(g, &[b, t, c], &x),
+        upload(g, &[b, t, c], &h),
+        upload(g, &[b, t, c], &w),
+    );
+    let tada = upload(g, &[b, k * c], &ada);
+    let (xd, hd, wd, ad) = (f64s(&x), f64s(&h), f64s(&w), f64s(&ada));
+    let eps = 1e-6;
+
+    let (y, stats) = ops::ln_modulate(&tx, &tada, shift, scale, eps as f32).unwrap();
+    let lnm = |x: &[f64], a: &[f64]| cpu::ln_modulate(x, t, c, a, k, shift, scale, eps);
+    assert_rel(
+        "ln_modulate",
+        &y.to_vec().unwrap(),
+        &lnm(&xd, &ad),
+        1e-5,
+        1e-5,
+    );
+    let d_ada = upload(g, &[b, k * c], &d_ada0);
+    let dx = ops::ln_modulate_backward(&tx, &stats, &tada, shift, scale, &tw, &d_ada).unwrap();
+    let f = |x: &[f64], a: &[f64]| cpu::weighted_sum(&lnm(x, a), &wd);
+    assert_grad(
+        "ln_modulate dx",
+        &dx.to_vec().unwrap(),
+        &cpu::numeric_grad(|x| f(x, &ad), &xd, H),
+    );
+    let fd = cpu::numeric_grad(|a| f(&xd, a), &ad, H);
+    let want: Vec<f64> = fd.iter().zip(&d_ada0).map(|(g, &a)| g + a as f64).collect();
+    assert_rel(
+        "ln_modulate d_ada (added)",
+        &d_ada.to_vec().unwrap(),
+        &want,
+        1e-3,
+        1e-4,
+    );
+
+    let y = ops::ada_gate(&tx, &th, &tada, gate).unwrap();
+    let gated = |h: &[f64], a: &[f64]| cpu::gate(&xd, h, t, c, &cpu::chunk(a, k, c, gate));
+    assert_rel(
+        "ada_gate",
+        &y.to_vec().unwrap(),
+        &gated(&hd, &ad),
+        1e-6,
+        1e-6,
+    );
+    let d_ada = upload(g, &[b, k * c], &d_ada0);
+    let dh = ops::ada_gate_backward(&th, &tada, gate, &tw, &d_ada).unwrap();
+    let f = |h: &[f64], a: &[f64]| cpu::weighted_sum(&gated(h, a), &wd);
+    assert_grad(
+        "ada_gate dh",
+        &dh.to_vec().unwrap(),
+        &cpu::numeric_grad(|h| f(h, &ad), &hd, H),
+    );
+    let fd = cpu::numeric_grad(|a| f(&hd, a), &ad, H);
+    let want: Vec<f64> = fd.iter().zip(&d_ada0).map(|(g, &a)| g + a as f64).collect();
+    assert_rel(
+        "ada_gate d_ada (added)",
+        &d_ada.to_vec().unwrap(),
+        &want,
+        1e-3,
+        1e-4,
+    );
+    // Chunks the ops do not use keep exactly what they held.
+    let got = d_ada.to_vec().unwrap();
+    for (i, (&v, &v0)) in got.iter().zip(&d_ada0).enumerate() {
+        if (i % (k * c)) / c == 1 {
+            assert_eq!(v, v0, "chunk 1 element {i} changed");
+        }
+    }
+}
+
+#[test]
+fn qk_norm_forward_and_backward() {
+    let g = gpu();
+    for (rows, heads, d) in [(7, 3, 5), (33, 2, 16), (1, 1, 1)] {
+        let n = rows * 3 * heads * d;
+        let qkv: Vec<f32> = rand_vec(n, 50 + d as u64).iter().map(|v| 2.0 * v).collect();
+        let (gq, gk) = (rand_vec(d, 51), rand_vec(d, 52));
+        let w = rand_vec(n, 53);
+        let (tq, tgq, tgk, tw) = (
+            upload(g, &[rows, 3 * heads * d], &qkv),
+            upload(g, &[d], &gq),
+            upload(g, &[d], &gk),
+            upload(g, &[rows, 3 * heads * d], &w),
+        );
+        let (qd, gqd, gkd, wd) = (f64s(&qkv), f64s(&gq), f64s(&gk), f64s(&w));
+        let eps = 1e-6;
+        let (y, stats) = ops::qk_norm(&tq, heads, &tgq, &tgk, eps as f32).unwrap();
+        let what = format!("qk_norm rows={rows} heads={heads} d={d}");
+        assert_rel(
+            &what,
+            &y.to_vec().unwrap(),
+            &cpu::qk_norm(&qd, heads, d, &gqd, &gkd, eps),
+            1e-5,
+            1e-6,
+        );
+        // The scale gradients are added into what the buffers hold (here: 1).
+        let (d_gq, d_gk) = (
+            upload(g, &[d], &vec![1.0; d]),
+            upload(g, &[d], &vec![1.0; d]),
+        );
+        let dx = ops::qk_norm_backward(&tq, &stats, heads, &tgq, &tgk, &tw, &d_gq, &d_gk).unwrap();
+        let f = |q: &[f64], a: &[f64], b: &[f64]| {
+            cpu::weighted_sum(&cpu::qk_norm(q, heads, d, a, b, eps), &wd)
+        };
+        assert_grad(
+            &format!("{what} dqkv"),
+            &dx.to_vec().unwrap(),
+            &cpu::numeric_grad(|q| f(q, &gqd, &gkd), &qd, H),
+        );
+        for (name, got, fd) in [
+            (
+                "d gq",
+                &d_gq,
+                cpu::numeric_grad(|a| f(&qd, a, &gkd), &gqd, H),
+            ),
+            (
+                "d gk",
+                &d_gk,
+                cpu::numeric_grad(|b| f(&qd, &gqd, b), &gkd, H),
+            ),
+        ] {
+            let want: Vec<f64> = fd.iter().map(|v| v + 1.0).collect();
+            assert_rel(
+                &format!("{what} {name}"),
+                &got.to_vec().unwrap(),
+                &want,
+                1e-3,
+                1e-4,
+            );
+        }
+    }
 }

@@ -462,15 +462,18 @@ fn the_command_line_trains_samples_and_protects_existing_runs() {
 
 /// Gradients of every parameter tensor of a tiny MM-DiT (and of its context input, when it takes
 /// one) against central finite differences of its own forward pass, in f32 with step 1e-2.
-fn mmdit_gradient_check(context_dim: usize) {
+/// Every parameter tensor's gradient (one element each) of a whole transformer against central
+/// differences of its forward pass; for the MM-DiT with `context_dim > 0` also the gradient of
+/// the given context sequence.
+fn transformer_gradient_check(kind: &str, context_dim: usize) {
     use rectiflow::autograd::{functions as f, Tape};
-    use rectiflow::nn::mmdit::Mmdit;
+    use rectiflow::nn::Model;
     use rectiflow::params::ParamsBuilder;
     let digits = data::digits().unwrap();
-    let mut cfg = config(&digits, "mmdit", 8).model;
+    let mut cfg = config(&digits, kind, 8).model;
     cfg.context_dim = context_dim;
     let mut builder = ParamsBuilder::new();
-    let model = Mmdit::build(&cfg, &mut builder).unwrap();
+    let model = Model::build(&cfg, &mut builder).unwrap();
     let p = builder.build(gpu(), 5).unwrap();
     // Random weights everywhere, so that no zero-initialised gate hides a path.
     let n = p.values().numel();
@@ -497,12 +500,11 @@ fn mmdit_gradient_check(context_dim: usize) {
             tape.constant(target.clone()),
         );
         let cv = tape.input(common::upload(gpu(), &[b, tc, context_dim.max(1)], ctx));
-        let out = if context_dim > 0 {
-            model
+        let out = match &model {
+            Model::Mmdit(m) if context_dim > 0 => m
                 .forward_with_context(&mut tape, &p, &zv, &tv, &labels, &cv)
-                .unwrap()
-        } else {
-            model.forward(&mut tape, &p, &zv, &tv, &labels).unwrap()
+                .unwrap(),
+            _ => model.forward(&mut tape, &p, &zv, &tv, &labels).unwrap(),
         };
         let loss = f::mse(&mut tape, &out, &yv).unwrap();
         let value = loss.value().to_vec().unwrap()[0] as f64;
@@ -539,7 +541,7 @@ fn mmdit_gradient_check(context_dim: usize) {
         );
     }
     p.values().write(&values).unwrap();
-    assert!(p.specs().len() >= 30);
+    assert!(p.specs().len() >= if kind == "mmdit" { 30 } else { 20 });
     if context_dim > 0 {
         let cg = context_grad.expect("the context input has a gradient");
         for k in [0, 7, b * tc * context_dim - 1] {
@@ -563,11 +565,16 @@ fn mmdit_gradient_check(context_dim: usize) {
 }
 
 #[test]
+fn dit_gradients_match_finite_differences() {
+    transformer_gradient_check("dit", 0);
+}
+
+#[test]
 fn mmdit_gradients_match_finite_differences_with_label_context() {
-    mmdit_gradient_check(0);
+    transformer_gradient_check("mmdit", 0);
 }
 
 #[test]
 fn mmdit_gradients_match_finite_differences_with_a_given_context_sequence() {
-    mmdit_gradient_check(5);
+    transformer_gradient_check("mmdit", 5);
 }

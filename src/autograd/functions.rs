@@ -37,7 +37,10 @@ pub fn linear(tape: &mut Tape, x: &Var, w: &Var, b: Option<&Var>) -> Result<Var>
             }
         }
         if let Some(bv) = &bv {
-            grads.add(bv, ops::sum_tokens(&dy2)?)?;
+            match grads.target(bv) {
+                Some(target) => ops::sum_tokens_into(&dy2, target, true)?,
+                None => grads.add(bv, ops::sum_tokens(&dy2)?)?,
+            }
         }
         Ok(())
     }))
@@ -281,5 +284,80 @@ pub fn mse(tape: &mut Tape, a: &Var, b: &Var) -> Result<Var> {
             grads.add(&bv, ops::scale(&da, -1.0)?)?;
         }
         grads.add(&av, da)
+    }))
+}
+
+/// adaLN in one pass: `LN(x) (1 + scale) + shift` (LayerNorm without affine parameters), with
+/// `shift` and `scale` chunks of the conditioning `ada` `[B, K C]` read in place.
+pub fn ln_modulate(
+    tape: &mut Tape,
+    x: &Var,
+    ada: &Var,
+    shift: usize,
+    scale: usize,
+    eps: f32,
+) -> Result<Var> {
+    let (y, stats) = ops::ln_modulate(x.value(), ada.value(), shift, scale, eps)?;
+    let (xv, av) = (x.clone(), ada.clone());
+    Ok(tape.record(y, &[x, ada], move |dy, grads| {
+        // The conditioning's gradient gathers all its chunks in one buffer.
+        let d_ada = match grads.accumulator(&av)? {
+            Some(d) => d,
+            None => Tensor::zeros(dy.gpu(), av.shape())?,
+        };
+        let dx =
+            ops::ln_modulate_backward(xv.value(), &stats, av.value(), shift, scale, dy, &d_ada)?;
+        grads.add(&xv, dx)
+    }))
+}
+
+/// The gated residual `x + gate h`, `gate` chunk `chunk` of the conditioning `ada` `[B, K C]`.
+pub fn ada_gate(tape: &mut Tape, x: &Var, h: &Var, ada: &Var, chunk: usize) -> Result<Var> {
+    let y = ops::ada_gate(x.value(), h.value(), ada.value(), chunk)?;
+    let (xv, hv, av) = (x.clone(), h.clone(), ada.clone());
+    Ok(tape.record(y, &[x, h, ada], move |dy, grads| {
+        let d_ada = match grads.accumulator(&av)? {
+            Some(d) => d,
+            None => Tensor::zeros(dy.gpu(), av.shape())?,
+        };
+        let dh = ops::ada_gate_backward(hv.value(), av.value(), chunk, dy, &d_ada)?;
+        grads.add(&xv, dy.clone())?;
+        grads.add(&hv, dh)
+    }))
+}
+
+/// QK-norm: RMSNorm of every head's query and key in `qkv` `[.., 3 H D]` with scales `gq`,
+/// `gk` `[D]`; values pass through. One kernel each way.
+pub fn qk_norm(
+    tape: &mut Tape,
+    qkv: &Var,
+    gq: &Var,
+    gk: &Var,
+    heads: usize,
+    eps: f32,
+) -> Result<Var> {
+    let (y, stats) = ops::qk_norm(qkv.value(), heads, gq.value(), gk.value(), eps)?;
+    let (xv, qv, kv) = (qkv.clone(), gq.clone(), gk.clone());
+    Ok(tape.record(y, &[qkv, gq, gk], move |dy, grads| {
+        let zeros = |v: &Var| Tensor::zeros(dy.gpu(), v.shape());
+        let d_gq = match grads.accumulator(&qv)? {
+            Some(d) => d,
+            None => zeros(&qv)?,
+        };
+        let d_gk = match grads.accumulator(&kv)? {
+            Some(d) => d,
+            None => zeros(&kv)?,
+        };
+        let dx = ops::qk_norm_backward(
+            xv.value(),
+            &stats,
+            heads,
+            qv.value(),
+            kv.value(),
+            dy,
+            &d_gq,
+            &d_gk,
+        )?;
+        grads.add(&xv, dx)
     }))
 }

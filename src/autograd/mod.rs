@@ -151,10 +151,10 @@ impl Tape {
         let mut grads = Grads {
             map: HashMap::new(),
         };
-        grads.map.insert(output.id, grad);
+        grads.map.insert(output.id, (grad, false));
         while let Some((id, backward)) = self.nodes.pop() {
             // A node's output gradient is complete once every later node has run.
-            if let Some(g) = grads.map.remove(&id) {
+            if let Some((g, _)) = grads.map.remove(&id) {
                 backward(&g, &mut grads)?;
             }
         }
@@ -164,13 +164,15 @@ impl Tape {
 
 /// Gradients gathered by [`Tape::backward`].
 pub struct Grads {
-    map: HashMap<usize, Tensor>,
+    /// The gradient of each value, and whether this map owns its buffer (made here, so it may
+    /// be added into in place) or shares it with whoever handed it over.
+    map: HashMap<usize, (Tensor, bool)>,
 }
 
 impl Grads {
     /// The gradient of an input, if anything reached it.
     pub fn get(&self, v: &Var) -> Option<&Tensor> {
-        self.map.get(&v.id)
+        self.map.get(&v.id).map(|(g, _)| g)
     }
 
     /// Add `g` to the gradient of `v` (nothing if `v` needs none).
@@ -187,19 +189,45 @@ impl Grads {
         if let Some(into) = &v.grad_into {
             return ops::axpy(1.0, &g, into);
         }
-        // A new sum rather than an in-place add: a closure may hand the same tensor to two
-        // inputs, so a stored gradient can be shared and must never change.
-        let sum = match self.map.get(&v.id) {
-            Some(existing) => ops::add(existing, &g)?,
-            None => g,
-        };
-        self.map.insert(v.id, sum);
-        Ok(())
+        match self.map.get(&v.id) {
+            // A buffer made here is ours: add in place.
+            Some((existing, true)) => ops::axpy(1.0, &g, existing),
+            // A handed-over gradient may be shared (a closure may give the same tensor to two
+            // inputs) and must never change: a new sum, which this map then owns.
+            Some((existing, false)) => {
+                let sum = ops::add(existing, &g)?;
+                self.map.insert(v.id, (sum, true));
+                Ok(())
+            }
+            None => {
+                self.map.insert(v.id, (g, false));
+                Ok(())
+            }
+        }
     }
 
     /// Where a parameter's gradient accumulates, for ops that can add into it directly (a
     /// matmul with accumulation) instead of producing a tensor to add.
     pub(crate) fn target<'v>(&self, v: &'v Var) -> Option<&'v Tensor> {
         v.grad_into.as_ref().filter(|_| v.requires_grad)
+    }
+
+    /// A buffer that kernels may add `v`'s gradient into in place (several ops writing parts of
+    /// it, say): the parameter's gradient view, or one owned by this map, zero to begin with
+    /// (a gradient handed over before is copied into it). `None` if `v` needs no gradient.
+    pub(crate) fn accumulator(&mut self, v: &Var) -> Result<Option<Tensor>> {
+        if !v.requires_grad {
+            return Ok(None);
+        }
+        if let Some(into) = &v.grad_into {
+            return Ok(Some(into.clone()));
+        }
+        let owned = match self.map.get(&v.id) {
+            Some((g, true)) => return Ok(Some(g.clone())),
+            Some((g, false)) => ops::copy(g)?,
+            None => Tensor::zeros(v.value.gpu(), v.shape())?,
+        };
+        self.map.insert(v.id, (owned.clone(), true));
+        Ok(Some(owned))
     }
 }

@@ -28,6 +28,9 @@ pub struct Shader {
 pub enum Access {
     Read,
     ReadWrite,
+    /// A binding number this entry point does not use (its file declares it for another entry):
+    /// left out of the layout, so nothing needs binding there.
+    Unused,
 }
 
 /// One entry point of a shader, with the access of each storage binding in order.
@@ -105,6 +108,7 @@ impl PipelineCache {
         let entries: Vec<_> = access
             .iter()
             .enumerate()
+            .filter(|(_, a)| **a != Access::Unused)
             .map(|(i, a)| wgpu::BindGroupLayoutEntry {
                 binding: i as u32,
                 visibility: wgpu::ShaderStages::COMPUTE,
@@ -259,8 +263,10 @@ impl PipelineCache {
         let layouts = self.layouts(kernel.access);
         let entries: Vec<_> = bindings
             .iter()
+            .zip(kernel.access)
             .enumerate()
-            .map(|(i, (s, offset, size))| wgpu::BindGroupEntry {
+            .filter(|(_, (_, a))| **a != Access::Unused)
+            .map(|(i, ((s, offset, size), _))| wgpu::BindGroupEntry {
                 binding: i as u32,
                 resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                     buffer: s.buffer(),

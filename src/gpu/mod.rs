@@ -33,6 +33,10 @@ pub const ENV_NO_IMMEDIATES: &str = "RECTIFLOW_NO_IMMEDIATES";
 /// that leaves an element unwritten shows it (debugging; the tests always do this).
 pub const ENV_POISON: &str = "RECTIFLOW_POISON";
 
+/// Environment variable: set to `1` to use no subgroup operations even where the adapter has
+/// them (kernels fall back to their other designs; for testing every design on one machine).
+pub const ENV_NO_SUBGROUPS: &str = "RECTIFLOW_NO_SUBGROUPS";
+
 /// Environment variable: `cpu` or `gpu`, the kernel designs to use (see [`KernelProfile`]).
 pub const ENV_PROFILE: &str = "RECTIFLOW_PROFILE";
 
@@ -79,11 +83,15 @@ pub struct GpuOptions {
     pub poison: bool,
     /// Kernel designs (also `RECTIFLOW_PROFILE`); by default from the adapter's type.
     pub profile: Option<KernelProfile>,
+    /// Use no subgroup operations even where the adapter has them (also
+    /// `RECTIFLOW_NO_SUBGROUPS=1`).
+    pub no_subgroups: bool,
 }
 
 /// The resolved settings a context is built with.
 struct Settings {
     no_immediates: bool,
+    no_subgroups: bool,
     poison: bool,
     /// `None`: from the adapter's type.
     profile: Option<KernelProfile>,
@@ -131,6 +139,8 @@ pub(crate) struct GpuInner {
     features: wgpu::Features,
     limits: wgpu::Limits,
     use_immediates: bool,
+    /// Lanes per subgroup where the kernels may use subgroup operations (a fixed size only).
+    subgroup_size: Option<u32>,
     poison: bool,
     profile: KernelProfile,
     pool: BufferPool,
@@ -254,6 +264,7 @@ impl Gpu {
         };
         let settings = Settings {
             no_immediates: opts.no_immediates || flag(ENV_NO_IMMEDIATES),
+            no_subgroups: opts.no_subgroups || flag(ENV_NO_SUBGROUPS),
             poison: opts.poison || flag(ENV_POISON),
             profile,
         };
@@ -275,6 +286,7 @@ impl Gpu {
         let info = device.adapter_info();
         let settings = Settings {
             no_immediates: false,
+            no_subgroups: false,
             poison: false,
             profile: None,
         };
@@ -306,6 +318,10 @@ impl Gpu {
             } else {
                 KernelProfile::Gpu
             });
+        let subgroup_size = (features.contains(wgpu::Features::SUBGROUP)
+            && !settings.no_subgroups
+            && info.subgroup_min_size == info.subgroup_max_size)
+            .then_some(info.subgroup_min_size);
         let pool = BufferPool::new(device.clone());
         let dummy = pool
             .acquire(16, pool::STORAGE_USAGE, &limits)
@@ -320,6 +336,7 @@ impl Gpu {
                 features,
                 limits,
                 use_immediates,
+                subgroup_size,
                 poison: settings.poison,
                 profile,
                 pool,
@@ -353,6 +370,11 @@ impl Gpu {
     /// Whether kernel parameters travel as immediates (else through the uniform arena).
     pub fn uses_immediates(&self) -> bool {
         self.inner.use_immediates
+    }
+    /// The subgroup size, where the device has subgroup operations of one fixed size and they
+    /// are not turned off (`RECTIFLOW_NO_SUBGROUPS`).
+    pub fn subgroup_size(&self) -> Option<u32> {
+        self.inner.subgroup_size
     }
     /// Whether new tensors are filled with NaN before use.
     pub fn poisons(&self) -> bool {

@@ -209,10 +209,9 @@ impl ImageStream {
     pub(super) fn output(&self, tape: &mut Tape, p: &Params, x: &Var, cond: &Var) -> Result<Var> {
         let c = &self.config;
         let (ch, h, wd) = (c.shape[0], c.shape[1], c.shape[2]);
+        // (shift, scale) = chunks 0 and 1 of the final adaLN output.
         let ada = lin(tape, p, cond, self.final_ada)?;
-        let m = chunks(tape, &ada, 2)?;
-        let hn = f::layer_norm(tape, x, None, EPS)?;
-        let hm = f::modulate(tape, &hn, &m[1], &m[0])?;
+        let hm = f::ln_modulate(tape, x, &ada, 0, 1, EPS)?;
         let out = lin(tape, p, &hm, self.final_linear)?;
         let img = f::unpatchify(tape, &out, ch, h, wd, c.patch)?;
         f::reshape(tape, &img, &[x.shape()[0], ch * h * wd])
@@ -290,39 +289,38 @@ impl Dit {
         let cond = f::silu(tape, &cond)?;
         let mut x = self.io.tokens(tape, p, z)?;
         for blk in &self.blocks {
-            let ada = lin(tape, p, &cond, blk.ada)?;
-            let m = chunks(tape, &ada, 6)?;
-            let hn = f::layer_norm(tape, &x, None, EPS)?;
-            let hm = f::modulate(tape, &hn, &m[1], &m[0])?;
-            let qkv = lin(tape, p, &hm, blk.qkv)?;
-            let qkv = qk_norm(tape, p, &qkv, blk.q_norm, blk.k_norm, heads)?;
-            let a = f::attention(tape, &qkv, heads)?;
-            let o = lin(tape, p, &a, blk.proj)?;
-            x = f::gate(tape, &x, &o, &m[2])?;
-            let hn = f::layer_norm(tape, &x, None, EPS)?;
-            let hm = f::modulate(tape, &hn, &m[4], &m[3])?;
-            let f1 = lin(tape, p, &hm, blk.fc1)?;
-            let f1 = f::gelu(tape, &f1)?;
-            let f2 = lin(tape, p, &f1, blk.fc2)?;
-            x = f::gate(tape, &x, &f2, &m[5])?;
+            x = block(tape, p, &x, &cond, blk, heads)?;
         }
         self.io.output(tape, p, &x, &cond)
     }
 }
 
-/// Split `[B, k W]` into `k` tensors `[B, W]` (the adaLN outputs), through the token axis.
-pub(super) fn chunks(tape: &mut Tape, x: &Var, k: usize) -> Result<Vec<Var>> {
-    let (b, w) = (x.shape()[0], x.shape()[1] / k);
-    let x3 = f::reshape(tape, x, &[b, k, w])?;
-    (0..k)
-        .map(|i| {
-            let s = f::slice_tokens(tape, &x3, i, 1)?;
-            f::reshape(tape, &s, &[b, w])
-        })
-        .collect()
+/// One adaLN-Zero block on tokens `x` `[B, T, W]` conditioned on `cond` (through SiLU). The six
+/// modulation vectors stay in one tensor `[B, 6 W]` (shift, scale, gate of the attention, then
+/// of the MLP) that the fused kernels read in place.
+fn block(
+    tape: &mut Tape,
+    p: &Params,
+    x: &Var,
+    cond: &Var,
+    blk: &Block,
+    heads: usize,
+) -> Result<Var> {
+    let ada = lin(tape, p, cond, blk.ada)?;
+    let hm = f::ln_modulate(tape, x, &ada, 0, 1, EPS)?;
+    let qkv = lin(tape, p, &hm, blk.qkv)?;
+    let qkv = qk_norm(tape, p, &qkv, blk.q_norm, blk.k_norm, heads)?;
+    let a = f::attention(tape, &qkv, heads)?;
+    let o = lin(tape, p, &a, blk.proj)?;
+    let x = f::ada_gate(tape, x, &o, &ada, 2)?;
+    let hm = f::ln_modulate(tape, &x, &ada, 3, 4, EPS)?;
+    let f1 = lin(tape, p, &hm, blk.fc1)?;
+    let f1 = f::gelu(tape, &f1)?;
+    let f2 = lin(tape, p, &f1, blk.fc2)?;
+    f::ada_gate(tape, &x, &f2, &ada, 5)
 }
 
-/// RMSNorm of each head's query and key (learnable scales `[D]`), values untouched.
+/// RMSNorm of each head's query and key in `qkv` `[B, T, 3 W]` (learnable scales `[D]`).
 pub(super) fn qk_norm(
     tape: &mut Tape,
     p: &Params,
@@ -331,24 +329,6 @@ pub(super) fn qk_norm(
     k_norm: ParamId,
     heads: usize,
 ) -> Result<Var> {
-    let (b, t, w3) = (qkv.shape()[0], qkv.shape()[1], qkv.shape()[2]);
-    let w = w3 / 3;
-    let d = w / heads;
-    let rows = f::reshape(tape, qkv, &[b * t, 3, w])?;
-    let mut parts = Vec::new();
-    for (i, scale) in [(0, Some(q_norm)), (1, Some(k_norm)), (2, None)] {
-        let part = f::slice_tokens(tape, &rows, i, 1)?;
-        parts.push(match scale {
-            Some(s) => {
-                let per_head = f::reshape(tape, &part, &[b * t * heads, d])?;
-                let g = tape.param(p, s);
-                let n = f::rms_norm(tape, &per_head, &g, EPS)?;
-                f::reshape(tape, &n, &[b * t, 1, w])?
-            }
-            None => part,
-        });
-    }
-    let qk = f::concat_tokens(tape, &parts[0], &parts[1])?;
-    let all = f::concat_tokens(tape, &qk, &parts[2])?;
-    f::reshape(tape, &all, &[b, t, w3])
+    let (gq, gk) = (tape.param(p, q_norm), tape.param(p, k_norm));
+    f::qk_norm(tape, qkv, &gq, &gk, heads, EPS)
 }

@@ -20,7 +20,7 @@
 //! `joint_blocks.i.x_block.*` (image) and `joint_blocks.i.context_block.*`, with
 //! `attn.ln_q` / `attn.ln_k` the QK RMSNorm scales.
 
-use super::dit::{chunks, lin, linear, qk_norm, xavier, ImageStream, Linear, EPS};
+use super::dit::{lin, linear, qk_norm, xavier, ImageStream, Linear, EPS};
 use super::ModelConfig;
 use crate::autograd::{functions as f, Tape, Var};
 use crate::error::{Error, Result};
@@ -181,34 +181,31 @@ impl Mmdit {
         let cond = f::silu(tape, &cond)?;
         let mut x = self.io.tokens(tape, p, z)?;
         for (cs, xs) in &self.blocks {
+            // Each stream's six modulation vectors, [B, 6 W], read in place by the fused ops.
             let ada_c = lin(tape, p, &cond, cs.ada)?;
-            let mc = chunks(tape, &ada_c, 6)?;
             let ada_x = lin(tape, p, &cond, xs.ada)?;
-            let mx = chunks(tape, &ada_x, 6)?;
-            let qkv = |tape: &mut Tape, s: &Stream, x: &Var, m: &[Var]| -> Result<Var> {
-                let hn = f::layer_norm(tape, x, None, EPS)?;
-                let hm = f::modulate(tape, &hn, &m[1], &m[0])?;
+            let qkv = |tape: &mut Tape, s: &Stream, x: &Var, ada: &Var| -> Result<Var> {
+                let hm = f::ln_modulate(tape, x, ada, 0, 1, EPS)?;
                 let q = lin(tape, p, &hm, s.qkv)?;
                 qk_norm(tape, p, &q, s.ln_q, s.ln_k, heads)
             };
-            let qc = qkv(tape, cs, &ctx, &mc)?;
-            let qx = qkv(tape, xs, &x, &mx)?;
+            let qc = qkv(tape, cs, &ctx, &ada_c)?;
+            let qx = qkv(tape, xs, &x, &ada_x)?;
             let joint = f::concat_tokens(tape, &qc, &qx)?;
             let a = f::attention(tape, &joint, heads)?;
             let (ac, ax) = f::split_tokens(tape, &a, context_tokens)?;
             let finish =
-                |tape: &mut Tape, s: &Stream, x: &Var, a: &Var, m: &[Var]| -> Result<Var> {
+                |tape: &mut Tape, s: &Stream, x: &Var, a: &Var, ada: &Var| -> Result<Var> {
                     let o = lin(tape, p, a, s.proj)?;
-                    let x = f::gate(tape, x, &o, &m[2])?;
-                    let hn = f::layer_norm(tape, &x, None, EPS)?;
-                    let hm = f::modulate(tape, &hn, &m[4], &m[3])?;
+                    let x = f::ada_gate(tape, x, &o, ada, 2)?;
+                    let hm = f::ln_modulate(tape, &x, ada, 3, 4, EPS)?;
                     let f1 = lin(tape, p, &hm, s.fc1)?;
                     let f1 = f::gelu(tape, &f1)?;
                     let f2 = lin(tape, p, &f1, s.fc2)?;
-                    f::gate(tape, &x, &f2, &m[5])
+                    f::ada_gate(tape, &x, &f2, ada, 5)
                 };
-            ctx = finish(tape, cs, &ctx, &ac, &mc)?;
-            x = finish(tape, xs, &x, &ax, &mx)?;
+            ctx = finish(tape, cs, &ctx, &ac, &ada_c)?;
+            x = finish(tape, xs, &x, &ax, &ada_x)?;
         }
         self.io.output(tape, p, &x, &cond)
     }

@@ -9,7 +9,7 @@
 use super::ensure_f32;
 use crate::error::{ensure_shape, Result};
 use crate::gpu::{Access, Cost, Kernel, KernelProfile};
-use crate::shaders::ATTENTION;
+use crate::shaders::{ATTENTION, ATTENTION_SUBGROUP};
 use crate::tensor::{DType, Tensor};
 
 static FORWARD: Kernel = Kernel {
@@ -45,8 +45,25 @@ static BACKWARD_DKV: Kernel = Kernel {
     entry: "attention_backward_dkv",
     access: BACKWARD_ACCESS,
 };
-/// Rows per workgroup, as in the shader.
+static SUBGROUP_FORWARD: Kernel = Kernel {
+    shader: &ATTENTION_SUBGROUP,
+    entry: "attention_subgroup",
+    access: FORWARD.access,
+};
+static SUBGROUP_DQ: Kernel = Kernel {
+    shader: &ATTENTION_SUBGROUP,
+    entry: "attention_subgroup_dq",
+    access: BACKWARD_ACCESS,
+};
+static SUBGROUP_DKV: Kernel = Kernel {
+    shader: &ATTENTION_SUBGROUP,
+    entry: "attention_subgroup_dkv",
+    access: BACKWARD_ACCESS,
+};
+/// Rows per workgroup, as in the shaders: 64 (attention.wgsl), one subgroup of 8
+/// (attention_subgroup.wgsl).
 const WG: usize = 64;
+const SUBGROUP_LANES: usize = 8;
 /// Largest head dimension the kernels hold in registers.
 pub const MAX_HEAD_DIM: usize = 128;
 
@@ -78,8 +95,18 @@ fn dims(qkv: &Tensor, heads: usize) -> Result<(usize, usize, usize)> {
     Ok((s[0], s[1], d))
 }
 
-fn params(b: usize, t: usize, heads: usize, d: usize) -> (Params, u64) {
-    let blocks = t.div_ceil(WG);
+/// Which design runs: the subgroup kernels on CPU drivers with subgroups of 8 and head
+/// dimensions that are multiples of 4 (vec4 rows), else attention.wgsl.
+fn use_subgroup(qkv: &Tensor, d: usize) -> bool {
+    let gpu = qkv.gpu();
+    gpu.profile() == KernelProfile::Cpu
+        && gpu.subgroup_size() == Some(SUBGROUP_LANES as u32)
+        && d.is_multiple_of(4)
+        && qkv.vec4_aligned()
+}
+
+fn params(b: usize, t: usize, heads: usize, d: usize, rows_per_group: usize) -> (Params, u64) {
+    let blocks = t.div_ceil(rows_per_group);
     let p = Params {
         batch: b as u32,
         tokens: t as u32,
@@ -92,13 +119,15 @@ fn params(b: usize, t: usize, heads: usize, d: usize) -> (Params, u64) {
     (p, (b * heads * blocks) as u64)
 }
 
-/// Pipeline constants: the design (tiled for the GPU profile) and the head dimension.
-fn overrides(qkv: &Tensor, head_dim: usize) -> [(&'static str, f64); 2] {
+/// Pipeline constants: the design (tiled for the GPU profile; none for the subgroup kernels)
+/// and the head dimension.
+fn overrides(qkv: &Tensor, head_dim: usize, subgroup: bool) -> Vec<(&'static str, f64)> {
     let gpu_profile = qkv.gpu().profile() == KernelProfile::Gpu;
-    [
-        ("TILED", if gpu_profile { 1.0 } else { 0.0 }),
-        ("HEAD_DIM", head_dim as f64),
-    ]
+    let mut o = vec![("HEAD_DIM", head_dim as f64)];
+    if !subgroup {
+        o.push(("TILED", if gpu_profile { 1.0 } else { 0.0 }));
+    }
+    o
 }
 
 /// `softmax(Q K^T / sqrt(D)) V` for every head. Returns the output `[B, T, H D]` and the
@@ -108,11 +137,17 @@ pub fn attention(qkv: &Tensor, heads: usize) -> Result<(Tensor, Tensor)> {
     let gpu = qkv.gpu();
     let o = Tensor::uninit(gpu, &[b, t, heads * d], DType::F32)?;
     let lse = Tensor::uninit(gpu, &[b, heads, t], DType::F32)?;
-    let (p, groups) = params(b, t, heads, d);
+    let subgroup = use_subgroup(qkv, d);
+    let (kernel, rows) = if subgroup {
+        (&SUBGROUP_FORWARD, SUBGROUP_LANES)
+    } else {
+        (&FORWARD, WG)
+    };
+    let (p, groups) = params(b, t, heads, d, rows);
     let flops = 4.0 * (b * heads * t * t * d) as f64;
     gpu.dispatch_costed(
-        &FORWARD,
-        &overrides(qkv, d),
+        kernel,
+        &overrides(qkv, d, subgroup),
         &[
             qkv.binding(),
             o.binding(),
@@ -131,7 +166,8 @@ pub fn attention(qkv: &Tensor, heads: usize) -> Result<(Tensor, Tensor)> {
 
 /// Gradient of [`attention`] with respect to `qkv`, from its output `o`, log-sum-exp `lse` and
 /// the output gradient `d_o`. Three dispatches: the row sums `delta = rowsum(dO * O)`, then dQ
-/// (one invocation per query) and dK, dV (one per key), each recomputing the probabilities.
+/// (one invocation per query) and dK, dV (one per key), each recomputing the probabilities; the
+/// subgroup design computes delta with dQ (two dispatches).
 pub fn attention_backward(
     qkv: &Tensor,
     o: &Tensor,
@@ -154,7 +190,8 @@ pub fn attention_backward(
     let gpu = qkv.gpu();
     let dqkv = Tensor::uninit(gpu, qkv.shape(), DType::F32)?;
     let delta = Tensor::uninit(gpu, &[b, heads, t], DType::F32)?;
-    let (p, groups) = params(b, t, heads, d);
+    let subgroup = use_subgroup(qkv, d);
+    let (p, groups) = params(b, t, heads, d, if subgroup { SUBGROUP_LANES } else { WG });
     let bindings = [
         qkv.binding(),
         o.binding(),
@@ -163,8 +200,7 @@ pub fn attention_backward(
         dqkv.binding(),
         delta.binding(),
     ];
-    let overrides = overrides(qkv, d);
-    gpu.dispatch(&BACKWARD_DELTA, &overrides, &bindings, &p, groups)?;
+    let overrides = overrides(qkv, d, subgroup);
     // The usual count: the backward's five products, 2.5x the forward's two; dQ takes two of
     // them (with the recomputed scores), dK and dV three.
     let forward = 4.0 * (b * heads * t * t * d) as f64;
@@ -172,7 +208,13 @@ pub fn attention_backward(
         flops: share * forward,
         bytes: 0.0,
     };
-    gpu.dispatch_costed(&BACKWARD_DQ, &overrides, &bindings, &p, groups, cost(1.0))?;
-    gpu.dispatch_costed(&BACKWARD_DKV, &overrides, &bindings, &p, groups, cost(1.5))?;
+    let (dq, dkv) = if subgroup {
+        (&SUBGROUP_DQ, &SUBGROUP_DKV)
+    } else {
+        gpu.dispatch(&BACKWARD_DELTA, &overrides, &bindings, &p, groups)?;
+        (&BACKWARD_DQ, &BACKWARD_DKV)
+    };
+    gpu.dispatch_costed(dq, &overrides, &bindings, &p, groups, cost(1.0))?;
+    gpu.dispatch_costed(dkv, &overrides, &bindings, &p, groups, cost(1.5))?;
     Ok(dqkv)
 }

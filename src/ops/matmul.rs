@@ -438,8 +438,5 @@ fn record(
 
 /// Whether the subgroup kernel can run here: subgroups of exactly 8 lanes.
 fn has_subgroups_of_8(gpu: &Gpu) -> bool {
-    let i = gpu.adapter_info();
-    gpu.features().contains(wgpu::Features::SUBGROUP)
-        && i.subgroup_min_size == SUBGROUP_LANES
-        && i.subgroup_max_size == SUBGROUP_LANES
+    gpu.subgroup_size() == Some(SUBGROUP_LANES)
 }

@@ -27,12 +27,16 @@ pub use layout::{
 pub use matmul::{
     matmul, matmul_into, matmul_with, Activation, MatmulDesign, MatmulSpec, MatmulTiling,
 };
-pub use modulate::{gate, gate_backward, modulate, modulate_backward};
+pub use modulate::{
+    ada_gate, ada_gate_backward, gate, gate_backward, ln_modulate, ln_modulate_backward, modulate,
+    modulate_backward,
+};
 pub use norm::{
-    layer_norm, layer_norm_backward, rms_norm, rms_norm_backward, softmax, softmax_backward,
+    layer_norm, layer_norm_backward, qk_norm, qk_norm_backward, rms_norm, rms_norm_backward,
+    softmax, softmax_backward,
 };
 pub use optim::{adamw, grad_norm, AdamWStep};
-pub use reduce::{max_rows, mean_rows, sum_rows, sum_tokens};
+pub use reduce::{max_rows, mean_rows, sum_rows, sum_tokens, sum_tokens_into};
 
 use crate::error::{ensure_shape, Result};
 use crate::tensor::{DType, Tensor};

@@ -21,12 +21,80 @@ static MODULATE_KERNEL: Kernel = Kernel {
 };
 const PER_GROUP: usize = 256 * 4;
 
+// Bindings of the in-place entries: x, ada, aux (h or stats), dy, out, out2 (stats or d_ada).
+static LN_MODULATE: Kernel = Kernel {
+    shader: &MODULATE,
+    entry: "ln_modulate",
+    access: &[
+        Access::Read,
+        Access::Read,
+        Access::Unused,
+        Access::Unused,
+        Access::ReadWrite,
+        Access::ReadWrite,
+    ],
+};
+static LN_MODULATE_BACKWARD_ROWS: Kernel = Kernel {
+    shader: &MODULATE,
+    entry: "ln_modulate_backward_rows",
+    access: &[
+        Access::Read,
+        Access::Read,
+        Access::Read,
+        Access::Read,
+        Access::ReadWrite,
+        Access::Unused,
+    ],
+};
+static LN_MODULATE_BACKWARD_COLS: Kernel = Kernel {
+    shader: &MODULATE,
+    entry: "ln_modulate_backward_cols",
+    access: &[
+        Access::Read,
+        Access::Unused,
+        Access::Read,
+        Access::Read,
+        Access::Unused,
+        Access::ReadWrite,
+    ],
+};
+static ADA_GATE: Kernel = Kernel {
+    shader: &MODULATE,
+    entry: "ada_gate",
+    access: &[
+        Access::Read,
+        Access::Read,
+        Access::Read,
+        Access::Unused,
+        Access::ReadWrite,
+        Access::Unused,
+    ],
+};
+static ADA_GATE_BACKWARD: Kernel = Kernel {
+    shader: &MODULATE,
+    entry: "ada_gate_backward",
+    access: &[
+        Access::Read,
+        Access::Read,
+        Access::Unused,
+        Access::Read,
+        Access::ReadWrite,
+        Access::ReadWrite,
+    ],
+};
+/// Rows (or (sample, column) pairs) per workgroup of the in-place entries.
+const ROWS_PER_GROUP: usize = 64;
+
 #[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
     batch: u32,
     tokens: u32,
     cols: u32,
+    chunks: u32,
+    chunk_a: u32,
+    chunk_b: u32,
+    eps: f32,
     _pad: u32,
 }
 
@@ -65,7 +133,7 @@ fn run(
         batch: b as u32,
         tokens: t as u32,
         cols: c as u32,
-        _pad: 0,
+        ..Params::default()
     };
     gpu.dispatch(
         &MODULATE_KERNEL,
@@ -128,4 +196,200 @@ pub fn gate_backward(h: &Tensor, gate: &Tensor, dy: &Tensor) -> Result<(Tensor, 
     ensure_shape!(dy.shape() == h.shape(), "gate_backward: dy must match h");
     let (dh, prod) = run(3.0, dy, Some(h), gate, None, dims)?;
     Ok((dh, sum_tokens(&prod.expect("backward product"))?))
+}
+
+// ---- adaLN with the conditioning read in place ----
+//
+// A DiT block computes its six conditioning vectors as one tensor `ada` `[B, K C]` (K chunks of
+// C per sample). These ops read chunk `j` of it in place (no copy of each chunk), and their
+// backward adds each chunk's gradient into the same columns of `d_ada` (zeros to begin with),
+// so one tensor collects the gradient of all six.
+
+/// Checks `x` `[B, T, C]` against `ada` `[B, K C]` and the chunk numbers; returns the params.
+fn ada_params(op: &str, x: &Tensor, ada: &Tensor, chunks: &[usize]) -> Result<Params> {
+    ensure_f32(op, x)?;
+    ensure_f32(op, ada)?;
+    let s = x.shape();
+    ensure_shape!(
+        s.len() == 3 && s[2] > 0,
+        "{op} takes activations [B, T, C], got {s:?}"
+    );
+    let (b, t, c) = (s[0], s[1], s[2]);
+    let a = ada.shape();
+    ensure_shape!(
+        a.len() == 2 && a[0] == b && a[1].is_multiple_of(c),
+        "{op}: the conditioning must be [{b}, K * {c}] (K chunks of {c}), got {a:?}"
+    );
+    let k = a[1] / c;
+    ensure_shape!(
+        chunks.iter().all(|&j| j < k),
+        "{op}: chunks {chunks:?} of a conditioning with {k} chunks"
+    );
+    Ok(Params {
+        batch: b as u32,
+        tokens: t as u32,
+        cols: c as u32,
+        chunks: k as u32,
+        chunk_a: chunks[0] as u32,
+        chunk_b: chunks.get(1).copied().unwrap_or(0) as u32,
+        ..Params::default()
+    })
+}
+
+/// `LN(x) (1 + scale) + shift` in one pass, LayerNorm without affine parameters; `shift` and
+/// `scale` are chunks of `ada` `[B, K C]`. Returns the output and the row statistics
+/// `[B T, 2]` (mean, 1/std) for the backward.
+pub fn ln_modulate(
+    x: &Tensor,
+    ada: &Tensor,
+    shift: usize,
+    scale: usize,
+    eps: f32,
+) -> Result<(Tensor, Tensor)> {
+    let mut p = ada_params("ln_modulate", x, ada, &[shift, scale])?;
+    p.eps = eps;
+    let gpu = x.gpu();
+    let rows = x.numel() / x.last_dim();
+    let y = Tensor::uninit(gpu, x.shape(), DType::F32)?;
+    let stats = Tensor::uninit(gpu, &[rows, 2], DType::F32)?;
+    let dummy = (gpu.dummy(), 0, 4);
+    gpu.dispatch(
+        &LN_MODULATE,
+        &[],
+        &[
+            x.binding(),
+            ada.binding(),
+            dummy,
+            dummy,
+            y.binding(),
+            stats.binding(),
+        ],
+        &p,
+        groups(rows, ROWS_PER_GROUP),
+    )?;
+    Ok((y, stats))
+}
+
+/// Gradient of [`ln_modulate`]: returns `dx` and adds the gradients of the `shift` and `scale`
+/// chunks into `d_ada` (shaped like `ada`).
+#[allow(clippy::too_many_arguments)]
+pub fn ln_modulate_backward(
+    x: &Tensor,
+    stats: &Tensor,
+    ada: &Tensor,
+    shift: usize,
+    scale: usize,
+    dy: &Tensor,
+    d_ada: &Tensor,
+) -> Result<Tensor> {
+    let p = ada_params("ln_modulate_backward", x, ada, &[shift, scale])?;
+    let rows = x.numel() / x.last_dim();
+    ensure_shape!(
+        dy.shape() == x.shape() && d_ada.shape() == ada.shape() && stats.shape() == [rows, 2],
+        "ln_modulate_backward: dy {:?} must match x {:?}, d_ada {:?} ada {:?}, stats {:?} [{rows}, 2]",
+        dy.shape(),
+        x.shape(),
+        d_ada.shape(),
+        ada.shape(),
+        stats.shape()
+    );
+    let gpu = x.gpu();
+    let dx = Tensor::uninit(gpu, x.shape(), DType::F32)?;
+    let dummy = (gpu.dummy(), 0, 4);
+    gpu.dispatch(
+        &LN_MODULATE_BACKWARD_ROWS,
+        &[],
+        &[
+            x.binding(),
+            ada.binding(),
+            stats.binding(),
+            dy.binding(),
+            dx.binding(),
+            dummy,
+        ],
+        &p,
+        groups(rows, ROWS_PER_GROUP),
+    )?;
+    gpu.dispatch(
+        &LN_MODULATE_BACKWARD_COLS,
+        &[],
+        &[
+            x.binding(),
+            ada.binding(),
+            stats.binding(),
+            dy.binding(),
+            dummy,
+            d_ada.binding(),
+        ],
+        &p,
+        groups(ada.shape()[0] * x.last_dim(), ROWS_PER_GROUP),
+    )?;
+    Ok(dx)
+}
+
+/// The gated residual `x + gate h`, `gate` chunk `chunk` of `ada` `[B, K C]`.
+pub fn ada_gate(x: &Tensor, h: &Tensor, ada: &Tensor, chunk: usize) -> Result<Tensor> {
+    let p = ada_params("ada_gate", x, ada, &[chunk])?;
+    ensure_shape!(
+        h.shape() == x.shape(),
+        "ada_gate: h {:?} must match x {:?}",
+        h.shape(),
+        x.shape()
+    );
+    let gpu = x.gpu();
+    let y = Tensor::uninit(gpu, x.shape(), DType::F32)?;
+    let dummy = (gpu.dummy(), 0, 4);
+    gpu.dispatch(
+        &ADA_GATE,
+        &[],
+        &[
+            x.binding(),
+            ada.binding(),
+            h.binding(),
+            dummy,
+            y.binding(),
+            dummy,
+        ],
+        &p,
+        groups(x.numel(), PER_GROUP),
+    )?;
+    Ok(y)
+}
+
+/// Gradient of [`ada_gate`] with respect to `h` (that of `x` is `dy` itself); adds the gate's
+/// gradient into chunk `chunk` of `d_ada`.
+pub fn ada_gate_backward(
+    h: &Tensor,
+    ada: &Tensor,
+    chunk: usize,
+    dy: &Tensor,
+    d_ada: &Tensor,
+) -> Result<Tensor> {
+    let p = ada_params("ada_gate_backward", h, ada, &[chunk])?;
+    ensure_shape!(
+        dy.shape() == h.shape() && d_ada.shape() == ada.shape(),
+        "ada_gate_backward: dy {:?} must match h {:?} and d_ada {:?} ada {:?}",
+        dy.shape(),
+        h.shape(),
+        d_ada.shape(),
+        ada.shape()
+    );
+    let gpu = h.gpu();
+    let dh = Tensor::uninit(gpu, h.shape(), DType::F32)?;
+    let dummy = (gpu.dummy(), 0, 4);
+    gpu.dispatch(
+        &ADA_GATE_BACKWARD,
+        &[],
+        &[
+            h.binding(),
+            ada.binding(),
+            dummy,
+            dy.binding(),
+            dh.binding(),
+            d_ada.binding(),
+        ],
+        &p,
+        groups(ada.shape()[0] * h.last_dim(), ROWS_PER_GROUP),
+    )?;
+    Ok(dh)
 }

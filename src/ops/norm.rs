@@ -2,7 +2,10 @@
 //! LayerNorm (with or without affine scale and shift), RMSNorm with a learnable scale (QK-norm),
 //! and softmax. Forward returns the per-row statistics the backward needs (`[rows, 2]`).
 
-use super::{ensure_f32, reduce::sum_tokens};
+use super::{
+    ensure_f32,
+    reduce::{sum_tokens, sum_tokens_into},
+};
 use crate::error::{ensure_shape, Result};
 use crate::gpu::{Access, Kernel};
 use crate::shaders::NORM;
@@ -53,15 +56,36 @@ static SOFTMAX_BACKWARD: Kernel = Kernel {
     entry: "softmax_backward",
     access: BACKWARD,
 };
+static QK_NORM: Kernel = Kernel {
+    shader: &NORM,
+    entry: "qk_norm",
+    access: FORWARD,
+};
+static QK_NORM_BACKWARD: Kernel = Kernel {
+    shader: &NORM,
+    entry: "qk_norm_backward",
+    access: &[
+        Access::Read,
+        Access::Read,
+        Access::Read,
+        Access::Read,
+        Access::Read,
+        Access::ReadWrite,
+        Access::ReadWrite,
+        Access::ReadWrite,
+    ],
+};
 const WG: usize = 64;
 
 #[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
     rows: u32,
     cols: u32,
     eps: f32,
     affine: u32,
+    heads: u32,
+    _pad: [u32; 3],
 }
 
 /// (rows, cols) of a tensor normalised over its last dimension.
@@ -102,6 +126,7 @@ fn forward(
         cols: cols as u32,
         eps,
         affine: gamma.is_some() as u32,
+        ..Params::default()
     };
     gpu.dispatch(
         kernel,
@@ -153,6 +178,7 @@ fn backward(
         cols: cols as u32,
         eps: 0.0,
         affine: affine as u32,
+        ..Params::default()
     };
     gpu.dispatch(
         kernel,
@@ -247,4 +273,115 @@ pub fn softmax(x: &Tensor) -> Result<Tensor> {
 /// Gradient of [`softmax`] from its output `y`: `y * (dy - sum(dy * y))`.
 pub fn softmax_backward(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
     Ok(backward(&SOFTMAX_BACKWARD, y, dy, None, None, false)?.0)
+}
+
+/// (rows, head dimension) of a qkv tensor `[.., 3 H D]` with `heads` heads and scales `[D]`.
+fn qk_dims(
+    op: &str,
+    qkv: &Tensor,
+    heads: usize,
+    gq: &Tensor,
+    gk: &Tensor,
+) -> Result<(usize, usize)> {
+    ensure_f32(op, qkv)?;
+    let w3 = qkv.last_dim();
+    ensure_shape!(
+        !qkv.shape().is_empty() && heads > 0 && w3 > 0 && w3.is_multiple_of(3 * heads),
+        "{op} takes qkv [.., 3 * heads * head_dim] with {heads} heads, got {:?}",
+        qkv.shape()
+    );
+    let d = w3 / (3 * heads);
+    check_vector(op, "the query scale", gq, d)?;
+    check_vector(op, "the key scale", gk, d)?;
+    Ok((qkv.numel() / w3, d))
+}
+
+/// QK-norm in place of a slice: RMSNorm (scale `gq`, `gk` `[D]`) of every head's query and key
+/// in `qkv` `[.., 3 H D]` (per row: all queries, all keys, all values), values passed on. One
+/// dispatch; returns the normalised qkv (same layout) and `[rows H, 2]` statistics.
+pub fn qk_norm(
+    qkv: &Tensor,
+    heads: usize,
+    gq: &Tensor,
+    gk: &Tensor,
+    eps: f32,
+) -> Result<(Tensor, Tensor)> {
+    let (rows, d) = qk_dims("qk_norm", qkv, heads, gq, gk)?;
+    let gpu = qkv.gpu();
+    let y = Tensor::uninit(gpu, qkv.shape(), DType::F32)?;
+    let stats = Tensor::uninit(gpu, &[rows * heads, 2], DType::F32)?;
+    let p = Params {
+        rows: rows as u32,
+        cols: d as u32,
+        eps,
+        heads: heads as u32,
+        ..Params::default()
+    };
+    gpu.dispatch(
+        &QK_NORM,
+        &[],
+        &[
+            qkv.binding(),
+            gq.binding(),
+            gk.binding(),
+            y.binding(),
+            stats.binding(),
+        ],
+        &p,
+        (rows * heads).div_ceil(WG) as u64,
+    )?;
+    Ok((y, stats))
+}
+
+/// Gradients of [`qk_norm`]: returns `d qkv` and adds the gradients of the scales into `d_gq`
+/// and `d_gk` (`[D]` each; a parameter's gradient, or zeros).
+#[allow(clippy::too_many_arguments)]
+pub fn qk_norm_backward(
+    qkv: &Tensor,
+    stats: &Tensor,
+    heads: usize,
+    gq: &Tensor,
+    gk: &Tensor,
+    dy: &Tensor,
+    d_gq: &Tensor,
+    d_gk: &Tensor,
+) -> Result<Tensor> {
+    let (rows, d) = qk_dims("qk_norm_backward", qkv, heads, gq, gk)?;
+    ensure_shape!(
+        dy.shape() == qkv.shape() && stats.shape() == [rows * heads, 2],
+        "qk_norm_backward: dy {:?} must match qkv {:?}, stats {:?} be [{}, 2]",
+        dy.shape(),
+        qkv.shape(),
+        stats.shape(),
+        rows * heads
+    );
+    let gpu = qkv.gpu();
+    let dx = Tensor::uninit(gpu, qkv.shape(), DType::F32)?;
+    let prod_q = Tensor::uninit(gpu, &[rows * heads, d], DType::F32)?;
+    let prod_k = Tensor::uninit(gpu, &[rows * heads, d], DType::F32)?;
+    let p = Params {
+        rows: rows as u32,
+        cols: d as u32,
+        heads: heads as u32,
+        ..Params::default()
+    };
+    gpu.dispatch(
+        &QK_NORM_BACKWARD,
+        &[],
+        &[
+            qkv.binding(),
+            dy.binding(),
+            gq.binding(),
+            gk.binding(),
+            stats.binding(),
+            dx.binding(),
+            prod_q.binding(),
+            prod_k.binding(),
+        ],
+        &p,
+        (rows * heads).div_ceil(WG) as u64,
+    )?;
+    sum_tokens_into(&prod_q, d_gq, true)?;
+    sum_tokens_into(&prod_k, d_gk, true)?;
+    Ok(dx)
 }

@@ -91,19 +91,24 @@ static SUM_TOKENS: Kernel = Kernel {
 /// Sum over the middle axis: `[B, T, C] -> [B, C]` (a `[T, C]` matrix sums to `[C]`: column
 /// sums, the gradient of a bias).
 pub fn sum_tokens(x: &Tensor) -> Result<Tensor> {
-    ensure_f32("sum_tokens", x)?;
-    let s = x.shape();
-    let (b, t, c, out_shape) = match s.len() {
-        2 => (1, s[0], s[1], vec![s[1]]),
-        3 => (s[0], s[1], s[2], vec![s[0], s[2]]),
-        _ => {
-            return Err(crate::Error::Shape(format!(
-                "sum_tokens takes [T, C] or [B, T, C], got {s:?}"
-            )))
-        }
-    };
-    let gpu = x.gpu();
-    let out = Tensor::uninit(gpu, &out_shape, DType::F32)?;
+    let (b, _, c, out_shape) = token_dims(x)?;
+    let out = Tensor::uninit(x.gpu(), &out_shape, DType::F32)?;
+    debug_assert_eq!(out.numel(), b * c);
+    sum_tokens_into(x, &out, false)?;
+    Ok(out)
+}
+
+/// [`sum_tokens`] written into `out` (`[B, C]`, or `[C]` for a `[T, C]` input), or added to
+/// what it holds with `accumulate` (a bias gradient straight into its parameter's gradient).
+pub fn sum_tokens_into(x: &Tensor, out: &Tensor, accumulate: bool) -> Result<()> {
+    let (b, t, c, out_shape) = token_dims(x)?;
+    ensure_f32("sum_tokens", out)?;
+    ensure_shape!(
+        out.shape() == out_shape.as_slice(),
+        "sum_tokens of {:?} goes into {out_shape:?}, got {:?}",
+        x.shape(),
+        out.shape()
+    );
     let p = Params {
         rows: b as u32,
         cols: c as u32,
@@ -111,6 +116,25 @@ pub fn sum_tokens(x: &Tensor) -> Result<Tensor> {
         _pad: 0,
     };
     let groups = (b * c).div_ceil(64) as u64;
-    gpu.dispatch(&SUM_TOKENS, &[], &[x.binding(), out.binding()], &p, groups)?;
-    Ok(out)
+    let acc = if accumulate { 1.0 } else { 0.0 };
+    x.gpu().dispatch(
+        &SUM_TOKENS,
+        &[("ACCUMULATE", acc)],
+        &[x.binding(), out.binding()],
+        &p,
+        groups,
+    )
+}
+
+/// (B, T, C, output shape) of a sum over tokens.
+fn token_dims(x: &Tensor) -> Result<(usize, usize, usize, Vec<usize>)> {
+    ensure_f32("sum_tokens", x)?;
+    let s = x.shape();
+    match s.len() {
+        2 => Ok((1, s[0], s[1], vec![s[1]])),
+        3 => Ok((s[0], s[1], s[2], vec![s[0], s[2]])),
+        _ => Err(crate::Error::Shape(format!(
+            "sum_tokens takes [T, C] or [B, T, C], got {s:?}"
+        ))),
+    }
 }

@@ -43,6 +43,30 @@ pub fn both_profiles() -> [&'static Gpu; 2] {
     [gpu(), gpu_other_profile()]
 }
 
+/// The test context's profile without subgroup operations: where the adapter has subgroups,
+/// ops then take the design meant for adapters without them.
+pub fn gpu_without_subgroups() -> &'static Gpu {
+    static GPU: OnceLock<Gpu> = OnceLock::new();
+    GPU.get_or_init(|| {
+        Gpu::with_options(&GpuOptions {
+            poison: true,
+            no_subgroups: true,
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| panic!("{e}"))
+    })
+}
+
+/// Contexts that between them run every kernel design this machine can run: the default, the
+/// other profile, and (where the default uses subgroups) the default without subgroups.
+pub fn every_design() -> Vec<&'static Gpu> {
+    let mut v = vec![gpu(), gpu_other_profile()];
+    if gpu().subgroup_size().is_some() {
+        v.push(gpu_without_subgroups());
+    }
+    v
+}
+
 /// Uniform values in [-1, 1), reproducible from `seed`.
 pub fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
     let mut r = rand::rngs::StdRng::seed_from_u64(seed);

@@ -243,3 +243,48 @@ pub fn numeric_grad(f: impl Fn(&[f64]) -> f64, x: &[f64], h: f64) -> Vec<f64> {
 pub fn weighted_sum(y: &[f64], w: &[f64]) -> f64 {
     y.iter().zip(w).map(|(a, b)| a * b).sum()
 }
+
+/// Chunk `j` of each row of a per-sample tensor `[B, K C]`, as `[B, C]`.
+pub fn chunk(ada: &[f64], k: usize, c: usize, j: usize) -> Vec<f64> {
+    ada.chunks(k * c)
+        .flat_map(|row| row[j * c..(j + 1) * c].to_vec())
+        .collect()
+}
+
+/// `LN(x) (1 + scale) + shift`, LayerNorm without affine parameters, the vectors chunks of
+/// `ada` `[B, K C]`.
+#[allow(clippy::too_many_arguments)]
+pub fn ln_modulate(
+    x: &[f64],
+    t: usize,
+    c: usize,
+    ada: &[f64],
+    k: usize,
+    shift: usize,
+    scale: usize,
+    eps: f64,
+) -> Vec<f64> {
+    let ln = layer_norm(x, c, None, eps);
+    modulate(
+        &ln,
+        t,
+        c,
+        &chunk(ada, k, c, scale),
+        &chunk(ada, k, c, shift),
+    )
+}
+
+/// RMSNorm of every head's query and key in `qkv` `[rows, 3, H, D]` with scales `gq`, `gk`.
+pub fn qk_norm(qkv: &[f64], heads: usize, d: usize, gq: &[f64], gk: &[f64], eps: f64) -> Vec<f64> {
+    let mut out = qkv.to_vec();
+    for (i, head) in qkv.chunks(d).enumerate() {
+        let part = (i / heads) % 3;
+        if part == 2 {
+            continue;
+        }
+        let g = if part == 0 { gq } else { gk };
+        let normed = rms_norm(head, d, g, eps);
+        out[i * d..(i + 1) * d].copy_from_slice(&normed);
+    }
+    out
+}

@@ -11,7 +11,10 @@
 // One subgroup computes a TM x 32 tile of C: lane l owns the 4 columns n0 + 4 l .. + 4 (one vec4)
 // of all TM rows. Per step of 4 along K each lane loads 4 vec4 of B (its columns at those 4 k)
 // and TM / 8 vec4 of A, which the shuffles spread: TM / 8 + 4 loads for 16 TM multiply-adds.
-// Needs vec4 access: the contiguous dimension of each operand and N multiples of 4.
+// Operands whose contiguous dimension is a multiple of 4 are read as vec4s, others element by
+// element (A_VEC4, B_VEC4; an element is picked out of its vec4, since bindings are padded to
+// whole vec4s), and C is written as vec4s when N is a multiple of 4 (C_VEC4), so any shape runs
+// here; edge rows and columns are computed from clamped indices, never stored.
 
 struct Params {
     m: u32,
@@ -34,12 +37,22 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> c4: array<vec4<f32>>;
 @group(1) @binding(0) var<uniform> params: Params;
 
+// Element i of an operand seen as vec4s (bindings are padded to whole vec4s).
+fn a_at(i: u32) -> f32 { return a4[i / 4u][i % 4u]; }
+fn b_at(i: u32) -> f32 { return b4[i / 4u][i % 4u]; }
+
 override TM: u32 = 32u;     // rows per subgroup tile: 8, 16 or 32
 override TRANS_A: bool = false;
 override TRANS_B: bool = false;
 override HAS_BIAS: bool = false;
 override ACT: u32 = 0u;     // 0 none, 1 GELU (tanh), 2 SiLU
 override ACCUMULATE: bool = false;
+override A_VEC4: bool = true;
+override B_VEC4: bool = true;
+override C_VEC4: bool = true;
+// Store C transposed: this kernel then computes C^T = op(B)^T op(A)^T for a narrow C (its
+// rows, M here, are C's columns; the bias runs along them).
+override TRANS_C: bool = false;
 
 const LANES: u32 = 8u;
 
@@ -58,6 +71,56 @@ fn act(v: f32) -> f32 {
     return v;
 }
 
+// Loads of four consecutive elements along an operand's contiguous dimension: one vec4 where
+// that dimension is a multiple of 4, else four elements. Indices past the edge are clamped
+// (rows and columns: computed, never stored) or read as 0 (k past K).
+
+// A stored M x K: row m (clamped) at k0 .. k0 + 4.
+fn load_a_row(base: u32, m: u32, k0: u32) -> vec4<f32> {
+    let K = params.k;
+    let at = base + min(m, params.m - 1u) * K + k0;
+    if (A_VEC4) { return a4[at / 4u]; }
+    var v: vec4<f32>;
+    for (var j = 0u; j < 4u; j++) { v[j] = select(0.0, a_at(at + j), k0 + j < K); }
+    return v;
+}
+
+// A stored K x M: rows m .. m + 4 (clamped) at k (0 past K).
+fn load_a_rows(base: u32, k: u32, m: u32) -> vec4<f32> {
+    let M = params.m;
+    let at = base + min(k, params.k - 1u) * M;
+    var v: vec4<f32>;
+    if (A_VEC4) {
+        v = a4[(at + min(m, M - 4u)) / 4u];
+    } else {
+        for (var j = 0u; j < 4u; j++) { v[j] = a_at(at + min(m + j, M - 1u)); }
+    }
+    return select(v, vec4(0.0), k >= params.k);
+}
+
+// B stored N x K: column n (clamped) at k0 .. k0 + 4.
+fn load_b_row(base: u32, n: u32, k0: u32) -> vec4<f32> {
+    let K = params.k;
+    let at = base + min(n, params.n - 1u) * K + k0;
+    if (B_VEC4) { return b4[at / 4u]; }
+    var v: vec4<f32>;
+    for (var j = 0u; j < 4u; j++) { v[j] = select(0.0, b_at(at + j), k0 + j < K); }
+    return v;
+}
+
+// B stored K x N: columns n .. n + 4 (clamped) at k (0 past K).
+fn load_b_cols(base: u32, k: u32, n: u32) -> vec4<f32> {
+    let N = params.n;
+    let at = base + min(k, params.k - 1u) * N;
+    var v: vec4<f32>;
+    if (B_VEC4) {
+        v = b4[(at + min(n, N - 4u)) / 4u];
+    } else {
+        for (var j = 0u; j < 4u; j++) { v[j] = b_at(at + min(n + j, N - 1u)); }
+    }
+    return select(v, vec4(0.0), k >= params.k);
+}
+
 @compute @workgroup_size(8)
 fn matmul_subgroup(@builtin(subgroup_invocation_id) lane: u32, @builtin(workgroup_id) wid: vec3<u32>,
                    @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -74,24 +137,21 @@ fn matmul_subgroup(@builtin(subgroup_invocation_id) lane: u32, @builtin(workgrou
     let M = params.m;
     let N = params.n;
     let K = params.k;
-    // This lane's columns, clamped in range (columns past N are computed, never stored).
-    let col = min(n0 + 4u * lane, N - 4u);
     for (var k0 = 0u; k0 < K; k0 += 4u) {
         // B at k0 .. k0 + 4 for this lane's columns; k past K reads as 0.
         if (TRANS_B) {
             // Stored N x K: four consecutive k of each column, transposed in registers.
-            let r0 = b4[(b_base + min(n0 + 4u * lane, N - 1u) * K + k0) / 4u];
-            let r1 = b4[(b_base + min(n0 + 4u * lane + 1u, N - 1u) * K + k0) / 4u];
-            let r2 = b4[(b_base + min(n0 + 4u * lane + 2u, N - 1u) * K + k0) / 4u];
-            let r3 = b4[(b_base + min(n0 + 4u * lane + 3u, N - 1u) * K + k0) / 4u];
+            let r0 = load_b_row(b_base, n0 + 4u * lane, k0);
+            let r1 = load_b_row(b_base, n0 + 4u * lane + 1u, k0);
+            let r2 = load_b_row(b_base, n0 + 4u * lane + 2u, k0);
+            let r3 = load_b_row(b_base, n0 + 4u * lane + 3u, k0);
             b_reg[0] = vec4(r0.x, r1.x, r2.x, r3.x);
             b_reg[1] = vec4(r0.y, r1.y, r2.y, r3.y);
             b_reg[2] = vec4(r0.z, r1.z, r2.z, r3.z);
             b_reg[3] = vec4(r0.w, r1.w, r2.w, r3.w);
         } else {
             for (var q = 0u; q < 4u; q++) {
-                let k = min(k0 + q, K - 1u);
-                b_reg[q] = select(b4[(b_base + k * N + col) / 4u], vec4(0.0), k0 + q >= K);
+                b_reg[q] = load_b_cols(b_base, k0 + q, n0 + 4u * lane);
             }
         }
         // A: TM rows x 4 k, TM / 8 vec4 per lane.
@@ -100,13 +160,10 @@ fn matmul_subgroup(@builtin(subgroup_invocation_id) lane: u32, @builtin(workgrou
                 // Stored K x M: vec4 number e = 8 v + lane holds rows m0 + 4 (e % (TM / 4)) .. + 4
                 // at k0 + e / (TM / 4).
                 let e = LANES * v + lane;
-                let q = e / (TM / 4u);
-                let k = min(k0 + q, K - 1u);
-                let m = min(m0 + 4u * (e % (TM / 4u)), M - 4u);
-                a_reg[v] = select(a4[(a_base + k * M + m) / 4u], vec4(0.0), k0 + q >= K);
+                a_reg[v] = load_a_rows(a_base, k0 + e / (TM / 4u), m0 + 4u * (e % (TM / 4u)));
             } else {
                 // Stored M x K: vec4 v holds row m0 + 8 v + lane at k0 .. k0 + 4.
-                a_reg[v] = a4[(a_base + min(m0 + LANES * v + lane, M - 1u) * K + k0) / 4u];
+                a_reg[v] = load_a_row(a_base, m0 + LANES * v + lane, k0);
             }
         }
         // Small constant loops: the compiler unrolls them, so every index below is a constant
@@ -137,16 +194,38 @@ fn matmul_subgroup(@builtin(subgroup_invocation_id) lane: u32, @builtin(workgrou
     }
     let own = n0 + 4u * lane;
     if (own >= N) { return; }
-    var b = vec4(0.0);
-    if (HAS_BIAS) { b = vec4(bias[own], bias[own + 1u], bias[own + 2u], bias[own + 3u]); }
+    var bv = vec4(0.0);
+    if (HAS_BIAS && !TRANS_C) {
+        bv = vec4(bias[own], bias[min(own + 1u, N - 1u)], bias[min(own + 2u, N - 1u)],
+                  bias[min(own + 3u, N - 1u)]);
+    }
     for (var i = 0u; i < TM; i++) {
         let row = m0 + i;
         if (row < M) {
-            let idx = (c_base + row * N + own) / 4u;
-            let v = params.alpha * acc[i] + b;
-            var out = vec4(act(v.x), act(v.y), act(v.z), act(v.w));
-            if (ACCUMULATE) { out += c4[idx]; }
-            c4[idx] = out;
+            if (HAS_BIAS && TRANS_C) { bv = vec4(bias[row]); }
+            let v = params.alpha * acc[i] + bv;
+            let out = vec4(act(v.x), act(v.y), act(v.z), act(v.w));
+            if (TRANS_C) {
+                // Element (row, own + j) of C^T is element (own + j, row) of C, stored [N, M].
+                for (var j = 0u; j < 4u; j++) {
+                    if (own + j < N) {
+                        let e = c_base + (own + j) * M + row;
+                        if (ACCUMULATE) { c4[e / 4u][e % 4u] += out[j]; } else { c4[e / 4u][e % 4u] = out[j]; }
+                    }
+                }
+                continue;
+            }
+            let at = c_base + row * N + own;
+            if (C_VEC4) {
+                if (ACCUMULATE) { c4[at / 4u] += out; } else { c4[at / 4u] = out; }
+            } else {
+                for (var j = 0u; j < 4u; j++) {
+                    if (own + j < N) {
+                        let e = at + j;
+                        if (ACCUMULATE) { c4[e / 4u][e % 4u] += out[j]; } else { c4[e / 4u][e % 4u] = out[j]; }
+                    }
+                }
+            }
         }
     }
 }

@@ -403,6 +403,9 @@ fn shapes_to_test() -> Vec<(usize, usize, usize)> {
         (128, 64, 32),
         (4, 8, 12),
         (132, 36, 260),
+        // A narrow C (fewer than 16 columns) is computed transposed by the subgroup design.
+        (300, 66, 3),
+        (64, 128, 8),
     ]);
     v
 }
@@ -485,7 +488,7 @@ fn matmul_epilogue_bias_activation_alpha_accumulate() {
 #[test]
 fn matmul_batched_with_shared_and_per_item_operands() {
     let mut seed = 3000;
-    for (m, k, n) in [(65, 33, 17), (64, 16, 32), (1, 7, 1)] {
+    for (m, k, n) in [(65, 33, 17), (64, 16, 32), (1, 7, 1), (40, 12, 2)] {
         for (a_batched, b_batched) in [(true, true), (true, false), (false, true)] {
             for trans_b in [false, true] {
                 Mm {

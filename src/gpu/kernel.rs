@@ -271,8 +271,17 @@ impl PipelineCache {
                 resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                     buffer: s.buffer(),
                     offset: *offset,
-                    // Bindings are at least 4 bytes, in whole words.
-                    size: wgpu::BufferSize::new((*size).max(4).div_ceil(4) * 4),
+                    // Bindings are padded to whole vec4s where the buffer has room (pooled
+                    // buffers always do: 16-byte aligned tensors, sizes multiples of 16), so a
+                    // kernel may read any tensor as vec4s.
+                    size: wgpu::BufferSize::new(
+                        (*size)
+                            .max(16)
+                            .div_ceil(16)
+                            .saturating_mul(16)
+                            .min(s.buffer().size().saturating_sub(*offset))
+                            .max((*size).max(4).div_ceil(4) * 4),
+                    ),
                 }),
             })
             .collect();

@@ -72,8 +72,8 @@ pub enum MatmulDesign {
 /// - lanes (CPU drivers such as lavapipe): `wg_n` invocations share `tm` rows and each owns `tn`
 ///   columns; no workgroup memory and no barriers (`wg_m` is 1, `bk` unused).
 /// - subgroup (CPU drivers with subgroups of 8): one subgroup of 8 computes `tm x 32`, each lane
-///   4 columns (`wg_n` 8, `tn` 4, `bk` 4); `tm` is 8, 16 or 32. Where a shape cannot take it
-///   (a contiguous dimension or N not a multiple of 4), the lanes kernel runs instead.
+///   4 columns (`wg_n` 8, `tn` 4, `bk` 4); `tm` is 8, 16 or 32. Any shape: operands are read as
+///   vec4s where their contiguous dimension allows, element by element otherwise.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MatmulTiling {
     pub wg_m: u32,
@@ -352,20 +352,38 @@ fn record(
         .tiling
         .unwrap_or_else(|| MatmulTiling::choose(gpu, d.m, d.n, batch));
     tiling.validate(gpu)?;
+    // The subgroup kernel's tiles are 32 columns wide: a narrow C (a layer with a few outputs)
+    // is computed as C^T = op(B)^T op(A)^T, whose rows are the narrow side, and stored
+    // transposed.
+    let transposed = tiling.design == MatmulDesign::Subgroup && d.n < 16 && d.m > d.n;
+    let swapped;
+    let (a, b, spec, d) = if transposed {
+        swapped = (
+            MatmulSpec {
+                trans_a: !spec.trans_b,
+                trans_b: !spec.trans_a,
+                ..*spec
+            },
+            Dims {
+                batch_shape: d.batch_shape.clone(),
+                m: d.n,
+                k: d.k,
+                n: d.m,
+                a_batched: d.b_batched,
+                b_batched: d.a_batched,
+            },
+        );
+        if spec.tiling.is_none() {
+            tiling = MatmulTiling::choose(gpu, d.n, d.m, batch);
+        }
+        (b, a, &swapped.0, &swapped.1)
+    } else {
+        (a, b, spec, d)
+    };
     // vec4 access needs each operand's contiguous dimension, and N, to be multiples of 4.
     let a_contig = if spec.trans_a { d.m } else { d.k };
     let b_contig = if spec.trans_b { d.k } else { d.n };
     let aligned = [a, b, out].iter().all(|t| t.vec4_aligned());
-    if tiling.design == MatmulDesign::Subgroup
-        && !(a_contig.is_multiple_of(4)
-            && b_contig.is_multiple_of(4)
-            && d.n.is_multiple_of(4)
-            && aligned)
-    {
-        let tn = if d.n > 4 { 8 } else { 4 };
-        let wg_n = d.n.div_ceil(tn as usize).next_power_of_two().min(16) as u32;
-        tiling = MatmulTiling::lanes(wg_n, 8, tn);
-    }
     let (bm, bn) = tiling.tile();
     let (tiles_m, tiles_n) = (d.m.div_ceil(bm as usize), d.n.div_ceil(bn as usize));
     let p = Params {
@@ -400,8 +418,16 @@ fn record(
         ("ACT", act),
         ("ACCUMULATE", b2(accumulate)),
     ];
+    // The subgroup kernel reads each operand, and writes C, as vec4s where it can.
+    let subgroup_shape = [
+        ("TM", tiling.tm as f64),
+        ("TRANS_C", b2(transposed)),
+        ("A_VEC4", b2(a_contig.is_multiple_of(4) && a.vec4_aligned())),
+        ("B_VEC4", b2(b_contig.is_multiple_of(4) && b.vec4_aligned())),
+        ("C_VEC4", b2(d.n.is_multiple_of(4) && out.vec4_aligned())),
+    ];
     let shape: &[(&'static str, f64)] = match tiling.design {
-        MatmulDesign::Subgroup => &[("TM", tiling.tm as f64)],
+        MatmulDesign::Subgroup => &subgroup_shape,
         _ => &[
             ("WG_M", tiling.wg_m as f64),
             ("WG_N", tiling.wg_n as f64),

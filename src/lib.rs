@@ -16,6 +16,7 @@
 //! ```
 
 pub mod autograd;
+pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod error;

@@ -2,6 +2,7 @@
 //! 1 refused or failed (the message says why), 2 unusable flags (clap), 128 + N when `train` was
 //! stopped by signal N after saving (130 SIGINT, 143 SIGTERM).
 
+mod bench_cmd;
 mod cli;
 
 use clap::{Parser, Subcommand};
@@ -30,6 +31,9 @@ enum Command {
     Eval(cli::EvalArgs),
     /// List every GPU adapter and show the chosen one's features and limits.
     Info,
+    /// Measure the kernels, whole training steps and sampling on this adapter, beside CPU
+    /// references timed in the same run (tables; --json for a file).
+    Bench(bench_cmd::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +43,7 @@ fn main() -> ExitCode {
         Command::Sample(args) => cli::sample(args).map(|()| cli::RunEnd::Finished),
         Command::Eval(args) => cli::eval(args).map(|()| cli::RunEnd::Finished),
         Command::Info => info().map(|()| cli::RunEnd::Finished),
+        Command::Bench(args) => bench_cmd::bench(args).map(|()| cli::RunEnd::Finished),
     };
     match result {
         Ok(cli::RunEnd::Finished) => ExitCode::SUCCESS,

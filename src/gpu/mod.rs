@@ -413,7 +413,16 @@ impl Gpu {
         params: &P,
         groups: u64,
     ) -> Result<()> {
-        self.dispatch_costed(kernel, overrides, bindings, params, groups, Cost::default())
+        // A kernel without a count of its own is taken to be memory-bound: every byte it binds
+        // read or written once.
+        let bytes = bindings
+            .iter()
+            .zip(kernel.access)
+            .filter(|(_, a)| **a != Access::Unused)
+            .map(|((_, _, size), _)| *size as f64)
+            .sum();
+        let cost = Cost { flops: 0.0, bytes };
+        self.dispatch_costed(kernel, overrides, bindings, params, groups, cost)
     }
 
     /// [`Gpu::dispatch`] with the work the dispatch does, for profiles.

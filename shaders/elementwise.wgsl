@@ -1,6 +1,8 @@
-// Elementwise kernels: out[i] = f(x[i]) or f(x[i], y[i]). Each invocation handles ITEMS
-// elements a workgroup-width apart (so consecutive invocations touch consecutive elements):
-// fewer, fatter workgroups, since a CPU driver pays a fixed cost per workgroup.
+// Elementwise kernels: out[i] = f(x[i]) or f(x[i], y[i]). Each invocation handles ITEMS vec4s
+// a workgroup-width apart (so consecutive invocations touch consecutive vec4s): fewer, fatter
+// workgroups, since a CPU driver pays a fixed cost per workgroup, and a quarter of the load
+// instructions, which are what such a driver pays for. Bindings are padded to whole vec4s, so
+// every tensor can be read this way; the last, partial vec4 is written element by element.
 // Every entry binds (x, y, out); an entry that does not use x or y gets a placeholder buffer.
 // The operation is chosen by the override constant OP, folded away when the pipeline is built.
 
@@ -11,9 +13,9 @@ struct Params {
     _pad1: u32,
 }
 
-@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read> y: array<f32>;
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> y: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> out: array<vec4<f32>>;
 @group(1) @binding(0) var<uniform> params: Params;
 
 const WG: u32 = 256u;
@@ -34,31 +36,42 @@ const OP_SCALE_BY: u32 = 15u;       // alpha * x * y[0]: scale by a scalar that 
 
 override OP: u32 = 0u;
 
-// First element of this invocation; the workgroup grid may be split over x, y and z.
+// First vec4 of this invocation; the workgroup grid may be split over x, y and z.
 fn first_element(lid: u32, wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return (wid.x + wid.y * nwg.x + wid.z * nwg.x * nwg.y) * WG * ITEMS + lid;
 }
 
+// Store vec4 number q: whole where it lies inside the n elements, else element by element.
+fn store(q: u32, v: vec4<f32>) {
+    if (4u * q + 3u < params.n) {
+        out[q] = v;
+    } else {
+        for (var j = 0u; j < 4u; j++) {
+            if (4u * q + j < params.n) { out[q][j] = v[j]; }
+        }
+    }
+}
+
 // GELU, tanh approximation. The argument is clamped where tanh is already +-1 in f32, since some
 // drivers compute tanh through exp and would return NaN for large inputs.
-fn gelu(v: f32) -> f32 {
-    let u = clamp(0.7978845608028654 * (v + 0.044715 * v * v * v), -15.0, 15.0);
+fn gelu(v: vec4<f32>) -> vec4<f32> {
+    let u = clamp(0.7978845608028654 * (v + 0.044715 * v * v * v), vec4(-15.0), vec4(15.0));
     return 0.5 * v * (1.0 + tanh(u));
 }
 
-fn silu(v: f32) -> f32 {
+fn silu(v: vec4<f32>) -> vec4<f32> {
     return v / (1.0 + exp(-v));
 }
 
 // d gelu / dx = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) sqrt(2/pi) (1 + 3 * 0.044715 x^2)
-fn gelu_grad(v: f32) -> f32 {
-    let u = clamp(0.7978845608028654 * (v + 0.044715 * v * v * v), -15.0, 15.0);
+fn gelu_grad(v: vec4<f32>) -> vec4<f32> {
+    let u = clamp(0.7978845608028654 * (v + 0.044715 * v * v * v), vec4(-15.0), vec4(15.0));
     let th = tanh(u);
     return 0.5 * (1.0 + th) + 0.5 * v * (1.0 - th * th) * 0.7978845608028654 * (1.0 + 0.134145 * v * v);
 }
 
 // d silu / dx = s (1 + x (1 - s)), s = sigmoid(x)
-fn silu_grad(v: f32) -> f32 {
+fn silu_grad(v: vec4<f32>) -> vec4<f32> {
     let s = 1.0 / (1.0 + exp(-v));
     return s * (1.0 + v * (1.0 - s));
 }
@@ -68,15 +81,15 @@ fn unary(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
          @builtin(num_workgroups) nwg: vec3<u32>) {
     let start = first_element(lid, wid, nwg);
     for (var r = 0u; r < ITEMS; r++) {
-        let i = start + r * WG;
-        if (i >= params.n) { return; }
-        let v = x[i];
+        let q = start + r * WG;
+        if (4u * q >= params.n) { return; }
+        let v = x[q];
         switch OP {
-            case OP_GELU: { out[i] = gelu(v); }
-            case OP_SILU: { out[i] = silu(v); }
-            case OP_SCALE: { out[i] = params.alpha * v; }
-            case OP_CLAMP: { out[i] = clamp(v, -params.alpha, params.alpha); }
-            default: { out[i] = v; }
+            case OP_GELU: { store(q, gelu(v)); }
+            case OP_SILU: { store(q, silu(v)); }
+            case OP_SCALE: { store(q, params.alpha * v); }
+            case OP_CLAMP: { store(q, clamp(v, vec4(-params.alpha), vec4(params.alpha))); }
+            default: { store(q, v); }
         }
     }
 }
@@ -86,16 +99,16 @@ fn binary(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid:
           @builtin(num_workgroups) nwg: vec3<u32>) {
     let start = first_element(lid, wid, nwg);
     for (var r = 0u; r < ITEMS; r++) {
-        let i = start + r * WG;
-        if (i >= params.n) { return; }
+        let q = start + r * WG;
+        if (4u * q >= params.n) { return; }
         switch OP {
-            case OP_ADD: { out[i] = x[i] + y[i]; }
-            case OP_SUB: { out[i] = x[i] - y[i]; }
-            case OP_MUL: { out[i] = x[i] * y[i]; }
-            case OP_GELU_BACKWARD: { out[i] = gelu_grad(x[i]) * y[i]; }
-            case OP_SILU_BACKWARD: { out[i] = silu_grad(x[i]) * y[i]; }
-            case OP_SCALE_BY: { out[i] = params.alpha * x[i] * y[0]; }
-            default: { out[i] = x[i]; }
+            case OP_ADD: { store(q, x[q] + y[q]); }
+            case OP_SUB: { store(q, x[q] - y[q]); }
+            case OP_MUL: { store(q, x[q] * y[q]); }
+            case OP_GELU_BACKWARD: { store(q, gelu_grad(x[q]) * y[q]); }
+            case OP_SILU_BACKWARD: { store(q, silu_grad(x[q]) * y[q]); }
+            case OP_SCALE_BY: { store(q, params.alpha * x[q] * y[0].x); }
+            default: { store(q, x[q]); }
         }
     }
 }
@@ -106,9 +119,9 @@ fn axpy(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         @builtin(num_workgroups) nwg: vec3<u32>) {
     let start = first_element(lid, wid, nwg);
     for (var r = 0u; r < ITEMS; r++) {
-        let i = start + r * WG;
-        if (i >= params.n) { return; }
-        out[i] = fma(params.alpha, x[i], out[i]);
+        let q = start + r * WG;
+        if (4u * q >= params.n) { return; }
+        store(q, fma(vec4(params.alpha), x[q], out[q]));
     }
 }
 
@@ -118,8 +131,8 @@ fn fill(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         @builtin(num_workgroups) nwg: vec3<u32>) {
     let start = first_element(lid, wid, nwg);
     for (var r = 0u; r < ITEMS; r++) {
-        let i = start + r * WG;
-        if (i >= params.n) { return; }
-        out[i] = params.alpha;
+        let q = start + r * WG;
+        if (4u * q >= params.n) { return; }
+        store(q, vec4(params.alpha));
     }
 }

@@ -158,16 +158,16 @@ fn ln_modulate_backward_cols(@builtin(local_invocation_index) lid: u32, @builtin
     ada_out2[ada_at(b, params.chunk_b, c)] += d_scale;
 }
 
-@compute @workgroup_size(256)
+// One row (sample b, token t) per invocation: the gate's index is worked out once per row.
+@compute @workgroup_size(ROWS_WG)
 fn ada_gate(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
             @builtin(num_workgroups) nwg: vec3<u32>) {
-    let n = params.batch * params.tokens * params.cols;
-    let start = ada_group(wid, nwg) * 256u * 4u + lid;
-    for (var r = 0u; r < 4u; r++) {
-        let i = start + r * 256u;
-        if (i >= n) { return; }
-        let b = i / (params.tokens * params.cols);
-        ada_out[i] = ada_x[i] + ada_in[ada_at(b, params.chunk_a, i % params.cols)] * ada_aux[i];
+    let row = ada_group(wid, nwg) * ROWS_WG + lid;
+    if (row >= params.batch * params.tokens) { return; }
+    let gate0 = ada_at(row / params.tokens, params.chunk_a, 0u);
+    let base = row * params.cols;
+    for (var c = 0u; c < params.cols; c++) {
+        ada_out[base + c] = ada_x[base + c] + ada_in[gate0 + c] * ada_aux[base + c];
     }
 }
 

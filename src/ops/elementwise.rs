@@ -28,8 +28,8 @@ static FILL: Kernel = Kernel {
     entry: "fill",
     access: ACCESS,
 };
-/// Elements per workgroup: 256 invocations x 8 elements each (as in the shader).
-const PER_GROUP: usize = 256 * 8;
+/// Elements per workgroup: 256 invocations x 8 vec4s each (as in the shader).
+const PER_GROUP: usize = 256 * 8 * 4;
 
 // Op codes, as in the shader.
 const OP_GELU: f64 = 0.0;

@@ -351,7 +351,7 @@ pub fn ada_gate(x: &Tensor, h: &Tensor, ada: &Tensor, chunk: usize) -> Result<Te
             dummy,
         ],
         &p,
-        groups(x.numel(), PER_GROUP),
+        groups(x.numel() / x.last_dim(), ROWS_PER_GROUP),
     )?;
     Ok(y)
 }

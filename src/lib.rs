@@ -24,10 +24,12 @@ pub mod flow;
 pub mod gpu;
 pub mod limits;
 pub mod nn;
+pub mod npy;
 pub mod ops;
 pub mod optim;
 pub mod output;
 pub mod params;
+pub mod pipeline;
 pub mod rng;
 pub mod rundir;
 pub mod sample;
@@ -37,6 +39,9 @@ pub mod train;
 
 pub use error::{Error, Result};
 pub use gpu::Gpu;
+pub use pipeline::{Pipeline, Weights};
+pub use sample::{SampleOptions, Sampler, Solver};
 pub use tensor::{DType, Tensor};
+pub use train::{TrainConfig, Trainer};
 /// The wgpu this crate is built on, for embedding applications that hand over their device.
 pub use wgpu;

@@ -394,7 +394,7 @@ pub fn evaluate(pipeline: &Pipeline, data: &Dataset, opts: &SampleOptions) -> Re
         )));
     }
     let toy = matches!(pipeline.config().data, DataSpec::Toy(_));
-    if !toy && !(data.is_image() && classes > 0) {
+    if !(toy || data.is_image() && classes > 0) {
         return Err(Error::Config(
             "eval measures 2-D toys and labelled images; this data set has neither".into(),
         ));

@@ -239,7 +239,7 @@ pub fn parse(bytes: &[u8]) -> Result<Npy> {
         "<i8" => Dtype::I64,
         other => {
             return Err(Error::Data(format!(
-                "the array's dtype is {other:?}; rectiflow reads little-endian float32 ('<f4') \
+                "the array's dtype is '{other}'; rectiflow reads little-endian float32 ('<f4') \
                  and int64 ('<i8') arrays: convert with arr.astype(np.float32) or \
                  arr.astype(np.int64)"
             )))

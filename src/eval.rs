@@ -12,7 +12,6 @@ use crate::data::{DataSpec, Dataset, GpuDataset};
 use crate::error::{Error, Result};
 use crate::limits::Budget;
 use crate::ops;
-use crate::optim::AdamWConfig;
 use crate::params::{Init, ParamId, Params, ParamsBuilder};
 use crate::pipeline::Pipeline;
 use crate::sample::SampleOptions;
@@ -242,12 +241,8 @@ impl Classifier {
             steps,
             batch: 128,
             seed: seed ^ 0xC1A55,
-            optimizer: AdamWConfig {
-                lr: 2e-3,
-                ema_decay: 0.0,
-                weight_decay: 1e-4,
-                ..Default::default()
-            },
+            lr: 2e-3,
+            weight_decay: 1e-4,
         };
         // One-hot regression: the MSE between the logits and the labels' rows of the identity.
         fit(&c.params, &examples, &opts, |tape, x, labels| {

@@ -3,6 +3,7 @@
 //! ([`write_atomically`]): to a temporary file beside it, synced, then renamed into place, so a
 //! full disk or a kill leaves either the old file or the new one, never a partial one, and no
 //! temporary file behind.
+#![warn(missing_docs)]
 
 use crate::error::{Error, Result};
 use std::io::Write;

@@ -3,6 +3,7 @@
 //! buffer). Upload and download convert between host `f32` and the stored dtype; a host's own
 //! wgpu buffers exchange data with tensors on the GPU ([`Tensor::buffer`],
 //! [`Tensor::copy_to_buffer`], [`Tensor::copy_from_buffer`]).
+#![warn(missing_docs)]
 
 use crate::error::{ensure_shape, Error, Result};
 use crate::gpu::{Gpu, Storage};

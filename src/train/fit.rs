@@ -19,14 +19,16 @@ pub struct FitOptions {
     pub batch: usize,
     /// Seed of the batches (step `i` draws batch `i` of this seed).
     pub seed: u64,
-    /// The optimiser.
-    pub optimizer: AdamWConfig,
+    /// AdamW's learning rate (constant: no warm-up).
+    pub lr: f32,
+    /// AdamW's decoupled weight decay.
+    pub weight_decay: f32,
 }
 
 /// Fit `params` for `opts.steps` steps: each step draws a batch `x` `[batch, dim]` with labels
 /// `[batch]` (f32 class numbers) from `data`, records `loss(tape, x, labels)` (a scalar on the
-/// tape), backpropagates it and takes an AdamW step; one submission per step, nothing read
-/// back.
+/// tape), backpropagates it and takes an AdamW step (gradients clipped at norm 1, no EMA); one
+/// submission per step, nothing read back.
 pub fn fit(
     params: &Params,
     data: &GpuDataset,
@@ -37,7 +39,13 @@ pub fn fit(
         return Err(Error::Config("fit: a batch of 0 examples".into()));
     }
     let gpu = params.values().gpu().clone();
-    let mut opt = AdamW::new(params, opts.optimizer)?;
+    let config = AdamWConfig {
+        lr: opts.lr,
+        weight_decay: opts.weight_decay,
+        ema_decay: 0.0,
+        ..AdamWConfig::default()
+    };
+    let mut opt = AdamW::new(params, config)?;
     for step in 0..opts.steps {
         params.zero_grads()?;
         let (x, labels) = data.batch(opts.batch, opts.seed, step as u32)?;

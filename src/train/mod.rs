@@ -9,7 +9,7 @@
 //! [`open_checkpoint`], which checks its configuration and tensors the same way.
 //! [`Trainer::check_finite`] is the guard run before a checkpoint is written. The run loop of
 //! the command line (run directory and its lock, checkpoint cadence, sample grids, NaN stop,
-//! resume, signals, progress) is [`Run`], in [`run`]; [`fit`] is the plain supervised loop the
+//! resume, signals, progress) is [`Run`], in [`mod@run`]; [`fit()`] is the plain supervised loop the
 //! evaluation's classifier is trained with.
 #![warn(missing_docs)]
 

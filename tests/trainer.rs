@@ -131,7 +131,15 @@ fn a_run_reports_progress_stops_when_asked_and_resumes() {
         grid_samples: Some(40),
         catch_signals: false,
     };
-    let mut run = Run::create(gpu(), &dir, moons_config(6), &toy, false, opts.clone()).unwrap();
+    let mut run = Run::create(
+        gpu(),
+        &dir,
+        moons_config(6),
+        Some(&toy),
+        false,
+        opts.clone(),
+    )
+    .unwrap();
     assert!(dir.join("config.json").exists() && dir.join(".lock").exists());
     let mut events = Vec::new();
     let end = run
@@ -176,9 +184,16 @@ fn a_run_reports_progress_stops_when_asked_and_resumes() {
     let e = Run::open(gpu(), &dir).err().unwrap();
     assert!(e.to_string().contains("in use"), "{e}");
     drop(run);
-    let e = Run::create(gpu(), &dir, moons_config(6), &toy, false, opts.clone())
-        .err()
-        .unwrap();
+    let e = Run::create(
+        gpu(),
+        &dir,
+        moons_config(6),
+        Some(&toy),
+        false,
+        opts.clone(),
+    )
+    .err()
+    .unwrap();
     assert!(e.to_string().contains("already holds a run"), "{e}");
 
     // Resume: a changed learning rate needs consent; more steps do not.
@@ -192,13 +207,13 @@ fn a_run_reports_progress_stops_when_asked_and_resumes() {
         ..moons_config(10)
     };
     let e = resumable
-        .resume(gpu(), changed, &toy, false, opts.clone())
+        .resume(gpu(), changed, Some(&toy), false, opts.clone())
         .err()
         .unwrap();
     assert!(e.to_string().contains("--lr 0.002 -> 0.01"), "{e}");
     let resumable = Run::open(gpu(), &dir).unwrap();
     let mut run = resumable
-        .resume(gpu(), moons_config(10), &toy, false, opts)
+        .resume(gpu(), moons_config(10), Some(&toy), false, opts.clone())
         .unwrap();
     assert_eq!(run.changes().len(), 1);
     assert_eq!(run.changes()[0].to_string(), "--steps 6 -> 10");
@@ -215,4 +230,31 @@ fn a_run_reports_progress_stops_when_asked_and_resumes() {
     );
     let ck = rectiflow::checkpoint::Checkpoint::load(&dir.join(CHECKPOINT_FILE)).unwrap();
     assert_eq!(ck.step, 7);
+    drop(run);
+
+    // A run on the program's own batches: the same cadence and files, no data set loaded.
+    let dir = dir.with_file_name("hosted");
+    let config = TrainConfig {
+        data: DataSpec::Host("moons".into()),
+        ..moons_config(4)
+    };
+    let mut run = Run::create(gpu(), &dir, config, None, false, opts).unwrap();
+    let e = run.run(|_| {}).unwrap_err();
+    assert!(e.to_string().contains("step_on"), "{e}");
+    let mut asked = Vec::new();
+    let end = run
+        .run_on(
+            |step| {
+                asked.push(step);
+                let points = Toy::Moons.sample(32, step).unwrap();
+                Ok((Tensor::from_slice(gpu(), &[32, 2], &points.x)?, None))
+            },
+            |_| {},
+        )
+        .unwrap();
+    assert!(matches!(end, RunEnd::Finished(_)), "{end:?}");
+    assert_eq!(asked, [0, 1, 2, 3]);
+    let ck = rectiflow::checkpoint::Checkpoint::load(&dir.join(CHECKPOINT_FILE)).unwrap();
+    assert_eq!(ck.step, 4);
+    assert!(dir.join("samples.png").exists());
 }

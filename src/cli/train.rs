@@ -216,13 +216,13 @@ pub fn train(a: TrainArgs) -> Result<RunEnd> {
     };
     let mut run = match resumable {
         Some(resumable) => {
-            let run = resumable.resume(&gpu, config, &data, a.allow_changes, opts)?;
+            let run = resumable.resume(&gpu, config, Some(&data), a.allow_changes, opts)?;
             for c in run.changes() {
                 eprintln!("resuming with {} {} (the run had {})", c.flag, c.new, c.old);
             }
             run
         }
-        None => Run::create(&gpu, &out, config, &data, a.overwrite, opts)?,
+        None => Run::create(&gpu, &out, config, Some(&data), a.overwrite, opts)?,
     };
     drop(data);
 

@@ -293,7 +293,11 @@ impl ImageWriter {
                 "bytes_per_row {bytes_per_row} is less than the grid's {gw} pixels of 4 bytes"
             )));
         }
-        let end = offset + (gh as u64 - 1) * bytes_per_row as u64 + 4 * gw as u64;
+        // The last row needs only the grid's width. An end past u64 is past any buffer.
+        let end = ((gh as u64 - 1) * bytes_per_row as u64)
+            .checked_add(4 * gw as u64)
+            .and_then(|bytes| bytes.checked_add(offset))
+            .unwrap_or(u64::MAX);
         if end > buffer.size() {
             return Err(Error::Shape(format!(
                 "{n} images of {h}x{w} in {} columns need {end} bytes of the buffer; it has {}",

@@ -268,7 +268,8 @@ pub struct Run {
 }
 
 impl Run {
-    /// Start a new run of `config` on `data` in `dir` (created if need be). Refused, before
+    /// Start a new run of `config` in `dir` (created if need be), on `data` ([`Run::run`]), or
+    /// without a data set on the batches the program brings ([`Run::run_on`]). Refused, before
     /// anything is written, when `dir` holds a run (unless `overwrite`), when another writer
     /// holds it, or when the configuration, the data or the sample grids do not fit the device.
     /// Writes `config.json`.
@@ -276,7 +277,7 @@ impl Run {
         gpu: &Gpu,
         dir: &Path,
         config: TrainConfig,
-        data: &Dataset,
+        data: Option<&Dataset>,
         overwrite: bool,
         opts: RunOptions,
     ) -> Result<Run> {
@@ -285,7 +286,10 @@ impl Run {
         config.check_fits(&budget)?;
         let grid_n = opts.grid_samples(&config);
         check_sample_count(&config.model, grid_n, &budget)?;
-        let trainer = Trainer::new(gpu, config, data)?;
+        let trainer = match data {
+            Some(data) => Trainer::new(gpu, config, data)?,
+            None => Trainer::without_data(gpu, config)?,
+        };
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::Io(format!("cannot create {}: {e}", dir.display())))?;
         let lock = RunLock::acquire(dir)?;
@@ -372,9 +376,35 @@ impl Run {
         self.stop.clone()
     }
 
-    /// Train to the configured number of steps (or until stopped), reporting progress to
-    /// `on_event`. On an error the last checkpoint written stays, and the error says which.
-    pub fn run(&mut self, mut on_event: impl FnMut(Event)) -> Result<RunEnd> {
+    /// Train on the run's data set to the configured number of steps (or until stopped),
+    /// reporting progress to `on_event`. On an error the last checkpoint written stays, and the
+    /// error says which.
+    pub fn run(&mut self, on_event: impl FnMut(Event)) -> Result<RunEnd> {
+        self.run_loop(&mut |tr: &mut Trainer| tr.step(), on_event)
+    }
+
+    /// [`Run::run`] on the batches the program brings: before each step `batch(step)` returns
+    /// the examples `[B, C, H, W]` (or `[B, D]`) and their labels, as [`Trainer::step_on`] takes
+    /// them, for the step about to be taken (0-based, continuing after a resume).
+    pub fn run_on(
+        &mut self,
+        mut batch: impl FnMut(u64) -> Result<(crate::Tensor, Option<Vec<u32>>)>,
+        on_event: impl FnMut(Event),
+    ) -> Result<RunEnd> {
+        self.run_loop(
+            &mut |tr: &mut Trainer| {
+                let (examples, labels) = batch(tr.step)?;
+                tr.step_on(&examples, labels.as_deref())
+            },
+            on_event,
+        )
+    }
+
+    fn run_loop(
+        &mut self,
+        take_step: &mut dyn FnMut(&mut Trainer) -> Result<()>,
+        mut on_event: impl FnMut(Event),
+    ) -> Result<RunEnd> {
         let ckpt_path = self.checkpoint_path();
         let final_png = self.dir.join(SAMPLES_FILE);
         let kept = |last: Option<u64>| match last {
@@ -395,7 +425,7 @@ impl Run {
         );
         while self.trainer.step < self.trainer.config.steps {
             let tr = &mut self.trainer;
-            tr.step()?;
+            take_step(tr)?;
             let s = tr.step;
             let end = s == tr.config.steps;
             let stop = self.stop.requested();
@@ -534,15 +564,16 @@ impl Resumable {
         &self.dir
     }
 
-    /// Continue the run with `config` on `data`: refused, before anything is written, when the
-    /// model or the data differ from the run's, when `config.steps` is not beyond the
-    /// checkpoint's step, or when another setting differs and `allow_changes` is false (a larger
-    /// `steps` needs no consent). The changes are in [`Run::changes`] and `config.json`.
+    /// Continue the run with `config` on `data` (or on the program's batches, `None`): refused,
+    /// before anything is written, when the model or the data differ from the run's, when
+    /// `config.steps` is not beyond the checkpoint's step, or when another setting differs and
+    /// `allow_changes` is false (a larger `steps` needs no consent). The changes are in
+    /// [`Run::changes`] and `config.json`.
     pub fn resume(
         self,
         gpu: &Gpu,
         config: TrainConfig,
-        data: &Dataset,
+        data: Option<&Dataset>,
         allow_changes: bool,
         opts: RunOptions,
     ) -> Result<Run> {
@@ -584,12 +615,16 @@ impl Resumable {
                 consent_needed.join(", ")
             )));
         }
-        super::check_data(&config, data)?;
+        if let Some(data) = data {
+            super::check_data(&config, data)?;
+        }
         let flow = FlowKernels::new(gpu, config.flow())?;
         let (model, params) = model_for_loading(gpu, &config)?;
         let mut trainer = Trainer::assemble(config, model, params, flow)?;
         trainer.restore(ck, &path)?;
-        trainer.attach(gpu, data)?;
+        if let Some(data) = data {
+            trainer.attach(gpu, data)?;
+        }
         let last = Some(ck.step);
         Run::begin(trainer, &self.dir, self.lock, opts, changes, last, grid_n)
     }

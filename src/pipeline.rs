@@ -20,8 +20,9 @@ use crate::Gpu;
 use std::collections::HashMap;
 use std::path::Path;
 
-/// Which of a run's weights to use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// Which of a run's weights to use (`"ema"` or `"raw"` in serde's form).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Weights {
     /// The exponential moving average of the weights (usually the better sampler).
     Ema,

@@ -70,8 +70,8 @@ impl Solver {
     }
 }
 
-/// How to sample.
-#[derive(Clone, Debug, PartialEq)]
+/// How to sample (validated when a sampler starts; see [`SampleOptions::validate`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SampleOptions {
     /// ODE steps (the time grid has `steps + 1` points).
     pub steps: usize,

@@ -4,6 +4,8 @@
 //! directory, then a rename, so a run killed at any moment leaves the last complete checkpoint
 //! (and a failed write removes its temporary file). Read defensively: only a regular file whose
 //! size agrees with its header and fits a stated budget is read, and every value must be finite.
+//! A file that is not a usable checkpoint is an [`Error::Checkpoint`] naming it and the reason.
+#![warn(missing_docs)]
 
 use crate::error::{Error, Result};
 use crate::limits::{show_bytes, HOST_BUDGET_BYTES};
@@ -22,12 +24,17 @@ pub const MAX_HEADER_BYTES: u64 = 100_000_000;
 /// What a checkpoint holds, on the host, by parameter name.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Checkpoint {
+    /// Training steps taken.
     pub step: u64,
     /// The run's configuration as JSON.
     pub config: String,
+    /// Each parameter's shape and values, by name.
     pub params: HashMap<String, (Vec<usize>, Vec<f32>)>,
+    /// The EMA of each parameter's values.
     pub ema: HashMap<String, Vec<f32>>,
+    /// AdamW's first moment of each parameter.
     pub adam_m: HashMap<String, Vec<f32>>,
+    /// AdamW's second moment of each parameter.
     pub adam_v: HashMap<String, Vec<f32>>,
 }
 
@@ -54,14 +61,14 @@ pub fn join_flat(
     for s in params.specs() {
         let n: usize = s.shape.iter().product();
         let v = values.get(&s.name).ok_or_else(|| {
-            Error::Io(format!(
+            Error::Checkpoint(format!(
                 "{}: the checkpoint has no {what} for parameter {} (a different model?)",
                 path.display(),
                 s.name
             ))
         })?;
         if v.len() != n {
-            return Err(Error::Io(format!(
+            return Err(Error::Checkpoint(format!(
                 "{}: {what} of {} has {} values, the model needs {:?} = {n} (a different model size?)",
                 path.display(),
                 s.name,
@@ -94,8 +101,9 @@ impl Checkpoint {
         let views: Vec<(String, TensorView)> = entries
             .iter()
             .map(|(name, shape, data)| {
-                let view = TensorView::new(Dtype::F32, shape.clone(), bytemuck::cast_slice(data))
-                    .map_err(|e| Error::Io(format!("checkpoint tensor {name}: {e}")))?;
+                let view =
+                    TensorView::new(Dtype::F32, shape.clone(), bytemuck::cast_slice(data))
+                        .map_err(|e| Error::Checkpoint(format!("checkpoint tensor {name}: {e}")))?;
                 Ok((name.clone(), view))
             })
             .collect::<Result<_>>()?;
@@ -105,7 +113,7 @@ impl Checkpoint {
             ("config".to_string(), self.config.clone()),
         ]);
         let bytes = safetensors::serialize(views, Some(meta))
-            .map_err(|e| Error::Io(format!("serialising the checkpoint: {e}")))?;
+            .map_err(|e| Error::Checkpoint(format!("serialising the checkpoint: {e}")))?;
         crate::output::write_atomically(&[(path, &bytes)])
     }
 
@@ -120,7 +128,7 @@ impl Checkpoint {
     /// safetensors structure, the metadata, the dtypes, and any value that is not finite.
     pub fn load_within(path: &Path, max_bytes: u64) -> Result<Checkpoint> {
         let bad = |why: String| {
-            Error::Io(format!(
+            Error::Checkpoint(format!(
                 "{} is not a usable rectiflow checkpoint: {why}",
                 path.display()
             ))

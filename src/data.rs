@@ -1,14 +1,23 @@
-//! Data sets: the 8x8 handwritten digits embedded in the binary (the default), 2-D toy
-//! distributions generated from a seed, and MNIST-format IDX files (gzipped or not). Images are
-//! scaled to [-1, 1] and flattened `[N, C * H * W]`; labels are class numbers. Files are read
-//! within a stated size (the device's largest buffer, or the host budget): every size a header
-//! claims is checked before anything that large is allocated or inflated.
+//! Data sets: which one a run uses ([`DataSpec`], the typed form of `--data`), loading it into
+//! host memory ([`Dataset`]: the 8x8 handwritten digits embedded in the binary, 2-D toy
+//! distributions generated from a seed, MNIST-format IDX files, gzipped or not), and holding it
+//! on the GPU to draw batches from ([`GpuDataset`]). Images are scaled to [-1, 1] and stored
+//! row-major `[N, C, H, W]`; labels are class numbers. Files are read within a stated size (the
+//! device's largest buffer, or the host budget): every size a header claims is checked before
+//! anything that large is allocated or inflated.
+#![warn(missing_docs)]
 
 use crate::error::{Error, Result};
 use crate::limits::{checked_product, show_bytes, HOST_BUDGET_BYTES};
+use crate::ops::flow::{FlowConfig, FlowKernels};
+use crate::tensor::Tensor;
+use crate::Gpu;
 use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 /// The UCI optical digits (1797 images of 8x8, values 0..16, labels 0..9; CC BY 4.0).
 static DIGITS_CSV_GZ: &[u8] = include_bytes!("../data/digits.csv.gz");
@@ -16,9 +25,187 @@ static DIGITS_CSV_GZ: &[u8] = include_bytes!("../data/digits.csv.gz");
 /// Names of the 2-D toy distributions.
 pub const TOYS: [&str; 4] = ["checkerboard", "moons", "8gaussians", "spirals"];
 
+/// A 2-D toy distribution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Toy {
+    /// Points uniform on the dark squares of a 4x4 checkerboard over `[-2, 2]^2`.
+    Checkerboard,
+    /// Two interleaved half circles with Gaussian noise.
+    Moons,
+    /// Eight Gaussians on a circle of radius 1.5.
+    EightGaussians,
+    /// Two interleaved spirals.
+    Spirals,
+}
+
+impl Toy {
+    /// Every toy, in the order of [`TOYS`].
+    pub const ALL: [Toy; 4] = [
+        Toy::Checkerboard,
+        Toy::Moons,
+        Toy::EightGaussians,
+        Toy::Spirals,
+    ];
+
+    /// The name `toy:NAME` uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Toy::Checkerboard => "checkerboard",
+            Toy::Moons => "moons",
+            Toy::EightGaussians => "8gaussians",
+            Toy::Spirals => "spirals",
+        }
+    }
+
+    /// The toy called `name`.
+    pub fn parse(name: &str) -> Result<Toy> {
+        Toy::ALL
+            .into_iter()
+            .find(|t| t.name() == name)
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "unknown toy {name:?}: use one of {}",
+                    TOYS.join(", ")
+                ))
+            })
+    }
+
+    /// `n` points drawn from `seed` (see [`toy`]).
+    pub fn sample(self, n: usize, seed: u64) -> Result<Dataset> {
+        toy(self.name(), n, seed)
+    }
+}
+
+/// Points a toy data set holds when a run loads it.
+pub const TOY_POINTS: usize = 100_000;
+
+/// Which data a run trains on. Its text form is what `--data` takes and what `config.json`
+/// stores: `digits`, `toy:NAME`, `idx:IMAGES[,LABELS]` or `host:NAME`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum DataSpec {
+    /// The UCI 8x8 digits embedded in the binary (1797 images, 10 classes).
+    Digits,
+    /// A 2-D toy distribution ([`TOY_POINTS`] points drawn from the run's seed).
+    Toy(Toy),
+    /// MNIST-format IDX files (gzipped or not): images, and optionally labels.
+    Idx {
+        /// The images file (magic 2051).
+        images: PathBuf,
+        /// The labels file (magic 2049), if any.
+        labels: Option<PathBuf>,
+    },
+    /// Batches the host program brings itself ([`crate::train::Trainer::step_on`]); there is
+    /// nothing to load, and the name only identifies the run's data.
+    Host(String),
+}
+
+impl DataSpec {
+    /// Parse the text form (`digits`, `toy:NAME`, `idx:IMAGES[,LABELS]`, `host:NAME`).
+    pub fn parse(spec: &str) -> Result<DataSpec> {
+        if spec == "digits" {
+            Ok(DataSpec::Digits)
+        } else if let Some(name) = spec.strip_prefix("toy:") {
+            Ok(DataSpec::Toy(Toy::parse(name)?))
+        } else if let Some(paths) = spec.strip_prefix("idx:").filter(|p| !p.is_empty()) {
+            let (images, labels) = match paths.split_once(',') {
+                Some((i, l)) => (i, Some(PathBuf::from(l))),
+                None => (paths, None),
+            };
+            Ok(DataSpec::Idx {
+                images: images.into(),
+                labels,
+            })
+        } else if let Some(name) = spec.strip_prefix("host:").filter(|n| !n.is_empty()) {
+            Ok(DataSpec::Host(name.into()))
+        } else {
+            Err(Error::Config(format!(
+                "unknown data {spec:?}: use digits, toy:NAME ({}), idx:IMAGES[,LABELS] or \
+                 host:NAME (batches the program brings itself)",
+                TOYS.join(", ")
+            )))
+        }
+    }
+
+    /// Whether the examples are images (`None` for host data, whose shape the model says).
+    pub fn is_image(&self) -> Option<bool> {
+        match self {
+            DataSpec::Digits | DataSpec::Idx { .. } => Some(true),
+            DataSpec::Toy(_) => Some(false),
+            DataSpec::Host(_) => None,
+        }
+    }
+
+    /// The name a default run directory takes: the text form without an IDX file's labels, with
+    /// characters that do not belong in a file name replaced by `_`.
+    pub fn dir_name(&self) -> String {
+        let text = match self {
+            DataSpec::Idx { images, .. } => format!("idx:{}", images.display()),
+            other => other.to_string(),
+        };
+        text.replace([':', '/', '\\', ','], "_")
+    }
+
+    /// Load the data set (toys drawn from `seed`) within the host budget.
+    pub fn load(&self, seed: u64) -> Result<Dataset> {
+        self.load_within(seed, HOST_BUDGET_BYTES)
+    }
+
+    /// Load the data set, refusing files whose images take more than `max_bytes` as f32 (one
+    /// device buffer, say) before their data is read.
+    pub fn load_within(&self, seed: u64, max_bytes: u64) -> Result<Dataset> {
+        match self {
+            DataSpec::Digits => digits(),
+            DataSpec::Toy(t) => toy(t.name(), TOY_POINTS, seed),
+            DataSpec::Idx { images, labels } => idx_within(images, labels.as_deref(), max_bytes),
+            DataSpec::Host(name) => Err(Error::Config(format!(
+                "the data host:{name} is brought by the program that trained on it (batch by \
+                 batch); there is no data set to load"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for DataSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DataSpec::Digits => write!(f, "digits"),
+            DataSpec::Toy(t) => write!(f, "toy:{}", t.name()),
+            DataSpec::Idx { images, labels } => {
+                write!(f, "idx:{}", images.display())?;
+                match labels {
+                    Some(l) => write!(f, ",{}", l.display()),
+                    None => Ok(()),
+                }
+            }
+            DataSpec::Host(name) => write!(f, "host:{name}"),
+        }
+    }
+}
+
+impl FromStr for DataSpec {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<DataSpec> {
+        DataSpec::parse(s)
+    }
+}
+
+impl Serialize for DataSpec {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for DataSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<DataSpec, D::Error> {
+        let text = String::deserialize(d)?;
+        DataSpec::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 /// A data set in host memory, ready to upload once.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Dataset {
+    /// The text form of its [`DataSpec`] (`digits`, `toy:moons`, `idx:PATH`).
     pub name: String,
     /// Shape of one example: `[C, H, W]` for images, `[2]` for points.
     pub shape: Vec<usize>,
@@ -35,40 +222,27 @@ impl Dataset {
     pub fn dim(&self) -> usize {
         self.shape.iter().product()
     }
+    /// Number of examples.
     pub fn len(&self) -> usize {
         self.x.len().checked_div(self.dim()).unwrap_or(0)
     }
+    /// Whether it holds no example.
     pub fn is_empty(&self) -> bool {
         self.x.is_empty()
     }
+    /// Whether the examples are images `[C, H, W]` (else points `[D]`).
     pub fn is_image(&self) -> bool {
         self.shape.len() == 3
     }
 
-    /// Parse a `--data` value: `digits`, `toy:NAME` or `idx:IMAGES[,LABELS]`, within the host
-    /// budget.
+    /// Parse a `--data` value ([`DataSpec::parse`]) and load it within the host budget.
     pub fn from_spec(spec: &str, seed: u64) -> Result<Dataset> {
         Dataset::from_spec_within(spec, seed, HOST_BUDGET_BYTES)
     }
 
     /// [`Dataset::from_spec`] for a data set of at most `max_bytes` as f32 (one device buffer).
     pub fn from_spec_within(spec: &str, seed: u64, max_bytes: u64) -> Result<Dataset> {
-        if spec == "digits" {
-            digits()
-        } else if let Some(name) = spec.strip_prefix("toy:") {
-            toy(name, 100_000, seed)
-        } else if let Some(paths) = spec.strip_prefix("idx:") {
-            let (images, labels) = match paths.split_once(',') {
-                Some((i, l)) => (i, Some(l)),
-                None => (paths, None),
-            };
-            idx_within(Path::new(images), labels.map(Path::new), max_bytes)
-        } else {
-            Err(Error::Config(format!(
-                "unknown data {spec:?}: use digits, toy:NAME ({}) or idx:IMAGES[,LABELS]",
-                TOYS.join(", ")
-            )))
-        }
+        DataSpec::parse(spec)?.load_within(seed, max_bytes)
     }
 
     /// One line for the log: what was loaded, and the classes the labels imply.
@@ -148,16 +322,16 @@ pub fn digits() -> Result<Dataset> {
     let mut text = String::new();
     flate2::read::GzDecoder::new(DIGITS_CSV_GZ)
         .read_to_string(&mut text)
-        .map_err(|e| Error::Io(format!("the embedded digits do not decompress: {e}")))?;
+        .map_err(|e| Error::Data(format!("the embedded digits do not decompress: {e}")))?;
     let (mut x, mut labels) = (Vec::new(), Vec::new());
     for (n, line) in text.lines().enumerate() {
         let values: Vec<u32> = line
             .split(',')
             .map(|v| v.trim().parse())
             .collect::<std::result::Result<_, _>>()
-            .map_err(|e| Error::Io(format!("digits line {}: {e}", n + 1)))?;
+            .map_err(|e| Error::Data(format!("digits line {}: {e}", n + 1)))?;
         if values.len() != 65 {
-            return Err(Error::Io(format!(
+            return Err(Error::Data(format!(
                 "digits line {} has {} values, not 65",
                 n + 1,
                 values.len()
@@ -259,7 +433,8 @@ fn read_idx(path: &Path, want_dims: usize, max_elems: u64) -> Result<(Vec<usize>
             path.display()
         ))
     };
-    let bad = |why: String| Error::Io(format!("{} is not a valid IDX file: {why}", path.display()));
+    let bad =
+        |why: String| Error::Data(format!("{} is not a valid IDX file: {why}", path.display()));
     let file = std::fs::File::open(path).map_err(cannot)?;
     let meta = file.metadata().map_err(cannot)?;
     if !meta.is_file() {
@@ -376,7 +551,7 @@ pub fn idx_within(images: &Path, labels: Option<&Path>, max_bytes: u64) -> Resul
     let (labels, classes) = match labels {
         Some(path) => {
             let (ldims, l) = read_idx(path, 1, dims[0] as u64).map_err(|e| match e {
-                Error::TooLarge(_) => Error::Io(format!(
+                Error::TooLarge(_) => Error::Data(format!(
                     "{} has more labels than the {} images in {}",
                     path.display(),
                     dims[0],
@@ -385,7 +560,7 @@ pub fn idx_within(images: &Path, labels: Option<&Path>, max_bytes: u64) -> Resul
                 e => e,
             })?;
             if ldims[0] != dims[0] {
-                return Err(Error::Io(format!(
+                return Err(Error::Data(format!(
                     "{} has {} labels for {} images in {}",
                     path.display(),
                     ldims[0],
@@ -405,4 +580,68 @@ pub fn idx_within(images: &Path, labels: Option<&Path>, max_bytes: u64) -> Resul
         labels,
         classes,
     })
+}
+
+/// A data set held on the GPU (uploaded once) to draw batches from without the host: each
+/// batch is gathered on the GPU, uniformly with replacement, from the counter-based random
+/// stream 2 of `(seed, step)`, so a batch depends only on the data, the seed and the step.
+pub struct GpuDataset {
+    x: Tensor,
+    /// Class numbers as f32 (the form the networks and the flow kernels take); the null class
+    /// for unlabelled data.
+    labels: Tensor,
+    shape: Vec<usize>,
+    gather: FlowKernels,
+}
+
+impl GpuDataset {
+    /// Upload `data` (refusing an empty one). Unlabelled examples get `null_label`.
+    pub fn upload(gpu: &Gpu, data: &Dataset, null_label: u32) -> Result<GpuDataset> {
+        if data.is_empty() {
+            return Err(Error::Config(format!("{} holds no examples", data.name)));
+        }
+        let labels: Vec<f32> = match &data.labels {
+            Some(l) => l.iter().map(|&v| v as f32).collect(),
+            None => vec![null_label as f32; data.len()],
+        };
+        Ok(GpuDataset {
+            x: Tensor::from_slice(gpu, &[data.len(), data.dim()], &data.x)?,
+            labels: Tensor::from_slice(gpu, &[data.len()], &labels)?,
+            shape: data.shape.clone(),
+            // Gathering draws from the counter RNG only; the objective's settings do not matter.
+            gather: FlowKernels::new(gpu, FlowConfig::default())?,
+        })
+    }
+
+    /// Number of examples.
+    pub fn len(&self) -> usize {
+        self.x.shape()[0]
+    }
+
+    /// Whether it holds no example (never: [`GpuDataset::upload`] refuses that).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Shape of one example.
+    pub fn example_shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// The examples, `[N, dim]`.
+    pub fn examples(&self) -> &Tensor {
+        &self.x
+    }
+
+    /// A batch of `batch` examples `[batch, dim]` and their labels `[batch]` (f32 class numbers,
+    /// as `Model::forward` takes them), drawn for `(seed, step)`; recorded, not yet run.
+    pub fn batch(&self, batch: usize, seed: u64, step: u32) -> Result<(Tensor, Tensor)> {
+        if batch == 0 {
+            return Err(Error::Config(
+                "a batch of 0 examples: use at least 1".into(),
+            ));
+        }
+        self.gather
+            .gather_batch(&self.x, &self.labels, batch, seed, step)
+    }
 }

@@ -1,11 +1,15 @@
 //! The crate's error type: every failure a user can cause or meet (no adapter, a wrong shape, a
-//! tensor too large for the device, a WGSL validation error) comes back as an [`Error`] whose
-//! message names the problem and, where there is one, what to do about it.
+//! tensor too large for the device, a WGSL validation error, a damaged checkpoint, a data file
+//! that is not what it claims, a diverged run) comes back as an [`Error`] whose variant says what
+//! kind of problem it is and whose message names the problem and, where there is one, what to do
+//! about it. Nothing in the library panics on bad input.
+#![warn(missing_docs)]
 
 use std::fmt;
 
 /// Everything that can go wrong in rectiflow.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum Error {
     /// No usable GPU adapter (or none matching `RECTIFLOW_ADAPTER`).
     NoAdapter {
@@ -22,11 +26,23 @@ pub enum Error {
     /// host memory than the budget (see `limits`).
     TooLarge(String),
     /// WGSL compilation or pipeline creation failed for a kernel.
-    Kernel { kernel: String, message: String },
+    Kernel {
+        /// The kernel (`shader::entry`) or shader that failed.
+        kernel: String,
+        /// What the compiler or the driver said.
+        message: String,
+    },
     /// The GPU reported an error while running submitted work (names the kernels involved).
     Gpu(String),
-    /// Reading, writing or parsing a file failed.
+    /// The operating system refused a file operation (missing file, no permission, a full disk),
+    /// or a run directory is in use by another writer.
     Io(String),
+    /// A checkpoint file is not usable: not a safetensors file, damaged, holding values that are
+    /// not finite, or tensors that do not match the model its configuration describes.
+    Checkpoint(String),
+    /// A data file or array is not usable: an IDX or `.npy` file whose header or body is wrong,
+    /// an array of a dtype rectiflow does not read, labels outside the model's classes.
+    Data(String),
     /// A setting (environment variable, option, config value) is not valid.
     Config(String),
     /// Numbers that must be finite are not: a diverged run's loss or weights, or samples that
@@ -69,7 +85,7 @@ impl fmt::Display for Error {
                 write!(f, "kernel `{kernel}` failed to compile: {message}")
             }
             Error::Gpu(m) => write!(f, "GPU error: {m}"),
-            Error::Io(m) => write!(f, "{m}"),
+            Error::Io(m) | Error::Checkpoint(m) | Error::Data(m) => write!(f, "{m}"),
             Error::Config(m) => write!(f, "invalid setting: {m}"),
             Error::NonFinite(m) => write!(f, "not finite: {m}"),
         }

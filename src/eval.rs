@@ -3,16 +3,23 @@
 //! (the floor). For labelled images: a small classifier trained with the engine on the data set
 //! gives the accuracy of class-conditional samples, and the Frechet distance between sample and
 //! held-out real features in its last hidden layer (with the real-vs-real distance as the floor).
+//! [`evaluate`] draws samples from a [`Pipeline`] and measures them the way `rectiflow eval`
+//! reports them.
+#![warn(missing_docs)]
 
 use crate::autograd::{functions as f, Tape};
-use crate::data::Dataset;
-use crate::error::Result;
-use crate::ops::{self, flow::FlowConfig, flow::FlowKernels};
-use crate::optim::{AdamW, AdamWConfig};
+use crate::data::{DataSpec, Dataset, GpuDataset};
+use crate::error::{Error, Result};
+use crate::limits::Budget;
+use crate::ops;
 use crate::params::{Init, ParamId, Params, ParamsBuilder};
+use crate::pipeline::Pipeline;
+use crate::sample::SampleOptions;
 use crate::tensor::Tensor;
+use crate::train::{fit, FitOptions};
 use crate::Gpu;
 use rand::{Rng, SeedableRng};
+use serde::Serialize;
 
 /// Sliced Wasserstein-2 distance between two equal-size point sets `[n, dim]`, over `dirs`
 /// random unit directions: `sqrt(mean_dir W2^2(projections))`.
@@ -194,6 +201,12 @@ impl Classifier {
     /// Train on `data` (labelled) for `steps` steps.
     pub fn train(gpu: &Gpu, data: &Dataset, steps: usize, seed: u64) -> Result<Classifier> {
         let (dim, classes) = (data.dim(), data.classes);
+        if data.labels.is_none() || classes == 0 {
+            return Err(Error::Config(format!(
+                "{}: a classifier needs labelled data",
+                data.name
+            )));
+        }
         let mut b = ParamsBuilder::new();
         let mut layer = |name: &str, out: usize, inp: usize| {
             (
@@ -219,42 +232,26 @@ impl Classifier {
             layers,
             classes,
         };
-        let mut opt = AdamW::new(
-            &c.params,
-            AdamWConfig {
-                lr: 2e-3,
-                ema_decay: 0.0,
-                weight_decay: 1e-4,
-                ..Default::default()
-            },
-        )?;
-        let x = Tensor::from_slice(gpu, &[data.len(), dim], &data.x)?;
-        let labels: Vec<f32> = data
-            .labels
-            .as_ref()
-            .expect("a labelled data set")
-            .iter()
-            .map(|&l| l as f32)
-            .collect();
-        let l = Tensor::from_slice(gpu, &[data.len()], &labels)?;
+        let examples = GpuDataset::upload(gpu, data, classes as u32)?;
         let eye: Vec<f32> = (0..classes * classes)
             .map(|i| if i % (classes + 1) == 0 { 1.0 } else { 0.0 })
             .collect();
         let eye = Tensor::from_slice(gpu, &[classes, classes], &eye)?;
-        let kernels = FlowKernels::new(gpu, FlowConfig::default())?;
-        for step in 0..steps {
-            c.params.zero_grads()?;
-            let (xb, lb) = kernels.gather_batch(&x, &l, 128, seed ^ 0xC1A55, step as u32)?;
-            let onehot = ops::embedding(&lb, &eye)?;
-            let mut tape = Tape::new();
-            let xv = tape.constant(xb);
-            let (logits, _) = c.forward(&mut tape, &xv)?;
+        let opts = FitOptions {
+            steps,
+            batch: 128,
+            seed: seed ^ 0xC1A55,
+            lr: 2e-3,
+            weight_decay: 1e-4,
+        };
+        // One-hot regression: the MSE between the logits and the labels' rows of the identity.
+        fit(&c.params, &examples, &opts, |tape, x, labels| {
+            let onehot = ops::embedding(labels, &eye)?;
+            let xv = tape.constant(x.clone());
+            let (logits, _) = c.forward(tape, &xv)?;
             let tv = tape.constant(onehot);
-            let loss = f::mse(&mut tape, &logits, &tv)?;
-            tape.backward(&loss)?;
-            opt.step(&c.params)?;
-            gpu.flush()?;
-        }
+            f::mse(tape, &logits, &tv)
+        })?;
         Ok(c)
     }
 
@@ -279,6 +276,12 @@ impl Classifier {
 
     /// Predicted classes and features `[n, HIDDEN]` of `x` `[n, dim]`.
     pub fn classify(&self, gpu: &Gpu, x: &[f32], dim: usize) -> Result<(Vec<u32>, Vec<f32>)> {
+        if dim == 0 || !x.len().is_multiple_of(dim) {
+            return Err(Error::Shape(format!(
+                "classify: {} values are not rows of {dim}",
+                x.len()
+            )));
+        }
         let n = x.len() / dim;
         let mut tape = Tape::no_grad();
         let xv = tape.constant(Tensor::from_slice(gpu, &[n, dim], x)?);
@@ -290,14 +293,172 @@ impl Classifier {
                 r.iter()
                     .enumerate()
                     .max_by(|a, b| a.1.total_cmp(b.1))
-                    .map(|(i, _)| i as u32)
-                    .unwrap()
+                    .map_or(0, |(i, _)| i as u32)
             })
             .collect();
         Ok((pred, feat.value().to_vec()?))
     }
 
+    /// Width of the features [`Classifier::classify`] returns.
     pub fn feature_dim(&self) -> usize {
         HIDDEN
     }
+}
+
+/// Labelled images [`evaluate`] holds out for the classifier's reference (and needs as many to
+/// train on).
+pub const EVAL_HELD_OUT: usize = 300;
+
+/// One measurement.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Metric {
+    /// What is measured.
+    pub metric: String,
+    /// Its value for the samples.
+    pub value: f64,
+    /// The same measurement between real data (a floor), if there is one.
+    pub real_vs_real: Option<f64>,
+}
+
+/// What [`evaluate`] measured.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EvalReport {
+    /// The measurements, each beside its reference.
+    pub metrics: Vec<Metric>,
+    /// A sentence about the references, if one is needed.
+    pub note: Option<String>,
+}
+
+/// Samples [`evaluate`] draws by default: 500 images or 5000 points.
+pub fn default_count(data: &Dataset) -> usize {
+    if data.is_image() {
+        500
+    } else {
+        5000
+    }
+}
+
+/// The data set a pipeline was trained on, loaded (within the device's buffer and the host
+/// budget) and checked against the model: the same example shape and classes. `source` names
+/// the model in messages (its checkpoint, say).
+pub fn load_data(pipeline: &Pipeline, source: &str) -> Result<Dataset> {
+    let config = pipeline.config();
+    let budget = Budget::of(pipeline.gpu());
+    let mut data = config
+        .data
+        .load_within(config.seed, budget.tensor_bytes.min(budget.host_bytes))?;
+    let (shape, classes) = (config.model.shape.clone(), config.model.classes);
+    if data.labels.is_some() && classes > data.classes {
+        // Trained with --classes beyond the largest label.
+        data.set_classes(classes)?;
+    }
+    if data.shape != shape || data.classes != classes {
+        return Err(Error::Config(format!(
+            "{source}: its configuration names the data {} ({} examples of shape {:?}, {} classes), but \
+             its model was built for examples of shape {:?} with {} classes; the checkpoint's \
+             configuration does not match its weights, so no metric would mean anything",
+            config.data,
+            data.len(),
+            data.shape,
+            data.classes,
+            shape,
+            classes
+        )));
+    }
+    Ok(data)
+}
+
+/// Draw `opts.labels.len()` samples from `pipeline` and measure them against `data` (see the
+/// module's notes). Samples or metrics that are not finite are refused ([`Error::NonFinite`]).
+pub fn evaluate(pipeline: &Pipeline, data: &Dataset, opts: &SampleOptions) -> Result<EvalReport> {
+    let n = opts.labels.len();
+    if n < 2 {
+        return Err(Error::Config(format!(
+            "--n {n}: eval needs at least 2 samples (MMD and covariances compare pairs)"
+        )));
+    }
+    let classes = pipeline.classes();
+    let dim: usize = data.dim();
+    if data.is_image() && classes > 0 && data.len() < 2 * EVAL_HELD_OUT {
+        return Err(Error::Config(format!(
+            "{} has {} images; eval trains a classifier on all but {EVAL_HELD_OUT} and needs at \
+             least {}",
+            data.name,
+            data.len(),
+            2 * EVAL_HELD_OUT
+        )));
+    }
+    let toy = matches!(pipeline.config().data, DataSpec::Toy(_));
+    if !(toy || data.is_image() && classes > 0) {
+        return Err(Error::Config(
+            "eval measures 2-D toys and labelled images; this data set has neither".into(),
+        ));
+    }
+    let samples = pipeline.sample(opts)?.to_vec()?;
+    let bad = samples.iter().filter(|v| !v.is_finite()).count();
+    if bad > 0 {
+        return Err(Error::NonFinite(format!(
+            "{bad} of the {} values of the {n} samples are NaN or infinite: the model diverges \
+             when sampled (was it trained with too high a learning rate?); nothing was measured",
+            samples.len()
+        )));
+    }
+    let mut metrics = Vec::new();
+    let mut note = None;
+    let row = |metric: &str, value: f64, floor: f64| Metric {
+        metric: metric.into(),
+        value,
+        real_vs_real: Some(floor),
+    };
+    if let DataSpec::Toy(toy) = pipeline.config().data {
+        let fresh = toy.sample(n, opts.seed + 1000)?;
+        let other = toy.sample(n, opts.seed + 2000)?;
+        metrics.push(row(
+            "sliced W2",
+            sliced_w2(&samples, &fresh.x, dim, 256, 7),
+            sliced_w2(&other.x, &fresh.x, dim, 256, 7),
+        ));
+        metrics.push(row(
+            "MMD^2 (RBF, sigma 0.25)",
+            mmd_rbf(&samples, &fresh.x, dim, 0.25, 2000),
+            mmd_rbf(&other.x, &fresh.x, dim, 0.25, 2000),
+        ));
+    } else {
+        let gpu = pipeline.gpu();
+        let (train, held) = data.split_last(EVAL_HELD_OUT);
+        let clf = Classifier::train(gpu, &train, 1500, 1)?;
+        let (pred_held, feat_held) = clf.classify(gpu, &held.x, dim)?;
+        let held_labels = held.labels.as_deref().unwrap_or_default();
+        let clf_acc = pred_held
+            .iter()
+            .zip(held_labels)
+            .filter(|(p, l)| p == l)
+            .count() as f64
+            / held.len() as f64;
+        let (pred, feat) = clf.classify(gpu, &samples, dim)?;
+        let acc = pred
+            .iter()
+            .zip(&opts.labels)
+            .filter(|(p, l)| p == l)
+            .count() as f64
+            / n as f64;
+        let (_, feat_train) = clf.classify(gpu, &train.x[..held.len() * dim], dim)?;
+        let fd = frechet_distance(&feat, &feat_held, clf.feature_dim());
+        let floor = frechet_distance(&feat_train, &feat_held, clf.feature_dim());
+        metrics.push(row("class-conditional accuracy", acc, clf_acc));
+        metrics.push(row("Frechet distance (classifier features)", fd, floor));
+        note = Some(format!(
+            "the accuracy's reference is the classifier's own accuracy on {EVAL_HELD_OUT} \
+             held-out real images"
+        ));
+    }
+    for m in &metrics {
+        if !m.value.is_finite() || m.real_vs_real.is_some_and(|f| !f.is_finite()) {
+            return Err(Error::NonFinite(format!(
+                "the metric {} came out as {} (reference {:?}); nothing was reported",
+                m.metric, m.value, m.real_vs_real
+            )));
+        }
+    }
+    Ok(EvalReport { metrics, note })
 }

@@ -2,6 +2,7 @@
 //! Every such size is computed with checked arithmetic and compared with the device's buffer
 //! limits and a stated host budget *before* anything of that size is allocated, so bad input is
 //! refused with its size named instead of aborting the process on an allocation.
+#![warn(missing_docs)]
 
 use crate::error::{Error, Result};
 use crate::Gpu;

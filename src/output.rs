@@ -3,6 +3,7 @@
 //! ([`write_atomically`]): to a temporary file beside it, synced, then renamed into place, so a
 //! full disk or a kill leaves either the old file or the new one, never a partial one, and no
 //! temporary file behind.
+#![warn(missing_docs)]
 
 use crate::error::{Error, Result};
 use std::io::Write;
@@ -54,6 +55,10 @@ pub fn write_atomically(files: &[(&Path, &[u8])]) -> Result<()> {
 
 /// A grayscale PNG, encoded in memory.
 fn png_bytes(width: usize, height: usize, gray: &[u8]) -> Result<Vec<u8>> {
+    encode_png(width, height, gray, png::ColorType::Grayscale)
+}
+
+fn encode_png(width: usize, height: usize, px: &[u8], color: png::ColorType) -> Result<Vec<u8>> {
     let encode_error = |e: png::EncodingError| Error::Io(format!("encoding a PNG: {e}"));
     let (w, h) = (u32::try_from(width), u32::try_from(height));
     let (Ok(w), Ok(h)) = (w, h) else {
@@ -61,10 +66,10 @@ fn png_bytes(width: usize, height: usize, gray: &[u8]) -> Result<Vec<u8>> {
     };
     let mut out = Vec::new();
     let mut enc = png::Encoder::new(&mut out, w, h);
-    enc.set_color(png::ColorType::Grayscale);
+    enc.set_color(color);
     enc.set_depth(png::BitDepth::Eight);
     let mut writer = enc.write_header().map_err(encode_error)?;
-    writer.write_image_data(gray).map_err(encode_error)?;
+    writer.write_image_data(px).map_err(encode_error)?;
     writer.finish().map_err(encode_error)?;
     Ok(out)
 }
@@ -153,41 +158,12 @@ pub fn scatter_png(points: &[f32], size: usize, range: f32) -> Result<Vec<u8>> {
     png_bytes(size, size, &px)
 }
 
-/// The `.npy` (format 1.0) header for `descr` and `shape`, padded to a multiple of 64 bytes.
-pub fn npy_header(descr: &str, shape: &[usize]) -> Vec<u8> {
-    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape = if dims.len() == 1 {
-        format!("({},)", dims[0])
-    } else {
-        format!("({})", dims.join(", "))
-    };
-    let mut dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
-    // magic (6) + version (2) + length (2) + dict + newline: a multiple of 64.
-    while (10 + dict.len() + 1) % 64 != 0 {
-        dict.push(' ');
-    }
-    dict.push('\n');
-    let mut out = b"\x93NUMPY\x01\x00".to_vec();
-    out.extend((dict.len() as u16).to_le_bytes());
-    out.extend(dict.as_bytes());
-    out
-}
-
-fn npy_bytes(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
-    let mut out = npy_header(descr, shape);
-    out.extend_from_slice(data);
-    out
-}
-
-/// A little-endian float32 `.npy` file, in memory.
-pub fn npy_f32_bytes(shape: &[usize], data: &[f32]) -> Vec<u8> {
-    npy_bytes("<f4", shape, bytemuck::cast_slice(data))
-}
-
-/// A little-endian int64 `.npy` file, in memory.
-pub fn npy_i64_bytes(shape: &[usize], data: &[i64]) -> Vec<u8> {
-    npy_bytes("<i8", shape, bytemuck::cast_slice(data))
-}
+/// [`crate::npy::f32_bytes`], kept under its old name.
+pub use crate::npy::f32_bytes as npy_f32_bytes;
+/// [`crate::npy::header`], kept under its old name.
+pub use crate::npy::header as npy_header;
+/// [`crate::npy::i64_bytes`], kept under its old name.
+pub use crate::npy::i64_bytes as npy_i64_bytes;
 
 /// Little-endian float32 `.npy`, written atomically.
 pub fn npy_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
@@ -197,4 +173,75 @@ pub fn npy_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
 /// Little-endian int64 `.npy`, written atomically.
 pub fn npy_i64(path: &Path, shape: &[usize], data: &[i64]) -> Result<()> {
     write_atomically(&[(path, &npy_i64_bytes(shape, data))])
+}
+
+/// An RGBA PNG (8 bits per channel, `width * height * 4` bytes, rows top to bottom), in memory.
+pub fn rgba_png(width: usize, height: usize, rgba: &[u8]) -> Result<Vec<u8>> {
+    if width.checked_mul(height).and_then(|p| p.checked_mul(4)) != Some(rgba.len()) {
+        return Err(Error::Shape(format!(
+            "an RGBA PNG of {width}x{height} pixels from {} bytes",
+            rgba.len()
+        )));
+    }
+    encode_png(width, height, rgba, png::ColorType::Rgba)
+}
+
+/// Write samples as a picture plus `samples.npy` and `labels.npy` beside it, the three as a
+/// group (complete files or the old ones, never a partial file): images `[n, C, H, W]` as a
+/// grid (ten columns when `n` is a multiple of ten, one class per column when the labels cycle;
+/// else a square-ish grid), points `[n, D]` as a scatter plot of their first two coordinates
+/// over `[-3, 3]^2`. The picture shows the first channel of each image.
+pub fn write_samples(png: &Path, shape: &[usize], samples: &[f32], labels: &[u32]) -> Result<()> {
+    let n = labels.len();
+    let dim = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    if dim.and_then(|d| d.checked_mul(n)) != Some(samples.len()) {
+        return Err(Error::Shape(format!(
+            "{} values for {n} samples of shape {shape:?}",
+            samples.len()
+        )));
+    }
+    if let Some(dir) = png.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Io(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let picture = match shape {
+        [c, h, w] => {
+            let cols = if n.is_multiple_of(10) {
+                10
+            } else {
+                (n as f64).sqrt().ceil() as usize
+            };
+            let first_channel: Vec<f32> = if *c == 1 {
+                samples.to_vec()
+            } else {
+                samples
+                    .chunks(c * h * w)
+                    .flat_map(|s| s[..h * w].iter().copied())
+                    .collect()
+            };
+            image_grid_png(&first_channel, n, *h, *w, cols.max(1), 4)?
+        }
+        [2] => scatter_png(samples, 512, 3.0)?,
+        [d] if *d > 2 => {
+            let first_two: Vec<f32> = samples.chunks(*d).flat_map(|p| [p[0], p[1]]).collect();
+            scatter_png(&first_two, 512, 3.0)?
+        }
+        _ => {
+            return Err(Error::Shape(format!(
+                "samples of shape {shape:?}: pictures are drawn of images [C, H, W] and of \
+                 points with at least 2 coordinates"
+            )))
+        }
+    };
+    let dir = png.parent().unwrap_or(Path::new("."));
+    let mut full = vec![n];
+    full.extend(shape);
+    let values = npy_f32_bytes(&full, samples);
+    let classes = npy_i64_bytes(&[n], &labels.iter().map(|&l| l as i64).collect::<Vec<_>>());
+    let (samples_npy, labels_npy) = (dir.join("samples.npy"), dir.join("labels.npy"));
+    write_atomically(&[
+        (png, &picture),
+        (&samples_npy, &values),
+        (&labels_npy, &classes),
+    ])
 }

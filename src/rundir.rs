@@ -4,6 +4,7 @@
 //! holder exits, however it exits (`kill -9` included), so a stale lock cannot outlive its run.
 //! The `.lock` file itself stays (an empty file): removing it would let a process that opened it
 //! just before the removal lock a file no one else can see any more.
+#![warn(missing_docs)]
 
 use crate::error::{Error, Result};
 use std::fs::{File, OpenOptions, TryLockError};

@@ -1,26 +1,56 @@
 //! Sampling: integrate `dz/dt = v(z, t)` from noise at `t = 1` down to `t = 0`
-//! (docs/flow-math.md, "Sampling"). The first-order step predicts `(x0_hat, eps_hat)` and moves to
-//! `z_s = a_s x0_hat + b_s eps_hat`, exact for every schedule's straight line (Euler for `rf`,
-//! DDIM for variance-preserving schedules); Heun adds one evaluation per step (none on the last).
-//! Classifier-free guidance mixes the conditional and unconditional outputs,
-//! `y = y_u + w (y_c - y_u)`, from one doubled batch. The time grid is uniform, then shifted.
+//! (docs/flow-math.md, "Sampling").
+//!
+//! - **Time grid**: `t_i = shift(T_START (1 - i / steps), alpha)` for `i = 0..=steps`, with
+//!   [`T_START`] `= 1 - 1e-5` (where every schedule's conversions are finite) and the
+//!   resolution shift `shift(t, alpha) = alpha t / (1 + (alpha - 1) t)` (`alpha = 1`, the
+//!   default, is no shift).
+//! - **Start**: `z = b(t_0) eps` with `eps` standard normal (the data's share `a(t_0) x0` is
+//!   negligible there). From a seed, `eps` is element `i` of Philox stream 7 at step 0 of that
+//!   seed: counter `(i, 0, 7, 0)`, the 64-bit seed as key (`crate::rng`, bit-identical on CPU
+//!   and GPU), element `i = sample * dim + feature`, so sample `k`'s noise does not depend on how
+//!   many samples are drawn.
+//! - **Step** from `t` to `s`: the field's output `y` at `(z, t)` gives
+//!   `(x0_hat, eps_hat) = (p y + q z, r y + u z)` (the prediction's affine maps), and
+//!   `z_s = a_s x0_hat + b_s eps_hat`, exact for every schedule's straight line (Euler for `rf`,
+//!   DDIM for variance-preserving schedules). With `clip_x0`, `x0_hat` is clamped to
+//!   `[-clip, clip]` first. Heun averages the velocities `v = a' x0_hat + b' eps_hat` at both
+//!   ends (one more evaluation per step, none on the last).
+//! - **Guidance**: `y = y_u + w (y_c - y_u)` from one doubled batch (conditional rows, then the
+//!   same rows with the null label). With `w = 1`, or when every label is the null class, the
+//!   unconditional half is not evaluated at all.
+//!
+//! A [`Sampler`] is the integration as an object the host drives: [`Sampler::start`] draws the
+//! noise, each [`Sampler::step`] records one ODE step and submits it (one submission, nothing
+//! read back), [`Sampler::finish`] runs what is left and hands back the samples. The velocity
+//! comes from any [`VelocityField`]: the network ([`NetworkField`]), the exact marginal velocity
+//! of a data set ([`OracleField`]), or a closure of the host's ([`FnField`]). [`sample`] is the
+//! one-shot loop over a sampler.
+#![warn(missing_docs)]
 
 use crate::autograd::Tape;
-use crate::error::{Error, Result};
+use crate::error::{ensure_shape, Error, Result};
 use crate::flow::{shift, Prediction, Schedule};
-use crate::nn::Model;
-use crate::ops::{self, flow::FlowKernels};
+use crate::limits::Budget;
+use crate::nn::{Model, ModelConfig};
+use crate::ops::{self, flow::FlowConfig, flow::FlowKernels};
 use crate::params::Params;
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
+use crate::Gpu;
+use serde::{Deserialize, Serialize};
 
-/// The solver.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The ODE solver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Solver {
+    /// First order: one evaluation per step.
     Euler,
+    /// Second order (Heun's method): two evaluations per step, one on the last.
     Heun,
 }
 
 impl Solver {
+    /// Parse `euler` or `heun`.
     pub fn parse(s: &str) -> Result<Solver> {
         match s {
             "euler" => Ok(Solver::Euler),
@@ -30,19 +60,30 @@ impl Solver {
             ))),
         }
     }
+
+    /// The text form (`euler`, `heun`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Solver::Euler => "euler",
+            Solver::Heun => "heun",
+        }
+    }
 }
 
-/// How to sample.
-#[derive(Clone, Debug)]
+/// How to sample (validated when a sampler starts; see [`SampleOptions::validate`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SampleOptions {
+    /// ODE steps (the time grid has `steps + 1` points).
     pub steps: usize,
+    /// The solver.
     pub solver: Solver,
     /// Guidance weight `w` (1: plain conditional; 0: unconditional).
     pub cfg: f32,
     /// Time-grid shift `alpha` (1: none).
     pub shift: f64,
-    /// One label per sample (the null class for unconditional models).
+    /// One label per sample (the null class, `classes`, for unconditional models or samples).
     pub labels: Vec<u32>,
+    /// Seed of the starting noise.
     pub seed: u64,
     /// Clamp the predicted `x0_hat` to `[-clip, clip]` before each step (images live in [-1, 1]).
     /// Predictions whose `x0_hat` divides by a small `a_t` (eps on `rf` or `cosine` near `t = 1`)
@@ -53,7 +94,28 @@ pub struct SampleOptions {
 /// Most sampling steps (the time grid is one f64 per step).
 pub const MAX_STEPS: usize = 100_000;
 
+/// The guidance weight of the command line's samples and of [`crate::Pipeline::options`] for
+/// class-conditional models.
+pub const GUIDANCE: f32 = 2.0;
+
+/// Steps of the command line's samples and of [`SampleOptions::new`].
+pub const DEFAULT_STEPS: usize = 20;
+
 impl SampleOptions {
+    /// [`DEFAULT_STEPS`] Euler steps without guidance, shift or clamp, from seed 0, for these
+    /// labels.
+    pub fn new(labels: Vec<u32>) -> SampleOptions {
+        SampleOptions {
+            steps: DEFAULT_STEPS,
+            solver: Solver::Euler,
+            cfg: 1.0,
+            shift: 1.0,
+            labels,
+            seed: 0,
+            clip_x0: None,
+        }
+    }
+
     /// Check every option against its range, naming the flag: at least one sample, steps in
     /// `1..=MAX_STEPS`, a finite guidance weight, a finite positive shift, and a finite positive
     /// x0 clamp.
@@ -91,6 +153,261 @@ impl SampleOptions {
 /// Where sampling starts: just below 1, where every schedule's conversions are finite.
 pub const T_START: f64 = 1.0 - 1e-5;
 
+/// The time grid: `steps + 1` times from `shift(T_START, alpha)` down to 0.
+pub fn time_grid(steps: usize, alpha: f64) -> Vec<f64> {
+    (0..=steps)
+        .map(|i| shift(T_START * (1.0 - i as f64 / steps as f64), alpha))
+        .collect()
+}
+
+/// Labels `0, 1, ..., classes - 1, 0, 1, ...` for `n` samples (label `i % classes`: a grid
+/// with `classes` columns shows one class per column); all 0 (the null class) for an
+/// unconditional model (`classes = 0`).
+pub fn cycle_labels(classes: usize, n: usize) -> Vec<u32> {
+    (0..n)
+        .map(|i| if classes > 0 { (i % classes) as u32 } else { 0 })
+        .collect()
+}
+
+/// Refuse `n` samples of `model` that the device or the host budget cannot hold (checked before
+/// anything of that size is allocated): the largest activation of a doubled (guided) batch, and
+/// the host copies of the samples (read back, as `.npy` and as a picture).
+pub fn check_sample_count(model: &ModelConfig, n: usize, budget: &Budget) -> Result<()> {
+    if n == 0 {
+        return Err(Error::Config("--n 0: draw at least one sample".into()));
+    }
+    budget.check_tensor(
+        &format!(
+            "sampling {n} examples of shape {:?} (a batch of {} with guidance): the largest activation",
+            model.shape,
+            n.saturating_mul(2)
+        ),
+        n.checked_mul(2).and_then(|b| model.activation_elems(b)),
+        "use a smaller --n",
+    )?;
+    // The samples read back, their .npy copy and the PNG's pixels: at most 40 bytes per value.
+    let dim: u64 = model.shape.iter().map(|&d| d as u64).product();
+    budget.check_host(
+        &format!("{n} samples of shape {:?}", model.shape),
+        (n as u64).checked_mul(dim.saturating_mul(40)),
+        "use a smaller --n",
+    )
+}
+
+/// What a [`VelocityField`] is evaluated at.
+pub struct FieldInput<'a> {
+    /// The current samples, `[rows, dim]` (row-major examples; see [`FieldInput::examples`]).
+    pub z: &'a Tensor,
+    /// The time of every row, `[rows]`.
+    pub t: &'a Tensor,
+    /// The same time as a number.
+    pub time: f64,
+    /// One label per row (`classes` is the null class). With guidance the rows are the samples
+    /// twice: with their labels, then with the null label.
+    pub labels: &'a [u32],
+    /// The same labels on the GPU as f32 class numbers, `[rows]` (the form `Model::forward`
+    /// takes).
+    pub label_values: &'a Tensor,
+    /// The shape of one example (`[C, H, W]` or `[D]`).
+    pub example_shape: &'a [usize],
+}
+
+impl FieldInput<'_> {
+    /// Rows evaluated.
+    pub fn rows(&self) -> usize {
+        self.z.shape()[0]
+    }
+
+    /// The samples as examples, `[rows, C, H, W]` or `[rows, D]` (a view, no copy).
+    pub fn examples(&self) -> Result<Tensor> {
+        let mut shape = vec![self.rows()];
+        shape.extend(self.example_shape);
+        self.z.reshape(&shape)
+    }
+}
+
+/// Anything a [`Sampler`] can integrate: a function of `(z, t, labels)` whose output is a
+/// prediction (velocity, eps, v or x0) under a schedule.
+pub trait VelocityField {
+    /// The forward process the output refers to (its coefficients convert the output and move
+    /// the samples).
+    fn schedule(&self) -> Schedule;
+    /// What the output is.
+    fn prediction(&self) -> Prediction;
+    /// Number of classes (labels `0..classes`; `classes` is the null class); 0: unconditional.
+    fn classes(&self) -> usize;
+    /// The output at `input`, `[rows, dim]` (any shape with as many f32 elements is taken),
+    /// recorded on the GPU (nothing needs to be read back).
+    fn evaluate(&mut self, input: &FieldInput) -> Result<Tensor>;
+}
+
+impl<T: VelocityField + ?Sized> VelocityField for &mut T {
+    fn schedule(&self) -> Schedule {
+        (**self).schedule()
+    }
+    fn prediction(&self) -> Prediction {
+        (**self).prediction()
+    }
+    fn classes(&self) -> usize {
+        (**self).classes()
+    }
+    fn evaluate(&mut self, input: &FieldInput) -> Result<Tensor> {
+        (**self).evaluate(input)
+    }
+}
+
+impl<T: VelocityField + ?Sized> VelocityField for Box<T> {
+    fn schedule(&self) -> Schedule {
+        (**self).schedule()
+    }
+    fn prediction(&self) -> Prediction {
+        (**self).prediction()
+    }
+    fn classes(&self) -> usize {
+        (**self).classes()
+    }
+    fn evaluate(&mut self, input: &FieldInput) -> Result<Tensor> {
+        (**self).evaluate(input)
+    }
+}
+
+/// A velocity network with its weights.
+pub struct NetworkField<'a> {
+    model: &'a Model,
+    params: &'a Params,
+    schedule: Schedule,
+    prediction: Prediction,
+    classes: usize,
+}
+
+impl<'a> NetworkField<'a> {
+    /// `model` with weights `params`, trained under `schedule` to predict `prediction`, with
+    /// `classes` classes (0: unconditional).
+    pub fn new(
+        model: &'a Model,
+        params: &'a Params,
+        schedule: Schedule,
+        prediction: Prediction,
+        classes: usize,
+    ) -> NetworkField<'a> {
+        NetworkField {
+            model,
+            params,
+            schedule,
+            prediction,
+            classes,
+        }
+    }
+}
+
+impl VelocityField for NetworkField<'_> {
+    fn schedule(&self) -> Schedule {
+        self.schedule
+    }
+    fn prediction(&self) -> Prediction {
+        self.prediction
+    }
+    fn classes(&self) -> usize {
+        self.classes
+    }
+    fn evaluate(&mut self, input: &FieldInput) -> Result<Tensor> {
+        let mut tape = Tape::no_grad();
+        let t = tape.constant(input.t.clone());
+        let z = tape.constant(input.z.clone());
+        Ok(self
+            .model
+            .forward(&mut tape, self.params, &z, &t, input.label_values)?
+            .value()
+            .clone())
+    }
+}
+
+/// The exact marginal velocity of a data set (the Gaussian-mixture oracle with zero variance,
+/// `FlowKernels::oracle_velocity`): the minimiser of the flow-matching loss, so integrating it
+/// carries noise onto the data points. Unconditional.
+pub struct OracleField {
+    kernels: FlowKernels,
+    data: Tensor,
+}
+
+impl OracleField {
+    /// The oracle of `data` (`[K, ...]`: `K` examples, equal weights) under `schedule`.
+    pub fn new(schedule: Schedule, data: &Tensor) -> Result<OracleField> {
+        let k = data.shape().first().copied().unwrap_or(0);
+        ensure_shape!(
+            k > 0 && data.shape().len() >= 2,
+            "the oracle takes data [K, ...] with K >= 1 examples, got {:?}",
+            data.shape()
+        );
+        let dim = data.numel() / k;
+        let config = FlowConfig {
+            schedule,
+            ..FlowConfig::default()
+        };
+        Ok(OracleField {
+            kernels: FlowKernels::new(data.gpu(), config)?,
+            data: data.reshape(&[k, dim])?,
+        })
+    }
+}
+
+impl VelocityField for OracleField {
+    fn schedule(&self) -> Schedule {
+        self.kernels.config.schedule
+    }
+    fn prediction(&self) -> Prediction {
+        Prediction::Velocity
+    }
+    fn classes(&self) -> usize {
+        0
+    }
+    fn evaluate(&mut self, input: &FieldInput) -> Result<Tensor> {
+        self.kernels.oracle_velocity(input.z, input.t, &self.data)
+    }
+}
+
+/// A field computed by a closure of the host's: any function of the [`FieldInput`] that records
+/// its output on the GPU (its own kernels, a network of its own, a mix of fields).
+pub struct FnField<F> {
+    schedule: Schedule,
+    prediction: Prediction,
+    classes: usize,
+    f: F,
+}
+
+impl<F: FnMut(&FieldInput) -> Result<Tensor>> FnField<F> {
+    /// A closure whose output is `prediction` under `schedule`, for `classes` classes.
+    pub fn new(schedule: Schedule, prediction: Prediction, classes: usize, f: F) -> FnField<F> {
+        FnField {
+            schedule,
+            prediction,
+            classes,
+            f,
+        }
+    }
+
+    /// An unconditional closure returning the velocity `dz/dt` of rectified flow
+    /// (`z_t = (1 - t) x0 + t eps`).
+    pub fn velocity(f: F) -> FnField<F> {
+        FnField::new(Schedule::RectifiedFlow, Prediction::Velocity, 0, f)
+    }
+}
+
+impl<F: FnMut(&FieldInput) -> Result<Tensor>> VelocityField for FnField<F> {
+    fn schedule(&self) -> Schedule {
+        self.schedule
+    }
+    fn prediction(&self) -> Prediction {
+        self.prediction
+    }
+    fn classes(&self) -> usize {
+        self.classes
+    }
+    fn evaluate(&mut self, input: &FieldInput) -> Result<Tensor> {
+        (self.f)(input)
+    }
+}
+
 /// The affine maps of a prediction at `t`: `(x0_hat, eps_hat) = (p y + q z, r y + u z)`.
 fn affine(pred: Prediction, s: &Schedule, t: f64) -> [f64; 4] {
     let (p, r) = pred.to_x0_eps(s, 1.0, 0.0, t);
@@ -98,78 +415,156 @@ fn affine(pred: Prediction, s: &Schedule, t: f64) -> [f64; 4] {
     [p, q, r, u]
 }
 
-/// Draw samples `[n, dim]` from `model` with parameter values `params`.
-pub fn sample(
-    model: &Model,
-    params: &Params,
-    flow: &FlowKernels,
-    dim: usize,
-    null_label: u32,
-    opts: &SampleOptions,
-) -> Result<Tensor> {
-    opts.validate()?;
-    let gpu = params.values().gpu();
-    let n = opts.labels.len();
-    if n == 0 || opts.steps == 0 {
-        return Err(Error::Config(
-            "sampling needs at least one sample and one step".into(),
-        ));
-    }
-    let (schedule, pred) = (flow.config.schedule, flow.config.prediction);
-    let guided = opts.cfg != 1.0 && opts.labels.iter().any(|&l| l != null_label);
-    // Labels of the doubled batch: conditional, then null.
-    let mut labels: Vec<f32> = opts.labels.iter().map(|&l| l as f32).collect();
-    if guided {
-        labels.extend(std::iter::repeat_n(null_label as f32, n));
-    }
-    let labels = Tensor::from_slice(gpu, &[labels.len()], &labels)?;
-    let times: Vec<f64> = (0..=opts.steps)
-        .map(|i| shift(T_START * (1.0 - i as f64 / opts.steps as f64), opts.shift))
-        .collect();
+/// `alpha y + beta z`, a new tensor.
+fn combine(alpha: f64, y: &Tensor, beta: f64, z: &Tensor) -> Result<Tensor> {
+    let out = ops::scale(z, beta as f32)?;
+    ops::axpy(alpha as f32, y, &out)?;
+    Ok(out)
+}
 
-    // The network output at (z, t), guided.
-    let output = |z: &Tensor, t: f64| -> Result<Tensor> {
-        let mut tape = Tape::no_grad();
-        let zz = if guided {
-            let z3 = z.reshape(&[1, n, dim])?;
-            ops::concat_tokens(&z3, &z3)?.reshape(&[2 * n, dim])?
-        } else {
-            z.clone()
-        };
-        let rows = zz.shape()[0];
-        let tv = tape.constant(Tensor::full(gpu, &[rows], t as f32)?);
-        let zv = tape.constant(zz);
-        let y = model
-            .forward(&mut tape, params, &zv, &tv, &labels)?
-            .value()
-            .clone();
-        if !guided {
-            return Ok(y);
+/// Philox stream of the starting noise.
+pub const NOISE_STREAM: u32 = 7;
+
+/// The integration of a [`VelocityField`] from noise to samples, one ODE step at a time: the
+/// host calls [`Sampler::step`] once per frame (each is one submission that reads nothing back)
+/// and looks at [`Sampler::current`] whenever it likes. Stepping to the end gives exactly the
+/// samples [`sample`] (the one-shot loop over this object) gives for the same options.
+pub struct Sampler<F> {
+    field: F,
+    gpu: Gpu,
+    schedule: Schedule,
+    prediction: Prediction,
+    example_shape: Vec<usize>,
+    n: usize,
+    dim: usize,
+    /// Labels of the evaluated rows (with guidance: conditional, then null).
+    labels: Vec<u32>,
+    label_values: Tensor,
+    guided: bool,
+    cfg: f32,
+    solver: Solver,
+    clip_x0: Option<f32>,
+    times: Vec<f64>,
+    /// Steps taken.
+    taken: usize,
+    z: Tensor,
+}
+
+impl<F: VelocityField> Sampler<F> {
+    /// Start from noise drawn from `opts.seed` (see the module's notes): `opts.labels.len()`
+    /// samples of `example_shape` (`[C, H, W]` or `[D]`) on `gpu`.
+    pub fn start(
+        gpu: &Gpu,
+        field: F,
+        example_shape: &[usize],
+        opts: &SampleOptions,
+    ) -> Result<Sampler<F>> {
+        opts.validate()?;
+        let dim = example_dim(example_shape)?;
+        let n = opts.labels.len();
+        let elems = n
+            .checked_mul(dim)
+            .ok_or_else(|| Error::TooLarge(format!("{n} samples of shape {example_shape:?}")))?;
+        // The noise stream does not depend on the objective's settings.
+        let noise = FlowKernels::new(gpu, FlowConfig::default())?;
+        let eps = noise
+            .random_normal(gpu, elems, opts.seed, 0, NOISE_STREAM)?
+            .reshape(&[n, dim])?;
+        Sampler::begin(gpu, field, example_shape, dim, &eps, opts)
+    }
+
+    /// Start from the host's standard-normal noise `[n, ...example_shape]` (or `[n, dim]`), one
+    /// row per label; `opts.seed` is not used. The noise tensor is not modified.
+    pub fn start_from_noise(field: F, noise: &Tensor, opts: &SampleOptions) -> Result<Sampler<F>> {
+        opts.validate()?;
+        let n = opts.labels.len();
+        let rows = noise.shape().first().copied().unwrap_or(0);
+        ensure_shape!(
+            noise.dtype() == DType::F32 && noise.shape().len() >= 2 && rows == n,
+            "the starting noise must be f32 [n, ...] with one row per label ({n}), got {:?} {:?}",
+            noise.dtype(),
+            noise.shape()
+        );
+        let example_shape = noise.shape()[1..].to_vec();
+        let dim = example_dim(&example_shape)?;
+        let eps = noise.reshape(&[n, dim])?;
+        let gpu = noise.gpu().clone();
+        Sampler::begin(&gpu, field, &example_shape, dim, &eps, opts)
+    }
+
+    fn begin(
+        gpu: &Gpu,
+        field: F,
+        example_shape: &[usize],
+        dim: usize,
+        eps: &Tensor,
+        opts: &SampleOptions,
+    ) -> Result<Sampler<F>> {
+        let n = opts.labels.len();
+        let null = field.classes();
+        if let Some((i, &l)) = opts
+            .labels
+            .iter()
+            .enumerate()
+            .find(|(_, &l)| l as usize > null)
+        {
+            return Err(Error::Config(if null == 0 {
+                format!(
+                    "label {l} for sample {i}: the model is unconditional (every label must be 0)"
+                )
+            } else {
+                format!(
+                    "label {l} for sample {i}: the model has {null} classes (labels 0..{}, {null} \
+                     for the null class)",
+                    null - 1
+                )
+            }));
         }
-        let (yc, yu) = ops::split_tokens(&y.reshape(&[1, 2 * n, dim])?, n)?;
-        let (yc, yu) = (yc.reshape(&[n, dim])?, yu.reshape(&[n, dim])?);
-        // y = y_u + w (y_c - y_u) = w y_c + (1 - w) y_u
-        let out = ops::scale(&yc, opts.cfg)?;
-        ops::axpy(1.0 - opts.cfg, &yu, &out)?;
-        Ok(out)
-    };
-    // alpha y + beta z, a new tensor.
-    let combine = |alpha: f64, y: &Tensor, beta: f64, z: &Tensor| -> Result<Tensor> {
-        let out = ops::scale(z, beta as f32)?;
-        ops::axpy(alpha as f32, y, &out)?;
-        Ok(out)
-    };
-    // Start from z = b(t0) eps (the data's share a(t0) x0 is negligible there).
-    let eps = flow
-        .random_normal(gpu, n * dim, opts.seed, 0, 7)?
-        .reshape(&[n, dim])?;
-    let mut z = ops::scale(&eps, schedule.b(times[0]) as f32)?;
-    for (i, w) in times.windows(2).enumerate() {
-        let (t, s) = (w[0], w[1]);
-        let y = output(&z, t)?;
+        let null = null as u32;
+        let guided = opts.cfg != 1.0 && opts.labels.iter().any(|&l| l != null);
+        let mut labels = opts.labels.clone();
+        if guided {
+            labels.extend(std::iter::repeat_n(null, n));
+        }
+        let values: Vec<f32> = labels.iter().map(|&l| l as f32).collect();
+        let label_values = Tensor::from_slice(gpu, &[values.len()], &values)?;
+        let schedule = field.schedule();
+        let times = time_grid(opts.steps, opts.shift);
+        let z = ops::scale(eps, schedule.b(times[0]) as f32)?;
+        Ok(Sampler {
+            prediction: field.prediction(),
+            field,
+            gpu: gpu.clone(),
+            schedule,
+            example_shape: example_shape.to_vec(),
+            n,
+            dim,
+            labels,
+            label_values,
+            guided,
+            cfg: opts.cfg,
+            solver: opts.solver,
+            clip_x0: opts.clip_x0,
+            times,
+            taken: 0,
+            z,
+        })
+    }
+
+    /// Record the next ODE step and submit it (without waiting). Returns `false`, doing
+    /// nothing, once every step has been taken.
+    pub fn step(&mut self) -> Result<bool> {
+        if self.is_done() {
+            return Ok(false);
+        }
+        let (t, s) = (self.times[self.taken], self.times[self.taken + 1]);
+        let last = self.taken + 2 == self.times.len();
+        let (schedule, pred) = (self.schedule, self.prediction);
+        let z = self.z.clone();
+        let y = self.output(&z, t)?;
         let [p, q, r, u] = affine(pred, &schedule, t);
         let (a_s, b_s, _, _) = schedule.coefficients(s);
-        let euler = match opts.clip_x0 {
+        let euler = match self.clip_x0 {
             None => combine(a_s * p + b_s * r, &y, a_s * q + b_s * u, &z)?,
             Some(bound) => {
                 // z_s = a_s clamp(x0_hat) + b_s eps_hat
@@ -180,12 +575,11 @@ pub fn sample(
                 scaled
             }
         };
-        let last = i + 2 == times.len();
-        z = if opts.solver == Solver::Heun && !last {
+        self.z = if self.solver == Solver::Heun && !last {
             // Velocities at both ends: v = a' x0_hat + b' eps_hat.
             let (_, _, da, db) = schedule.coefficients(t);
             let v_t = combine(da * p + db * r, &y, da * q + db * u, &z)?;
-            let y2 = output(&euler, s)?;
+            let y2 = self.output(&euler, s)?;
             let [p2, q2, r2, u2] = affine(pred, &schedule, s);
             let (_, _, da2, db2) = schedule.coefficients(s);
             let v_s = combine(da2 * p2 + db2 * r2, &y2, da2 * q2 + db2 * u2, &euler)?;
@@ -196,6 +590,129 @@ pub fn sample(
         } else {
             euler
         };
+        self.taken += 1;
+        self.gpu.flush()?;
+        Ok(true)
     }
-    Ok(z)
+
+    /// The field's output at `(z, t)`, guided.
+    fn output(&mut self, z: &Tensor, t: f64) -> Result<Tensor> {
+        let (n, dim) = (self.n, self.dim);
+        let zz = if self.guided {
+            let z3 = z.reshape(&[1, n, dim])?;
+            ops::concat_tokens(&z3, &z3)?.reshape(&[2 * n, dim])?
+        } else {
+            z.clone()
+        };
+        let rows = zz.shape()[0];
+        let tv = Tensor::full(&self.gpu, &[rows], t as f32)?;
+        let input = FieldInput {
+            z: &zz,
+            t: &tv,
+            time: t,
+            labels: &self.labels,
+            label_values: &self.label_values,
+            example_shape: &self.example_shape,
+        };
+        let y = self.field.evaluate(&input)?;
+        ensure_shape!(
+            y.dtype() == DType::F32 && y.numel() == rows * dim,
+            "the velocity field returned {:?} {:?} for {rows} rows of {dim} values",
+            y.dtype(),
+            y.shape()
+        );
+        let y = y.reshape(&[rows, dim])?;
+        if !self.guided {
+            return Ok(y);
+        }
+        let (yc, yu) = ops::split_tokens(&y.reshape(&[1, 2 * n, dim])?, n)?;
+        let (yc, yu) = (yc.reshape(&[n, dim])?, yu.reshape(&[n, dim])?);
+        // y = y_u + w (y_c - y_u) = w y_c + (1 - w) y_u
+        let out = ops::scale(&yc, self.cfg)?;
+        ops::axpy(1.0 - self.cfg, &yu, &out)?;
+        Ok(out)
+    }
+
+    /// Steps taken so far.
+    pub fn steps_taken(&self) -> usize {
+        self.taken
+    }
+
+    /// Steps in all.
+    pub fn steps(&self) -> usize {
+        self.times.len() - 1
+    }
+
+    /// Whether every step has been taken.
+    pub fn is_done(&self) -> bool {
+        self.taken + 1 >= self.times.len()
+    }
+
+    /// The time the samples are at now (`t_0` before the first step, 0 at the end).
+    pub fn time(&self) -> f64 {
+        self.times[self.taken]
+    }
+
+    /// The time grid, `steps + 1` times from the start down to 0.
+    pub fn times(&self) -> &[f64] {
+        &self.times
+    }
+
+    /// The samples as they are now, `[n, ...example_shape]` (shares the sampler's buffer until
+    /// the next step replaces it).
+    pub fn current(&self) -> Result<Tensor> {
+        let mut shape = vec![self.n];
+        shape.extend(&self.example_shape);
+        self.z.reshape(&shape)
+    }
+
+    /// Whether the unconditional half of a doubled batch is evaluated (guidance weight other
+    /// than 1 and some label not the null class).
+    pub fn is_guided(&self) -> bool {
+        self.guided
+    }
+
+    /// The field being integrated.
+    pub fn field(&self) -> &F {
+        &self.field
+    }
+
+    /// Take every step left and return the samples `[n, ...example_shape]`.
+    pub fn finish(mut self) -> Result<Tensor> {
+        while self.step()? {}
+        self.current()
+    }
+}
+
+fn example_dim(shape: &[usize]) -> Result<usize> {
+    let dim = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    match dim {
+        Some(d) if d > 0 && !shape.is_empty() => Ok(d),
+        _ => Err(Error::Shape(format!(
+            "examples of shape {shape:?}: give [C, H, W] or [D] with every size at least 1"
+        ))),
+    }
+}
+
+/// Draw samples `[n, dim]` from `model` with parameter values `params`, trained with `flow`'s
+/// schedule and prediction, whose null label is `null_label` (its number of classes): a
+/// [`Sampler`] over a [`NetworkField`], stepped to the end.
+pub fn sample(
+    model: &Model,
+    params: &Params,
+    flow: &FlowKernels,
+    dim: usize,
+    null_label: u32,
+    opts: &SampleOptions,
+) -> Result<Tensor> {
+    let field = NetworkField::new(
+        model,
+        params,
+        flow.config.schedule,
+        flow.config.prediction,
+        null_label as usize,
+    );
+    let gpu = params.values().gpu();
+    let z = Sampler::start(gpu, field, &[dim], opts)?.finish()?;
+    z.reshape(&[opts.labels.len(), dim])
 }

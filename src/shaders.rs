@@ -29,6 +29,7 @@ shader!(FLOW, "flow", wgpu::Features::empty());
 shader!(MATMUL, "matmul", wgpu::Features::empty());
 shader!(MATMUL_SUBGROUP, "matmul_subgroup", wgpu::Features::SUBGROUP);
 shader!(CAST, "cast", wgpu::Features::SHADER_F16);
+shader!(TEXTURE, "texture", wgpu::Features::empty());
 
 /// Every shader, for validation tests.
 pub static ALL: &[&Shader] = &[
@@ -45,4 +46,5 @@ pub static ALL: &[&Shader] = &[
     &ATTENTION_SUBGROUP,
     &OPTIM,
     &FLOW,
+    &TEXTURE,
 ];

@@ -1,6 +1,9 @@
 //! Tensors: row-major, contiguous data in a pooled storage buffer, described by a shape, a dtype
 //! and a byte offset (so a tensor can be a view into a larger buffer, such as the flat parameter
-//! buffer). Upload and download convert between host `f32` and the stored dtype.
+//! buffer). Upload and download convert between host `f32` and the stored dtype; a host's own
+//! wgpu buffers exchange data with tensors on the GPU ([`Tensor::buffer`],
+//! [`Tensor::copy_to_buffer`], [`Tensor::copy_from_buffer`]).
+#![warn(missing_docs)]
 
 use crate::error::{ensure_shape, Error, Result};
 use crate::gpu::{Gpu, Storage};
@@ -10,12 +13,14 @@ use std::sync::Arc;
 /// Element type stored on the GPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {
+    /// 32-bit IEEE float: what every compute kernel works in.
     F32,
     /// Half precision; needs the device feature `SHADER_F16`.
     F16,
 }
 
 impl DType {
+    /// Bytes per element.
     pub fn size(self) -> u64 {
         match self {
             DType::F32 => 4,
@@ -189,15 +194,19 @@ impl Tensor {
         })
     }
 
+    /// The shape, outermost dimension first.
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
+    /// The element type stored on the GPU.
     pub fn dtype(&self) -> DType {
         self.dtype
     }
+    /// Number of elements.
     pub fn numel(&self) -> usize {
         numel(&self.shape)
     }
+    /// The context the tensor lives on.
     pub fn gpu(&self) -> &Gpu {
         &self.gpu
     }
@@ -214,6 +223,62 @@ impl Tensor {
         self.offset
     }
 
+    /// The wgpu buffer that holds this tensor's data: [`Tensor::byte_len`] bytes at
+    /// [`Tensor::byte_offset`] (row-major, the dtype's little-endian values), with usage
+    /// `STORAGE | COPY_SRC | COPY_DST`, so a host can bind it or copy from it in its own passes.
+    ///
+    /// The buffer belongs to the context's pool: it holds this tensor's data while the tensor
+    /// (or a clone of it) lives, and is handed to other tensors afterwards; it may be larger
+    /// than the tensor, and other views may share it. Work rectiflow has recorded is submitted
+    /// by [`Gpu::flush`]: call it before submitting the host's own work on the buffer, so the
+    /// queue runs them in that order.
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        self.storage.buffer()
+    }
+
+    /// Copy this tensor's bytes into a host-owned buffer at `offset`, on the GPU (no round trip
+    /// through the CPU): rectiflow's pending work is submitted first, then the copy, so the
+    /// copy sees every result recorded before it. `dst` needs `COPY_DST` usage; the offset and
+    /// the tensor's byte length must be multiples of 4, and the bytes must fit.
+    pub fn copy_to_buffer(&self, dst: &wgpu::Buffer, offset: u64) -> Result<()> {
+        let size = self.byte_len();
+        check_copy(
+            "copy_to_buffer: the destination",
+            dst,
+            wgpu::BufferUsages::COPY_DST,
+            offset,
+            size,
+        )?;
+        let (src, src_offset) = (self.storage.buffer(), self.offset);
+        submit_copy(&self.gpu, src, src_offset, dst, offset, size)
+    }
+
+    /// A new f32 tensor of `shape` holding a copy, made on the GPU, of the values at `offset`
+    /// of a host-owned buffer (`COPY_SRC` usage; offset a multiple of 4). Rectiflow's pending
+    /// work is submitted first, then the copy; the host's writes to `src` submitted before this
+    /// call are seen.
+    pub fn copy_from_buffer(
+        gpu: &Gpu,
+        src: &wgpu::Buffer,
+        offset: u64,
+        shape: &[usize],
+    ) -> Result<Tensor> {
+        let elems = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64));
+        let Some(size) = elems.and_then(|n| n.checked_mul(4)) else {
+            return Err(Error::TooLarge(format!("a tensor of shape {shape:?}")));
+        };
+        check_copy(
+            "copy_from_buffer: the source",
+            src,
+            wgpu::BufferUsages::COPY_SRC,
+            offset,
+            size,
+        )?;
+        let t = Tensor::uninit(gpu, shape, DType::F32)?;
+        submit_copy(gpu, src, offset, t.storage.buffer(), t.offset, size)?;
+        Ok(t)
+    }
+
     /// This tensor as a kernel binding: (buffer, byte offset, byte size).
     pub(crate) fn binding(&self) -> (&Arc<Storage>, u64, u64) {
         (&self.storage, self.offset, self.byte_len())
@@ -227,5 +292,66 @@ impl Tensor {
     /// Whether the byte offset allows 16-byte (vec4) access.
     pub(crate) fn vec4_aligned(&self) -> bool {
         self.offset.is_multiple_of(16)
+    }
+}
+
+/// Refuse a copy the buffer cannot take: the usage it needs, wgpu's 4-byte alignment, and the
+/// bytes it holds.
+fn check_copy(
+    what: &str,
+    buffer: &wgpu::Buffer,
+    usage: wgpu::BufferUsages,
+    offset: u64,
+    size: u64,
+) -> Result<()> {
+    if !buffer.usage().contains(usage) {
+        return Err(Error::Config(format!(
+            "{what} buffer has usage {:?}; create it with {usage:?}",
+            buffer.usage()
+        )));
+    }
+    let align = wgpu::COPY_BUFFER_ALIGNMENT;
+    if !offset.is_multiple_of(align) || !size.is_multiple_of(align) {
+        return Err(Error::Shape(format!(
+            "{what}: offset {offset} and size {size} must be multiples of {align} bytes"
+        )));
+    }
+    if offset
+        .checked_add(size)
+        .is_none_or(|end| end > buffer.size())
+    {
+        return Err(Error::Shape(format!(
+            "{what}: {size} bytes at offset {offset} run past the buffer's {} bytes",
+            buffer.size()
+        )));
+    }
+    Ok(())
+}
+
+/// Submit rectiflow's pending work, then one buffer-to-buffer copy in a submission of its own.
+fn submit_copy(
+    gpu: &Gpu,
+    src: &wgpu::Buffer,
+    src_offset: u64,
+    dst: &wgpu::Buffer,
+    dst_offset: u64,
+    size: u64,
+) -> Result<()> {
+    gpu.flush()?;
+    if size == 0 {
+        return Ok(());
+    }
+    let device = gpu.device();
+    let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+        label: Some("rectiflow copy"),
+    });
+    encoder.copy_buffer_to_buffer(src, src_offset, dst, dst_offset, size);
+    gpu.queue().submit([encoder.finish()]);
+    match pollster::block_on(scope.pop()) {
+        Some(e) => Err(Error::Gpu(format!(
+            "copying {size} bytes between buffers: {e}"
+        ))),
+        None => Ok(()),
     }
 }

@@ -6,7 +6,8 @@
 
 use rand::{Rng, SeedableRng};
 use rectiflow::checkpoint::Checkpoint;
-use rectiflow::data;
+use rectiflow::data::{self, DataSpec};
+use rectiflow::flow::{Prediction, Schedule, TimeSampler};
 use rectiflow::limits::Budget;
 use rectiflow::nn::ModelConfig;
 use rectiflow::train::{open_checkpoint, TrainConfig};
@@ -84,7 +85,7 @@ fn temp_dir(name: &str) -> PathBuf {
 /// A valid checkpoint of a tiny class-conditional DiT on 8x8 images, built on the host.
 fn base_checkpoint() -> (Vec<u8>, TrainConfig) {
     let config = TrainConfig {
-        data: "digits".into(),
+        data: DataSpec::Digits,
         model: ModelConfig {
             kind: "dit".into(),
             width: 16,
@@ -95,10 +96,10 @@ fn base_checkpoint() -> (Vec<u8>, TrainConfig) {
             classes: 10,
             context_dim: 0,
         },
-        schedule: "rf".into(),
-        prediction: "velocity".into(),
+        schedule: Schedule::RectifiedFlow,
+        prediction: Prediction::Velocity,
         weighting: None,
-        t_sampler: "lognorm:0,1".into(),
+        t_sampler: TimeSampler::LogNormal { m: 0.0, s: 1.0 },
         steps: 100,
         batch: 16,
         lr: 1e-3,

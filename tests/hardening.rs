@@ -5,7 +5,8 @@ mod common;
 
 use common::gpu;
 use rectiflow::checkpoint::Checkpoint;
-use rectiflow::data::{self, Dataset};
+use rectiflow::data::{self, DataSpec, Dataset, Toy};
+use rectiflow::flow::{Prediction, Schedule, TimeSampler};
 use rectiflow::nn::ModelConfig;
 use rectiflow::rundir::RunLock;
 use rectiflow::train::{TrainConfig, Trainer};
@@ -295,7 +296,7 @@ fn idx_sizes_are_checked_before_allocating() {
     write_idx(&zero, 2051, &[5, 0, 28], &[]);
     let e = err(&zero, 1 << 30);
     assert!(
-        matches!(e, Error::Io(_)) && e.to_string().contains("zero"),
+        matches!(e, Error::Data(_)) && e.to_string().contains("zero"),
         "{e}"
     );
 
@@ -525,7 +526,7 @@ fn devices_and_lying_headers_are_not_read() {
 
 fn toy_config(width: usize) -> TrainConfig {
     TrainConfig {
-        data: "toy:moons".into(),
+        data: DataSpec::Toy(Toy::Moons),
         model: ModelConfig {
             kind: "mlp".into(),
             width,
@@ -536,10 +537,10 @@ fn toy_config(width: usize) -> TrainConfig {
             classes: 0,
             context_dim: 0,
         },
-        schedule: "rf".into(),
-        prediction: "velocity".into(),
+        schedule: Schedule::RectifiedFlow,
+        prediction: Prediction::Velocity,
         weighting: None,
-        t_sampler: "uniform".into(),
+        t_sampler: TimeSampler::Uniform,
         steps: 10,
         batch: 16,
         lr: 1e-3,

@@ -4,7 +4,8 @@ mod common;
 
 use common::gpu;
 use rectiflow::checkpoint::Checkpoint;
-use rectiflow::data::{self, Dataset};
+use rectiflow::data::{self, DataSpec, Dataset};
+use rectiflow::flow::{Prediction, Schedule, TimeSampler};
 use rectiflow::nn::ModelConfig;
 use rectiflow::output::npy_header;
 use rectiflow::sample::{sample, SampleOptions, Solver};
@@ -13,7 +14,7 @@ use std::path::PathBuf;
 
 fn config(data: &Dataset, kind: &str, width: usize) -> TrainConfig {
     TrainConfig {
-        data: data.name.clone(),
+        data: DataSpec::parse(&data.name).unwrap(),
         model: ModelConfig {
             kind: kind.into(),
             width,
@@ -24,10 +25,10 @@ fn config(data: &Dataset, kind: &str, width: usize) -> TrainConfig {
             classes: data.classes,
             context_dim: 0,
         },
-        schedule: "rf".into(),
-        prediction: "velocity".into(),
+        schedule: Schedule::RectifiedFlow,
+        prediction: Prediction::Velocity,
         weighting: None,
-        t_sampler: "uniform".into(),
+        t_sampler: TimeSampler::Uniform,
         steps: 100,
         batch: 64,
         lr: 3e-3,

@@ -12,6 +12,7 @@ mod modulate;
 mod norm;
 mod optim;
 mod reduce;
+pub mod texture;
 
 pub use attention::{attention, attention_backward, MAX_HEAD_DIM};
 pub use cast::{to_f16, to_f32};

@@ -1,0 +1,19 @@
+//! The command line's commands: flags, their parsing into the library's typed settings (each
+//! checked before anything is written), progress bars and printing. The work itself is the
+//! library's: [`rectiflow::train::Run`] for `train`, [`rectiflow::Pipeline`] for `sample`,
+//! [`rectiflow::eval`] for `eval`.
+
+mod sample;
+mod train;
+
+pub use sample::{eval, sample, EvalArgs, SampleArgs};
+pub use train::{train, TrainArgs};
+
+/// How a command ended (for the exit code).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunEnd {
+    /// It did all it was asked.
+    Finished,
+    /// A signal (its number: SIGINT 2, SIGTERM 15) stopped it after a checkpoint was saved.
+    Interrupted(i32),
+}

@@ -1,0 +1,210 @@
+//! `rectiflow sample` and `rectiflow eval`: a [`Pipeline`] loaded from a checkpoint, the
+//! sampling flags into [`SampleOptions`], and the results written or printed.
+
+use clap::Args;
+use rectiflow::eval::{default_count, evaluate, load_data};
+use rectiflow::limits::Budget;
+use rectiflow::sample::check_sample_count;
+use rectiflow::{
+    output, Error, Gpu, Pipeline, Result, SampleOptions, Solver, TrainConfig, Weights,
+};
+use std::path::{Path, PathBuf};
+
+/// How samples are drawn (shared by `sample` and `eval`).
+#[derive(Args, Debug)]
+pub struct SamplingArgs {
+    /// A checkpoint written by `rectiflow train` (RUN/checkpoint.safetensors).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Sampling steps.
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    /// euler | heun
+    #[arg(long, default_value = "euler")]
+    solver: String,
+    /// Classifier-free guidance weight (1: none).
+    #[arg(long, default_value_t = 2.0, allow_negative_numbers = true)]
+    cfg: f32,
+    /// Time-grid shift alpha (1: none).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    shift: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Use the EMA weights.
+    #[arg(long)]
+    ema: bool,
+    /// Clamp the predicted x0 to [-V, V] at each step (0: never). Default: the data range for
+    /// eps-prediction, whose x0 = (z - b eps) / a is ill-conditioned near t = 1; off otherwise.
+    #[arg(long, allow_negative_numbers = true)]
+    clip_x0: Option<f32>,
+}
+
+impl SamplingArgs {
+    fn options(&self, labels: Vec<u32>, config: &TrainConfig) -> Result<SampleOptions> {
+        let opts = SampleOptions {
+            steps: self.steps,
+            solver: Solver::parse(&self.solver)?,
+            cfg: self.cfg,
+            shift: self.shift,
+            labels,
+            seed: self.seed,
+            clip_x0: match self.clip_x0 {
+                Some(0.0) => None,
+                Some(v) => Some(v),
+                None => config.default_clip_x0(),
+            },
+        };
+        opts.validate()?;
+        Ok(opts)
+    }
+
+    /// Check the flags before anything is loaded (the checkpoint's own settings come later).
+    fn check(&self) -> Result<()> {
+        SampleOptions {
+            steps: self.steps,
+            solver: Solver::parse(&self.solver)?,
+            cfg: self.cfg,
+            shift: self.shift,
+            labels: vec![0],
+            seed: self.seed,
+            clip_x0: self.clip_x0.filter(|&v| v != 0.0),
+        }
+        .validate()
+    }
+
+    fn weights(&self) -> Weights {
+        if self.ema {
+            Weights::Ema
+        } else {
+            Weights::Raw
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct SampleArgs {
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// Number of samples (default: 100 for images, 5000 for points).
+    #[arg(long)]
+    n: Option<usize>,
+    /// Labels, comma-separated, cycled over the samples (default: 0, 1, ..., classes - 1).
+    #[arg(long)]
+    labels: Option<String>,
+    /// The PNG to write; samples.npy and labels.npy go beside it.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// Samples to measure, at least 2 (default: 500 images, 5000 points).
+    #[arg(long)]
+    n: Option<usize>,
+    /// Where to write the JSON (default: eval.json beside the checkpoint).
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// The refusal of samples that are not finite, naming the checkpoint.
+fn diverged(why: &str, checkpoint: &Path) -> Error {
+    Error::NonFinite(format!(
+        "{why}: the model in {} diverges when sampled (was it trained with too high a learning \
+         rate?); nothing was written",
+        checkpoint.display()
+    ))
+}
+
+pub fn sample(a: SampleArgs) -> Result<()> {
+    a.sampling.check()?;
+    let gpu = Gpu::new()?;
+    let budget = Budget::of(&gpu);
+    let pipe = Pipeline::load(&gpu, &a.sampling.checkpoint, a.sampling.weights())?;
+    let classes = pipe.classes();
+    let image = pipe.example_shape().len() == 3;
+    let n = a.n.unwrap_or(if image { 100 } else { 5000 });
+    // Sized before the labels (or anything else that large) are allocated.
+    check_sample_count(pipe.model_config(), n, &budget)?;
+    let labels: Vec<u32> = match (&a.labels, classes) {
+        (_, 0) => vec![0; n],
+        (Some(text), _) => {
+            let given: Vec<u32> = text
+                .split(',')
+                .map(|v| v.trim().parse::<u32>().ok().filter(|&l| l as usize <= classes))
+                .collect::<Option<_>>()
+                .ok_or_else(|| {
+                    Error::Config(format!(
+                        "--labels {text:?}: give comma-separated classes 0..{} ({classes} is the null class)",
+                        classes - 1
+                    ))
+                })?;
+            (0..n).map(|i| given[i % given.len()]).collect()
+        }
+        (None, _) => pipe.labels(n),
+    };
+    let opts = a.sampling.options(labels.clone(), pipe.config())?;
+    let z = pipe.sample(&opts)?.to_vec()?;
+    let bad = z.iter().filter(|v| !v.is_finite()).count();
+    if bad > 0 {
+        let why = format!(
+            "{bad} of the {} values of the {n} samples are NaN or infinite",
+            z.len()
+        );
+        return Err(diverged(&why, &a.sampling.checkpoint));
+    }
+    output::write_samples(&a.out, pipe.example_shape(), &z, &labels)?;
+    println!(
+        "wrote {} samples to {} (and samples.npy, labels.npy beside it)",
+        n,
+        a.out.display()
+    );
+    Ok(())
+}
+
+pub fn eval(a: EvalArgs) -> Result<()> {
+    a.sampling.check()?;
+    if let Some(n) = a.n.filter(|&n| n < 2) {
+        return Err(Error::Config(format!(
+            "--n {n}: eval needs at least 2 samples (MMD and covariances compare pairs)"
+        )));
+    }
+    let gpu = Gpu::new()?;
+    let budget = Budget::of(&gpu);
+    let ckpt = &a.sampling.checkpoint;
+    let pipe = Pipeline::load(&gpu, ckpt, a.sampling.weights())?;
+    let data = load_data(&pipe, &ckpt.display().to_string())?;
+    let n = a.n.unwrap_or(default_count(&data));
+    check_sample_count(pipe.model_config(), n, &budget)?;
+    let opts = a.sampling.options(pipe.labels(n), pipe.config())?;
+    let report = evaluate(&pipe, &data, &opts).map_err(|e| match e {
+        Error::NonFinite(why) => Error::NonFinite(format!("{}: {why}", ckpt.display())),
+        e => e,
+    })?;
+    println!("{:<40} {:>12} {:>16}", "metric", "value", "real vs real");
+    for m in &report.metrics {
+        println!(
+            "{:<40} {:>12.4} {:>16}",
+            m.metric,
+            m.value,
+            m.real_vs_real.map_or("-".into(), |f| format!("{f:.4}"))
+        );
+    }
+    if let Some(note) = &report.note {
+        println!("({note})");
+    }
+    let json = serde_json::json!({
+        "checkpoint": ckpt.display().to_string(),
+        "steps": a.sampling.steps, "solver": a.sampling.solver, "cfg": a.sampling.cfg, "n": n, "ema": a.sampling.ema,
+        "metrics": report.metrics,
+    });
+    let path = a
+        .json
+        .clone()
+        .unwrap_or_else(|| ckpt.with_file_name("eval.json"));
+    let text = serde_json::to_string_pretty(&json).expect("the report serialises");
+    output::write_atomically(&[(&path, text.as_bytes())])?;
+    println!("wrote {}", path.display());
+    Ok(())
+}

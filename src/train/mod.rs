@@ -1,0 +1,452 @@
+//! Training. A [`Trainer`] holds a model, its optimiser and (optionally) its data on the GPU;
+//! one step is one submission — a batch gathered on the GPU ([`Trainer::step`]) or brought by
+//! the host ([`Trainer::step_on`]), noised by the flow kernel, the network on the tape, the
+//! fused weighted loss, backward, AdamW with clipping and EMA — with nothing read back; the loss
+//! stays on the GPU until someone reads it.
+//!
+//! A configuration ([`TrainConfig`], typed, in [`config`]) is validated and sized against the
+//! device before a [`Trainer`] allocates anything, and a checkpoint is opened for use by
+//! [`open_checkpoint`], which checks its configuration and tensors the same way.
+//! [`Trainer::check_finite`] is the guard run before a checkpoint is written. The run loop of
+//! the command line (run directory and its lock, checkpoint cadence, sample grids, NaN stop,
+//! resume, signals, progress) is [`Run`], in [`mod@run`]; [`fit()`] is the plain supervised loop the
+//! evaluation's classifier is trained with.
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod fit;
+pub mod run;
+
+pub use config::{Footprint, ModelKind, TrainConfig, MAX_BATCH};
+pub use fit::{fit, FitOptions};
+pub use run::{Change, Event, Resumable, Run, RunEnd, RunOptions, StopHandle, Summary};
+
+use crate::autograd::Tape;
+use crate::checkpoint::{join_flat, split_flat, Checkpoint};
+use crate::data::{Dataset, GpuDataset};
+use crate::error::{Error, Result};
+use crate::limits::Budget;
+use crate::nn::Model;
+use crate::ops::flow::FlowKernels;
+use crate::optim::AdamW;
+use crate::params::{Init, Params, ParamsBuilder};
+use crate::tensor::{DType, Tensor};
+use crate::Gpu;
+use std::path::Path;
+
+/// Read a checkpoint for use: the file checked ([`Checkpoint::load_within`], bounded by the host
+/// budget), its configuration parsed, validated and sized against `budget`, and its tensors
+/// matched by name and shape to the model that configuration describes — all before anything
+/// the size of the model is allocated.
+pub fn open_checkpoint(path: &Path, budget: &Budget) -> Result<(Checkpoint, TrainConfig)> {
+    let ck = Checkpoint::load_within(path, budget.host_bytes / 2)?;
+    let config = TrainConfig::from_json(&ck.config).map_err(|e| {
+        Error::Config(format!(
+            "{}: the checkpoint's configuration: {}",
+            path.display(),
+            e.to_string().trim_start_matches("invalid setting: ")
+        ))
+    })?;
+    let at = |e: Error| match e {
+        Error::Config(m) => Error::Config(format!(
+            "{}: the checkpoint's configuration is not usable: {m}",
+            path.display()
+        )),
+        Error::TooLarge(m) => Error::TooLarge(format!(
+            "{}: the model in the checkpoint's configuration does not fit: {m}",
+            path.display()
+        )),
+        other => other,
+    };
+    config.check_fits(budget).map_err(at)?;
+    let layout = config.model.layout().map_err(at)?;
+    let mismatch = |why: String| {
+        Error::Checkpoint(format!(
+            "{}: the checkpoint's tensors do not match the model its configuration describes: {why}",
+            path.display()
+        ))
+    };
+    for spec in layout.specs() {
+        match ck.params.get(&spec.name) {
+            Some((shape, _)) if *shape == spec.shape => {}
+            Some((shape, _)) => {
+                return Err(mismatch(format!(
+                    "{} has shape {shape:?}, the model needs {:?}",
+                    spec.name, spec.shape
+                )))
+            }
+            None => return Err(mismatch(format!("there is no {}", spec.name))),
+        }
+    }
+    let unknown = |names: Vec<&String>| {
+        names
+            .into_iter()
+            .find(|n| !layout.specs().iter().any(|s| &s.name == *n))
+            .cloned()
+    };
+    if let Some(extra) = unknown(ck.params.keys().collect()) {
+        return Err(mismatch(format!("{extra} is not in the model")));
+    }
+    for (role, values) in [
+        ("ema", &ck.ema),
+        ("adam.m", &ck.adam_m),
+        ("adam.v", &ck.adam_v),
+    ] {
+        for spec in layout.specs() {
+            let want: usize = spec.shape.iter().product();
+            match values.get(&spec.name) {
+                Some(v) if v.len() == want => {}
+                Some(v) => {
+                    return Err(mismatch(format!(
+                        "{role}.{} has {} values, the model needs {want}",
+                        spec.name,
+                        v.len()
+                    )))
+                }
+                None => return Err(mismatch(format!("there is no {role}.{}", spec.name))),
+            }
+        }
+        if let Some(extra) = unknown(values.keys().collect()) {
+            return Err(mismatch(format!("{role}.{extra} is not in the model")));
+        }
+    }
+    Ok((ck, config))
+}
+
+/// The model of `config` with its parameters allocated but not initialised at random (zeros):
+/// for weights that are about to be overwritten from a checkpoint.
+pub(crate) fn model_for_loading(gpu: &Gpu, config: &TrainConfig) -> Result<(Model, Params)> {
+    let mut declared = ParamsBuilder::new();
+    let model = Model::build(&config.model, &mut declared)?;
+    // The same names and shapes in the same order give the same layout (and parameter ids).
+    let mut zeros = ParamsBuilder::new();
+    for spec in declared.specs() {
+        zeros.add(spec.name.clone(), &spec.shape, Init::Zeros);
+    }
+    debug_assert!(zeros
+        .specs()
+        .iter()
+        .zip(declared.specs())
+        .all(|(a, b)| a.offset == b.offset));
+    Ok((model, zeros.build(gpu, 0)?))
+}
+
+/// A model in training, with its data on the GPU (if it has a data set of its own).
+pub struct Trainer {
+    /// The run's configuration.
+    pub config: TrainConfig,
+    /// The network.
+    pub model: Model,
+    /// Its weights and gradients (one flat buffer each).
+    pub params: Params,
+    /// AdamW's state: moments and the EMA of the weights.
+    pub opt: AdamW,
+    /// The objective's kernels (forward process, weighted loss).
+    pub flow: FlowKernels,
+    data: Option<GpuDataset>,
+    /// Steps taken.
+    pub step: u64,
+    /// The last step's mean loss `[1]`, per-sample losses and times `[B]`, on the GPU.
+    pub last: Option<(Tensor, Tensor, Tensor)>,
+}
+
+impl Trainer {
+    /// A fresh model for `config` on `data` (uploaded once). The configuration is validated and
+    /// sized against the device first, and the data checked against it.
+    pub fn new(gpu: &Gpu, config: TrainConfig, data: &Dataset) -> Result<Trainer> {
+        config.check_fits(&Budget::of(gpu))?;
+        check_data(&config, data)?;
+        let mut tr = Trainer::fresh(gpu, config)?;
+        tr.attach(gpu, data)?;
+        Ok(tr)
+    }
+
+    /// A fresh model for `config` with no data set of its own: it trains on the batches the
+    /// program brings ([`Trainer::step_on`]).
+    pub fn without_data(gpu: &Gpu, config: TrainConfig) -> Result<Trainer> {
+        config.check_fits(&Budget::of(gpu))?;
+        Trainer::fresh(gpu, config)
+    }
+
+    fn fresh(gpu: &Gpu, config: TrainConfig) -> Result<Trainer> {
+        let flow = FlowKernels::new(gpu, config.flow())?;
+        let mut builder = ParamsBuilder::new();
+        let model = Model::build(&config.model, &mut builder)?;
+        let params = builder.build(gpu, config.seed)?;
+        Trainer::assemble(config, model, params, flow)
+    }
+
+    pub(crate) fn assemble(
+        config: TrainConfig,
+        model: Model,
+        params: Params,
+        flow: FlowKernels,
+    ) -> Result<Trainer> {
+        let opt = AdamW::new(&params, config.adamw())?;
+        Ok(Trainer {
+            config,
+            model,
+            params,
+            opt,
+            flow,
+            data: None,
+            step: 0,
+            last: None,
+        })
+    }
+
+    /// Continue the run of the checkpoint at `path` (weights, EMA, moments and step restored,
+    /// nothing initialised at random), on `data` if given (it must match the configuration)
+    /// or on the batches the program brings.
+    pub fn from_checkpoint(gpu: &Gpu, path: &Path, data: Option<&Dataset>) -> Result<Trainer> {
+        let (ck, config) = open_checkpoint(path, &Budget::of(gpu))?;
+        if let Some(data) = data {
+            check_data(&config, data)?;
+        }
+        let flow = FlowKernels::new(gpu, config.flow())?;
+        let (model, params) = model_for_loading(gpu, &config)?;
+        let mut tr = Trainer::assemble(config, model, params, flow)?;
+        tr.restore(&ck, path)?;
+        if let Some(data) = data {
+            tr.attach(gpu, data)?;
+        }
+        Ok(tr)
+    }
+
+    /// Upload `data` (already checked against the configuration) as the trainer's own.
+    pub(crate) fn attach(&mut self, gpu: &Gpu, data: &Dataset) -> Result<()> {
+        let null = self.config.model.classes as u32;
+        self.data = Some(GpuDataset::upload(gpu, data, null)?);
+        Ok(())
+    }
+
+    /// The context the model lives on.
+    pub fn gpu(&self) -> &Gpu {
+        self.params.values().gpu()
+    }
+
+    /// Record one training step on a batch drawn from the trainer's data set and submit it
+    /// (without waiting).
+    pub fn step(&mut self) -> Result<()> {
+        let Some(data) = &self.data else {
+            return Err(Error::Config(
+                "this trainer has no data set of its own (made with Trainer::without_data): \
+                 bring each batch with Trainer::step_on"
+                    .into(),
+            ));
+        };
+        let (x0, labels) = data.batch(self.config.batch, self.config.seed, self.step as u32)?;
+        self.step_with(&x0, Some(&labels))
+    }
+
+    /// Record one training step on a batch the program brings and submit it (without waiting):
+    /// `batch` `[B, C, H, W]` for images or `[B, D]` for points (f32, any `B` the device holds;
+    /// `[B, C * H * W]` is taken too), and one label per example (`0..classes`, or `classes`
+    /// itself for an example without a class), or `None` for unlabelled examples. Label dropout,
+    /// the time and the noise are drawn as for [`Trainer::step`], from the run's seed and the
+    /// step number.
+    pub fn step_on(&mut self, batch: &Tensor, labels: Option<&[u32]>) -> Result<()> {
+        let shape = &self.config.model.shape;
+        let dim: usize = shape.iter().product();
+        let b = batch.shape().first().copied().unwrap_or(0);
+        let images = batch.shape().len() == shape.len() + 1 && batch.shape()[1..] == shape[..];
+        let flat = batch.shape() == [b, dim];
+        if batch.dtype() != DType::F32 || b == 0 || !(images || flat) {
+            return Err(Error::Shape(format!(
+                "step_on takes a batch of f32 examples [B, {}] with B >= 1, got {:?} {:?}",
+                shape
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                batch.dtype(),
+                batch.shape()
+            )));
+        }
+        if b > MAX_BATCH {
+            return Err(Error::Config(format!(
+                "a batch of {b} examples: use at most {MAX_BATCH}"
+            )));
+        }
+        Budget::of(self.gpu()).check_tensor(
+            &format!("a batch of {b} examples: the model's largest activation"),
+            self.config.model.activation_elems(b),
+            "bring smaller batches",
+        )?;
+        let classes = self.config.model.classes;
+        let labels = match labels {
+            None => None,
+            Some(l) => {
+                if l.len() != b {
+                    return Err(Error::Shape(format!(
+                        "step_on: {} labels for a batch of {b} examples",
+                        l.len()
+                    )));
+                }
+                if let Some((i, &bad)) = l.iter().enumerate().find(|(_, &v)| v as usize > classes) {
+                    return Err(Error::Data(format!(
+                        "step_on: example {i} has label {bad}, but the model has {classes} \
+                         classes (labels 0..{classes}, {classes} for an example without a class)"
+                    )));
+                }
+                let values: Vec<f32> = l.iter().map(|&v| v as f32).collect();
+                Some(Tensor::from_slice(self.gpu(), &[b], &values)?)
+            }
+        };
+        let x0 = batch.reshape(&[b, dim])?;
+        self.step_with(&x0, labels.as_ref())
+    }
+
+    /// One step on `x0` `[B, dim]` with labels `[B]` (f32 class numbers; `None`: the null class).
+    fn step_with(&mut self, x0: &Tensor, labels: Option<&Tensor>) -> Result<()> {
+        let (seed, step) = (self.config.seed, self.step as u32);
+        self.params.zero_grads()?;
+        let noised = self.flow.forward_process(x0, labels, seed, step)?;
+        let mut tape = Tape::new();
+        let z = tape.constant(noised.z);
+        let t = tape.constant(noised.t.clone());
+        let out = self
+            .model
+            .forward(&mut tape, &self.params, &z, &t, &noised.labels)?;
+        let loss = self.flow.loss(out.value(), &noised.target, &noised.t)?;
+        tape.backward_with(&out, loss.grad)?;
+        self.opt.step(&self.params)?;
+        self.last = Some((loss.loss, loss.per_sample, noised.t));
+        self.step += 1;
+        self.params.values().gpu().flush()
+    }
+
+    /// The last step's mean loss (waits for the GPU).
+    pub fn read_loss(&self) -> Result<f32> {
+        match &self.last {
+            Some((loss, _, _)) => Ok(loss.to_vec()?[0]),
+            None => Err(Error::Config("no step taken yet".into())),
+        }
+    }
+
+    /// The parameters with the EMA weights as values (sharing the optimiser's EMA buffer).
+    pub fn ema_params(&self) -> Result<Params> {
+        self.params.with_values(self.opt.ema().clone())
+    }
+
+    /// Refuse weights or EMA weights that are not finite, or so large that their squared norm
+    /// overflows f32 (no usable model has such weights). One norm reduction per buffer on the
+    /// GPU; two numbers are read back. Run before every checkpoint is written.
+    pub fn check_finite(&self) -> Result<()> {
+        let gpu = self.params.values().gpu();
+        let norms = [
+            ("weights", self.params.values()),
+            ("EMA weights", self.opt.ema()),
+        ]
+        .into_iter()
+        .map(|(what, buffer)| {
+            let stats = Tensor::zeros(gpu, &[2])?;
+            crate::ops::grad_norm(buffer, 0.0, &stats)?;
+            Ok((what, stats))
+        })
+        .collect::<Result<Vec<_>>>()?;
+        for (what, stats) in norms {
+            let norm = stats.to_vec()?[0];
+            if !norm.is_finite() {
+                return Err(Error::NonFinite(format!(
+                    "the {what} at step {} are not finite (norm {norm})",
+                    self.step
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Everything needed to continue exactly where this left off.
+    pub fn checkpoint(&self) -> Result<Checkpoint> {
+        let p = &self.params;
+        let shapes = p.specs().iter().map(|s| (s.name.clone(), s.shape.clone()));
+        let values = split_flat(p, &p.values().to_vec()?);
+        let (m, v) = self.opt.moments();
+        Ok(Checkpoint {
+            step: self.step,
+            config: self.config.to_json(),
+            params: shapes
+                .map(|(n, s)| {
+                    let v = values[&n].clone();
+                    (n, (s, v))
+                })
+                .collect(),
+            ema: split_flat(p, &self.opt.ema().to_vec()?),
+            adam_m: split_flat(p, &m.to_vec()?),
+            adam_v: split_flat(p, &v.to_vec()?),
+        })
+    }
+
+    /// Check that the weights are finite ([`Trainer::check_finite`]) and write a checkpoint to
+    /// `path` atomically (the file there before stays if anything fails).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        self.check_finite()?;
+        self.checkpoint()?.save(path)
+    }
+
+    /// Restore a checkpoint's weights, EMA, moments and step (the model must match).
+    pub fn restore(&mut self, ck: &Checkpoint, path: &Path) -> Result<()> {
+        let values: std::collections::HashMap<String, Vec<f32>> = ck
+            .params
+            .iter()
+            .map(|(n, (_, v))| (n.clone(), v.clone()))
+            .collect();
+        for (name, (shape, _)) in &ck.params {
+            match self.params.id(name) {
+                Some(id) if self.params.spec(id).shape == *shape => {}
+                Some(id) => {
+                    return Err(Error::Checkpoint(format!(
+                        "{}: parameter {name} has shape {shape:?}, the model needs {:?}",
+                        path.display(),
+                        self.params.spec(id).shape
+                    )))
+                }
+                None => {
+                    return Err(Error::Checkpoint(format!(
+                        "{}: the checkpoint's parameter {name} is not in this model",
+                        path.display()
+                    )))
+                }
+            }
+        }
+        self.params
+            .values()
+            .write(&join_flat(&self.params, &values, "values", path)?)?;
+        let ema = join_flat(&self.params, &ck.ema, "EMA", path)?;
+        let m = join_flat(&self.params, &ck.adam_m, "AdamW first moment", path)?;
+        let v = join_flat(&self.params, &ck.adam_v, "AdamW second moment", path)?;
+        self.opt.restore(&m, &v, &ema, ck.step)?;
+        self.step = ck.step;
+        Ok(())
+    }
+}
+
+/// Refuse a data set that does not fit the configuration: another example shape, no examples,
+/// or a label beyond the class table (which would index past it on the GPU).
+pub(crate) fn check_data(config: &TrainConfig, data: &Dataset) -> Result<()> {
+    if data.shape != config.model.shape {
+        return Err(Error::Config(format!(
+            "the data's examples are {:?}, the model expects {:?}",
+            data.shape, config.model.shape
+        )));
+    }
+    if data.is_empty() {
+        return Err(Error::Config(format!("{} holds no examples", data.name)));
+    }
+    if let Some(labels) = &data.labels {
+        let classes = config.model.classes;
+        if let Some((i, &l)) = labels
+            .iter()
+            .enumerate()
+            .find(|(_, &l)| l as usize >= classes)
+        {
+            return Err(Error::Config(format!(
+                "{}: example {i} has label {l}, but the model has {classes} classes (labels 0..{})",
+                data.name,
+                classes.saturating_sub(1)
+            )));
+        }
+    }
+    Ok(())
+}

@@ -3,7 +3,7 @@
 //! the time goes, kernel by kernel.
 
 use super::Options;
-use crate::data::{self, Dataset};
+use crate::data::{self, DataSpec, Dataset};
 use crate::error::{Error, Result};
 use crate::gpu::{KernelTotal, ProfileMethod};
 use crate::nn::ModelConfig;
@@ -80,32 +80,24 @@ impl Workload {
         }
     }
 
-    fn config(&self, data: &Dataset) -> TrainConfig {
-        TrainConfig {
-            data: data.name.clone(),
-            model: ModelConfig {
-                kind: self.kind.into(),
-                width: self.width,
-                depth: self.depth,
-                heads: 4,
-                patch: self.patch,
-                shape: data.shape.clone(),
-                classes: data.classes,
-                context_dim: 0,
-            },
-            schedule: "rf".into(),
-            prediction: "velocity".into(),
-            weighting: None,
-            t_sampler: "lognorm:0,1".into(),
+    fn config(&self, data: &Dataset) -> Result<TrainConfig> {
+        let model = ModelConfig {
+            kind: self.kind.into(),
+            width: self.width,
+            depth: self.depth,
+            heads: 4,
+            patch: self.patch,
+            shape: data.shape.clone(),
+            classes: data.classes,
+            context_dim: 0,
+        };
+        Ok(TrainConfig {
             steps: u64::MAX,
             batch: self.batch,
             lr: 1e-3,
             warmup: 10,
-            ema_decay: 0.999,
-            max_grad_norm: 1.0,
-            label_dropout: 0.1,
-            seed: 0,
-        }
+            ..TrainConfig::new(DataSpec::parse(&data.name)?, model)
+        })
     }
 }
 
@@ -158,7 +150,7 @@ pub struct StepReport {
 /// profile by kernel.
 pub fn step(gpu: &Gpu, workload: Workload, opts: &Options) -> Result<StepReport> {
     let data = workload.data()?;
-    let mut tr = Trainer::new(gpu, workload.config(&data), &data)?;
+    let mut tr = Trainer::new(gpu, workload.config(&data)?, &data)?;
     // Compile every pipeline and fill the pool.
     for _ in 0..3 {
         tr.step()?;
@@ -217,7 +209,7 @@ pub struct SampleReport {
 pub fn sample(gpu: &Gpu, opts: &Options) -> Result<SampleReport> {
     let workload = WORKLOADS[1];
     let data = workload.data()?;
-    let tr = Trainer::new(gpu, workload.config(&data), &data)?;
+    let tr = Trainer::new(gpu, workload.config(&data)?, &data)?;
     let n = if opts.quick { 100 } else { 500 };
     let classes = data.classes;
     let options = SampleOptions {

@@ -11,8 +11,9 @@ use crate::autograd::{functions as f, Tape};
 use crate::data::{DataSpec, Dataset, GpuDataset};
 use crate::error::{Error, Result};
 use crate::limits::Budget;
+use crate::nn::layers::{xavier, Linear};
 use crate::ops;
-use crate::params::{Init, ParamId, Params, ParamsBuilder};
+use crate::params::{Params, ParamsBuilder};
 use crate::pipeline::Pipeline;
 use crate::sample::SampleOptions;
 use crate::tensor::Tensor;
@@ -191,7 +192,7 @@ pub fn frechet_distance(a: &[f32], b: &[f32], dim: usize) -> f64 {
 /// gives the features for the Frechet distance.
 pub struct Classifier {
     params: Params,
-    layers: [(ParamId, ParamId); 3],
+    layers: [Linear; 3],
     classes: usize,
 }
 
@@ -208,23 +209,10 @@ impl Classifier {
             )));
         }
         let mut b = ParamsBuilder::new();
-        let mut layer = |name: &str, out: usize, inp: usize| {
-            (
-                b.add(
-                    format!("{name}.weight"),
-                    &[out, inp],
-                    Init::XavierUniform {
-                        fan_in: inp,
-                        fan_out: out,
-                    },
-                ),
-                b.add(format!("{name}.bias"), &[out], Init::Zeros),
-            )
-        };
         let layers = [
-            layer("fc1", HIDDEN, dim),
-            layer("fc2", HIDDEN, HIDDEN),
-            layer("out", classes, HIDDEN),
+            Linear::declare(&mut b, "fc1", HIDDEN, dim, xavier(dim, HIDDEN)),
+            Linear::declare(&mut b, "fc2", HIDDEN, HIDDEN, xavier(HIDDEN, HIDDEN)),
+            Linear::declare(&mut b, "out", classes, HIDDEN, xavier(HIDDEN, classes)),
         ];
         let params = b.build(gpu, seed)?;
         let c = Classifier {
@@ -263,9 +251,8 @@ impl Classifier {
         let p = &self.params;
         let mut h = x.clone();
         let mut feat = x.clone();
-        for (i, &(w, b)) in self.layers.iter().enumerate() {
-            let (w, b) = (tape.param(p, w), tape.param(p, b));
-            h = f::linear(tape, &h, &w, Some(&b))?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            h = layer.forward(tape, p, &h)?;
             if i < 2 {
                 h = f::gelu(tape, &h)?;
                 feat = h.clone();

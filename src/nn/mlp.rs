@@ -4,8 +4,8 @@
 //! `out = W_out h + b_out` (zero-initialised), where `temb` is the 64-dimensional sinusoidal
 //! embedding of `1000 t` and `E` the class table (when labelled).
 
-use super::dit::lin;
-use super::{ModelConfig, TIME_SCALE};
+use super::layers::{xavier, Linear};
+use super::{ModelConfig, VelocityModel, TIME_SCALE};
 use crate::autograd::{functions as f, Tape, Var};
 use crate::error::Result;
 use crate::params::{Init, ParamId, Params, ParamsBuilder};
@@ -14,32 +14,11 @@ use crate::tensor::Tensor;
 const TIME_DIM: usize = 64;
 
 pub struct Mlp {
-    input: (ParamId, ParamId),
-    time: (ParamId, ParamId),
+    input: Linear,
+    time: Linear,
     classes: Option<ParamId>,
-    hidden: Vec<(ParamId, ParamId)>,
-    output: (ParamId, ParamId),
-}
-
-fn linear(
-    b: &mut ParamsBuilder,
-    name: &str,
-    out: usize,
-    inp: usize,
-    zero: bool,
-) -> (ParamId, ParamId) {
-    let init = if zero {
-        Init::Zeros
-    } else {
-        Init::XavierUniform {
-            fan_in: inp,
-            fan_out: out,
-        }
-    };
-    (
-        b.add(format!("{name}.weight"), &[out, inp], init),
-        b.add(format!("{name}.bias"), &[out], Init::Zeros),
-    )
+    hidden: Vec<Linear>,
+    output: Linear,
 }
 
 impl Mlp {
@@ -47,8 +26,8 @@ impl Mlp {
         let dim: usize = c.shape.iter().product();
         let w = c.width;
         Ok(Mlp {
-            input: linear(b, "input", w, dim, false),
-            time: linear(b, "time", w, TIME_DIM, false),
+            input: Linear::declare(b, "input", w, dim, xavier(dim, w)),
+            time: Linear::declare(b, "time", w, TIME_DIM, xavier(TIME_DIM, w)),
             classes: (c.classes > 0).then(|| {
                 b.add(
                     "class_embedding.weight",
@@ -57,13 +36,15 @@ impl Mlp {
                 )
             }),
             hidden: (0..c.depth)
-                .map(|i| linear(b, &format!("hidden.{i}"), w, w, false))
+                .map(|i| Linear::declare(b, &format!("hidden.{i}"), w, w, xavier(w, w)))
                 .collect(),
-            output: linear(b, "output", dim, w, true),
+            output: Linear::declare(b, "output", dim, w, Init::Zeros),
         })
     }
+}
 
-    pub fn forward(
+impl VelocityModel for Mlp {
+    fn forward(
         &self,
         tape: &mut Tape,
         p: &Params,
@@ -72,8 +53,8 @@ impl Mlp {
         labels: &Tensor,
     ) -> Result<Var> {
         let temb = f::timestep_embedding(tape, t, TIME_DIM, TIME_SCALE)?;
-        let hz = lin(tape, p, z, self.input)?;
-        let ht = lin(tape, p, &temb, self.time)?;
+        let hz = self.input.forward(tape, p, z)?;
+        let ht = self.time.forward(tape, p, &temb)?;
         let mut h = f::add(tape, &hz, &ht)?;
         if let Some(table) = self.classes {
             let table = tape.param(p, table);
@@ -81,10 +62,10 @@ impl Mlp {
             h = f::add(tape, &h, &hy)?;
         }
         h = f::silu(tape, &h)?;
-        for &layer in &self.hidden {
-            let x = lin(tape, p, &h, layer)?;
+        for layer in &self.hidden {
+            let x = layer.forward(tape, p, &h)?;
             h = f::silu(tape, &x)?;
         }
-        lin(tape, p, &h, self.output)
+        self.output.forward(tape, p, &h)
     }
 }

@@ -19,9 +19,17 @@
 //! DiT's final adaLN layer and un-patchify. Parameter names follow SD3's reference:
 //! `joint_blocks.i.x_block.*` (image) and `joint_blocks.i.context_block.*`, with
 //! `attn.ln_q` / `attn.ln_k` the QK RMSNorm scales.
+//!
+//! As in SD3, the last block's context stream is "pre-only": nothing reads the context after the
+//! last joint attention, so that stream has only what feeds the attention (its adaLN gives
+//! shift and scale, `[2 W, W]`, then QKV and the QK-norm) and no output projection or MLP.
+//! Checkpoints written before that change (a full last context block) load through
+//! [`Mmdit::upgrade_checkpoint`], which keeps the rows of shift and scale and drops the rest:
+//! the same network, since the dropped weights reached no output.
 
-use super::dit::{lin, linear, qk_norm, xavier, ImageStream, Linear, EPS};
-use super::ModelConfig;
+use super::image::ImageStream;
+use super::layers::{xavier, Linear, QkNorm, EPS};
+use super::{ModelConfig, VelocityModel};
 use crate::autograd::{functions as f, Tape, Var};
 use crate::error::{Error, Result};
 use crate::params::{Init, ParamId, Params, ParamsBuilder};
@@ -30,34 +38,75 @@ use crate::tensor::Tensor;
 /// Context tokens per class label.
 pub const CONTEXT_TOKENS: usize = 4;
 
+/// One stream of a joint block. `finish` (output projection and MLP) is absent in the last
+/// block's pre-only context stream.
 struct Stream {
     ada: Linear,
     qkv: Linear,
-    ln_q: ParamId,
-    ln_k: ParamId,
+    qk_norm: QkNorm,
+    finish: Option<Finish>,
+}
+
+struct Finish {
     proj: Linear,
     fc1: Linear,
     fc2: Linear,
 }
 
 impl Stream {
-    fn build(b: &mut ParamsBuilder, prefix: &str, w: usize, d: usize) -> Stream {
+    /// A full stream (adaLN with 6 chunks), or a pre-only one (2 chunks: shift, scale).
+    fn build(b: &mut ParamsBuilder, prefix: &str, w: usize, d: usize, pre_only: bool) -> Stream {
+        let name = |s: &str| format!("{prefix}.{s}");
+        let chunks = if pre_only { 2 } else { 6 };
         Stream {
-            ada: linear(
-                b,
-                &format!("{prefix}.adaLN_modulation.1"),
-                6 * w,
-                w,
-                Init::Zeros,
-            ),
-            qkv: linear(b, &format!("{prefix}.attn.qkv"), 3 * w, w, xavier(w, 3 * w)),
-            ln_q: b.add(format!("{prefix}.attn.ln_q.weight"), &[d], Init::Ones),
-            ln_k: b.add(format!("{prefix}.attn.ln_k.weight"), &[d], Init::Ones),
-            proj: linear(b, &format!("{prefix}.attn.proj"), w, w, xavier(w, w)),
-            fc1: linear(b, &format!("{prefix}.mlp.fc1"), 4 * w, w, xavier(w, 4 * w)),
-            fc2: linear(b, &format!("{prefix}.mlp.fc2"), w, 4 * w, xavier(4 * w, w)),
+            ada: Linear::declare(b, &name("adaLN_modulation.1"), chunks * w, w, Init::Zeros),
+            qkv: Linear::declare(b, &name("attn.qkv"), 3 * w, w, xavier(w, 3 * w)),
+            qk_norm: QkNorm::declare(b, &name("attn"), ("ln_q", "ln_k"), d),
+            finish: (!pre_only).then(|| Finish {
+                proj: Linear::declare(b, &name("attn.proj"), w, w, xavier(w, w)),
+                fc1: Linear::declare(b, &name("mlp.fc1"), 4 * w, w, xavier(w, 4 * w)),
+                fc2: Linear::declare(b, &name("mlp.fc2"), w, 4 * w, xavier(4 * w, w)),
+            }),
         }
     }
+
+    /// The stream's adaLN output `[B, 6 W]` (or `[B, 2 W]`) and its normalised QKV.
+    fn qkv(
+        &self,
+        tape: &mut Tape,
+        p: &Params,
+        x: &Var,
+        cond: &Var,
+        heads: usize,
+    ) -> Result<(Var, Var)> {
+        let ada = self.ada.forward(tape, p, cond)?;
+        let hm = f::ln_modulate(tape, x, &ada, 0, 1, EPS)?;
+        let qkv = self.qkv.forward(tape, p, &hm)?;
+        Ok((self.qk_norm.forward(tape, p, &qkv, heads)?, ada))
+    }
+
+    /// After the joint attention: gated residuals of the projection and the MLP.
+    fn finish(&self, tape: &mut Tape, p: &Params, x: &Var, a: &Var, ada: &Var) -> Result<Var> {
+        let Some(fin) = &self.finish else {
+            return Ok(x.clone());
+        };
+        let o = fin.proj.forward(tape, p, a)?;
+        let x = f::ada_gate(tape, x, &o, ada, 2)?;
+        let hm = f::ln_modulate(tape, &x, ada, 3, 4, EPS)?;
+        let f1 = fin.fc1.forward(tape, p, &hm)?;
+        let f1 = f::gelu(tape, &f1)?;
+        let f2 = fin.fc2.forward(tape, p, &f1)?;
+        f::ada_gate(tape, &x, &f2, ada, 5)
+    }
+}
+
+/// What to do with a tensor of an older checkpoint ([`Mmdit::upgrade`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Upgrade {
+    Keep,
+    /// Keep the first rows, this many.
+    FirstRows(usize),
+    Drop,
 }
 
 pub struct Mmdit {
@@ -87,7 +136,7 @@ impl Mmdit {
                 Init::Normal { std: 0.02 },
             ),
             context: if c.context_dim > 0 {
-                Context::Sequence(linear(
+                Context::Sequence(Linear::declare(
                     b,
                     "context_embedder.proj",
                     w,
@@ -103,13 +152,35 @@ impl Mmdit {
             },
             blocks: (0..c.depth)
                 .map(|i| {
+                    let last = i + 1 == c.depth;
+                    let prefix = format!("joint_blocks.{i}");
                     (
-                        Stream::build(b, &format!("joint_blocks.{i}.context_block"), w, d),
-                        Stream::build(b, &format!("joint_blocks.{i}.x_block"), w, d),
+                        Stream::build(b, &format!("{prefix}.context_block"), w, d, last),
+                        Stream::build(b, &format!("{prefix}.x_block"), w, d, false),
                     )
                 })
                 .collect(),
         })
+    }
+
+    /// How a tensor of a checkpoint written before the last block's context stream became
+    /// pre-only maps onto this model (`name` without the `params.`/`ema.`/... prefix).
+    pub fn upgrade(config: &ModelConfig, name: &str) -> Upgrade {
+        let Some(last) = config.depth.checked_sub(1) else {
+            return Upgrade::Keep;
+        };
+        let prefix = format!("joint_blocks.{last}.context_block.");
+        let Some(rest) = name.strip_prefix(&prefix) else {
+            return Upgrade::Keep;
+        };
+        match rest {
+            // Shift and scale are the first two of the six chunks.
+            "adaLN_modulation.1.weight" | "adaLN_modulation.1.bias" => {
+                Upgrade::FirstRows(2 * config.width)
+            }
+            r if r.starts_with("attn.proj.") || r.starts_with("mlp.") => Upgrade::Drop,
+            _ => Upgrade::Keep,
+        }
     }
 
     /// The output for `z`, `t` and labels, the context taken from the labels.
@@ -157,7 +228,7 @@ impl Mmdit {
                 "the context must be [{b}, Tc, {dim}], got {s:?}"
             )));
         }
-        let ctx = lin(tape, p, context, proj)?;
+        let ctx = proj.forward(tape, p, context)?;
         self.joint(tape, p, z, t, labels, ctx)
     }
 
@@ -181,32 +252,36 @@ impl Mmdit {
         let cond = f::silu(tape, &cond)?;
         let mut x = self.io.tokens(tape, p, z)?;
         for (cs, xs) in &self.blocks {
-            // Each stream's six modulation vectors, [B, 6 W], read in place by the fused ops.
-            let ada_c = lin(tape, p, &cond, cs.ada)?;
-            let ada_x = lin(tape, p, &cond, xs.ada)?;
-            let qkv = |tape: &mut Tape, s: &Stream, x: &Var, ada: &Var| -> Result<Var> {
-                let hm = f::ln_modulate(tape, x, ada, 0, 1, EPS)?;
-                let q = lin(tape, p, &hm, s.qkv)?;
-                qk_norm(tape, p, &q, s.ln_q, s.ln_k, heads)
-            };
-            let qc = qkv(tape, cs, &ctx, &ada_c)?;
-            let qx = qkv(tape, xs, &x, &ada_x)?;
+            // Each stream's modulation vectors stay in one tensor the fused ops read in place.
+            let (qc, ada_c) = cs.qkv(tape, p, &ctx, &cond, heads)?;
+            let (qx, ada_x) = xs.qkv(tape, p, &x, &cond, heads)?;
             let joint = f::concat_tokens(tape, &qc, &qx)?;
             let a = f::attention(tape, &joint, heads)?;
-            let (ac, ax) = f::split_tokens(tape, &a, context_tokens)?;
-            let finish =
-                |tape: &mut Tape, s: &Stream, x: &Var, a: &Var, ada: &Var| -> Result<Var> {
-                    let o = lin(tape, p, a, s.proj)?;
-                    let x = f::ada_gate(tape, x, &o, ada, 2)?;
-                    let hm = f::ln_modulate(tape, &x, ada, 3, 4, EPS)?;
-                    let f1 = lin(tape, p, &hm, s.fc1)?;
-                    let f1 = f::gelu(tape, &f1)?;
-                    let f2 = lin(tape, p, &f1, s.fc2)?;
-                    f::ada_gate(tape, &x, &f2, ada, 5)
-                };
-            ctx = finish(tape, cs, &ctx, &ac, &ada_c)?;
-            x = finish(tape, xs, &x, &ax, &ada_x)?;
+            if cs.finish.is_some() {
+                let (ac, ax) = f::split_tokens(tape, &a, context_tokens)?;
+                ctx = cs.finish(tape, p, &ctx, &ac, &ada_c)?;
+                x = xs.finish(tape, p, &x, &ax, &ada_x)?;
+            } else {
+                // The pre-only context stream ends here: only the image tokens go on.
+                let image_tokens = a.shape()[1] - context_tokens;
+                let ax = f::slice_tokens(tape, &a, context_tokens, image_tokens)?;
+                x = xs.finish(tape, p, &x, &ax, &ada_x)?;
+            }
         }
         self.io.output(tape, p, &x, &cond)
+    }
+}
+
+impl VelocityModel for Mmdit {
+    /// The label-context form ([`Mmdit::forward`]).
+    fn forward(
+        &self,
+        tape: &mut Tape,
+        p: &Params,
+        z: &Var,
+        t: &Var,
+        labels: &Tensor,
+    ) -> Result<Var> {
+        Mmdit::forward(self, tape, p, z, t, labels)
     }
 }

@@ -6,6 +6,8 @@
 //! ([`ModelConfig::layout`], [`ModelConfig::activation_elems`]) before anything is allocated.
 
 pub mod dit;
+pub mod image;
+pub mod layers;
 pub mod mlp;
 pub mod mmdit;
 
@@ -103,7 +105,7 @@ impl ModelConfig {
                     self.heads, self.width
                 ));
             }
-            dit::check_image_model(self)?;
+            image::check_image_model(self)?;
         }
         Ok(())
     }
@@ -131,12 +133,29 @@ impl ModelConfig {
                 let tokens = (h as u64 / p)
                     .checked_mul(w as u64 / p)?
                     .checked_add(mmdit::CONTEXT_TOKENS as u64)?;
-                let features = (4 * width).max(c as u64 * p * p).max(dit::TIME_DIM as u64);
+                let features = (4 * width)
+                    .max(c as u64 * p * p)
+                    .max(image::TIME_DIM as u64);
                 checked_product([batch, tokens, features]).map(|a| a.max(batch.saturating_mul(dim)))
             }
             _ => batch.checked_mul(width.max(dim).max(64)),
         }
     }
+}
+
+/// A velocity network: computes its output (the configured prediction) from `z` `[B, dim]`, `t`
+/// `[B]` and labels `[B]` (f32 class numbers; the null class for unconditional) on a tape, with
+/// its parameters' values in `params` (the model holds only their ids, so one model serves the
+/// raw weights and their EMA alike).
+pub trait VelocityModel {
+    fn forward(
+        &self,
+        tape: &mut Tape,
+        params: &Params,
+        z: &Var,
+        t: &Var,
+        labels: &Tensor,
+    ) -> Result<Var>;
 }
 
 /// A built network.
@@ -159,6 +178,15 @@ impl Model {
         }
     }
 
+    /// The network as a [`VelocityModel`].
+    pub fn network(&self) -> &dyn VelocityModel {
+        match self {
+            Model::Mlp(m) => m,
+            Model::Dit(m) => m,
+            Model::Mmdit(m) => m,
+        }
+    }
+
     /// The network output `[B, dim]` for `z` `[B, dim]`, `t` `[B]` and labels `[B]` (f32 class
     /// numbers; the null class for unconditional).
     pub fn forward(
@@ -169,11 +197,7 @@ impl Model {
         t: &Var,
         labels: &Tensor,
     ) -> Result<Var> {
-        match self {
-            Model::Mlp(m) => m.forward(tape, params, z, t, labels),
-            Model::Dit(m) => m.forward(tape, params, z, t, labels),
-            Model::Mmdit(m) => m.forward(tape, params, z, t, labels),
-        }
+        self.network().forward(tape, params, z, t, labels)
     }
 }
 

@@ -1,0 +1,108 @@
+//! The networks' parameter layouts: names and shapes a checkpoint (and PyTorch) relies on.
+
+use rectiflow::nn::mmdit::{Mmdit, Upgrade};
+use rectiflow::nn::{Model, ModelConfig};
+use rectiflow::params::ParamsBuilder;
+
+fn mmdit_config(depth: usize) -> ModelConfig {
+    ModelConfig {
+        kind: "mmdit".into(),
+        width: 16,
+        depth,
+        heads: 2,
+        patch: 2,
+        shape: vec![1, 8, 8],
+        classes: 10,
+        context_dim: 0,
+    }
+}
+
+fn shapes(config: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+    let mut b = ParamsBuilder::new();
+    Model::build(config, &mut b).unwrap();
+    b.specs()
+        .iter()
+        .map(|s| (s.name.clone(), s.shape.clone()))
+        .collect()
+}
+
+/// As in SD3, the last joint block's context stream only feeds the attention: its adaLN gives
+/// shift and scale, and it has no output projection and no MLP; earlier blocks are full.
+#[test]
+fn the_last_mmdit_context_block_is_pre_only() {
+    let c = mmdit_config(2);
+    let s = shapes(&c);
+    let get = |name: &str| s.iter().find(|(n, _)| n == name).map(|(_, sh)| sh.clone());
+    let w = c.width;
+    assert_eq!(
+        get("joint_blocks.0.context_block.adaLN_modulation.1.weight"),
+        Some(vec![6 * w, w])
+    );
+    assert_eq!(
+        get("joint_blocks.1.context_block.adaLN_modulation.1.weight"),
+        Some(vec![2 * w, w])
+    );
+    assert_eq!(
+        get("joint_blocks.1.context_block.adaLN_modulation.1.bias"),
+        Some(vec![2 * w])
+    );
+    assert_eq!(
+        get("joint_blocks.1.context_block.attn.qkv.weight"),
+        Some(vec![3 * w, w])
+    );
+    assert!(get("joint_blocks.1.context_block.attn.ln_q.weight").is_some());
+    for gone in [
+        "attn.proj.weight",
+        "attn.proj.bias",
+        "mlp.fc1.weight",
+        "mlp.fc2.bias",
+    ] {
+        assert_eq!(
+            get(&format!("joint_blocks.1.context_block.{gone}")),
+            None,
+            "{gone}"
+        );
+        assert!(
+            get(&format!("joint_blocks.0.context_block.{gone}")).is_some(),
+            "{gone}"
+        );
+        assert!(
+            get(&format!("joint_blocks.1.x_block.{gone}")).is_some(),
+            "{gone}"
+        );
+    }
+}
+
+/// A checkpoint from before (a full last context block) maps onto the pre-only block: the
+/// adaLN keeps its first two chunks (shift, scale), the projection and MLP are dropped, and
+/// every other tensor is kept; after the mapping its names and shapes are exactly the model's.
+#[test]
+fn older_mmdit_checkpoints_map_onto_the_pre_only_block() {
+    let c = mmdit_config(2);
+    let w = c.width;
+    // The older layout: the last context block as full as the others.
+    let mut old = shapes(&mmdit_config(2));
+    let last = "joint_blocks.1.context_block";
+    old.retain(|(n, _)| !n.starts_with(last));
+    for (name, shape) in shapes(&mmdit_config(2)) {
+        if let Some(rest) = name.strip_prefix("joint_blocks.0.context_block") {
+            old.push((format!("{last}{rest}"), shape));
+        }
+    }
+    let mut upgraded: Vec<(String, Vec<usize>)> = old
+        .into_iter()
+        .filter_map(|(name, mut shape)| match Mmdit::upgrade(&c, &name) {
+            Upgrade::Keep => Some((name, shape)),
+            Upgrade::FirstRows(rows) => {
+                assert_eq!(shape[0], 6 * w, "{name}");
+                shape[0] = rows;
+                Some((name, shape))
+            }
+            Upgrade::Drop => None,
+        })
+        .collect();
+    let mut now = shapes(&c);
+    upgraded.sort();
+    now.sort();
+    assert_eq!(upgraded, now);
+}

@@ -2,7 +2,8 @@
 //! fresh target samples, each beside the same distance between two independent real samples
 //! (the floor). For labelled images: a small classifier trained with the engine on the data set
 //! gives the accuracy of class-conditional samples, and the Frechet distance between sample and
-//! held-out real features in its last hidden layer (with the real-vs-real distance as the floor).
+//! held-out real features in its last hidden layer, and between the pixels themselves (each
+//! with the real-vs-real distance as the floor).
 //! [`evaluate`] draws samples from a [`Pipeline`] and measures them the way `rectiflow eval`
 //! reports them.
 #![warn(missing_docs)]
@@ -434,6 +435,13 @@ pub fn evaluate(pipeline: &Pipeline, data: &Dataset, opts: &SampleOptions) -> Re
         let floor = frechet_distance(&feat_train, &feat_held, clf.feature_dim());
         metrics.push(row("class-conditional accuracy", acc, clf_acc));
         metrics.push(row("Frechet distance (classifier features)", fd, floor));
+        // The same distance between the pixels themselves (no learned features to hide in).
+        let reference = &train.x[..held.len() * dim];
+        metrics.push(row(
+            "Frechet distance (pixels)",
+            frechet_distance(&samples, &held.x, dim),
+            frechet_distance(reference, &held.x, dim),
+        ));
         note = Some(format!(
             "the accuracy's reference is the classifier's own accuracy on {EVAL_HELD_OUT} \
              held-out real images"

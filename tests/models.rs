@@ -106,3 +106,68 @@ fn older_mmdit_checkpoints_map_onto_the_pre_only_block() {
     now.sort();
     assert_eq!(upgraded, now);
 }
+
+/// Sampling (a tape that records nothing) fuses activations into the matmuls; it computes the
+/// same network as training's forward pass.
+#[test]
+fn the_sampling_forward_equals_the_training_forward() {
+    use rectiflow::autograd::Tape;
+    let gpu = rectiflow::Gpu::new().unwrap();
+    let digits = ModelConfig {
+        kind: "dit".into(),
+        width: 16,
+        depth: 2,
+        heads: 2,
+        patch: 2,
+        shape: vec![1, 8, 8],
+        classes: 10,
+        context_dim: 0,
+    };
+    let mmdit = ModelConfig {
+        kind: "mmdit".into(),
+        ..digits.clone()
+    };
+    let mlp = ModelConfig {
+        kind: "mlp".into(),
+        width: 32,
+        depth: 2,
+        shape: vec![2],
+        classes: 0,
+        ..digits.clone()
+    };
+    for config in [digits, mmdit, mlp] {
+        let mut b = ParamsBuilder::new();
+        let model = Model::build(&config, &mut b).unwrap();
+        let params = b.build(&gpu, 3).unwrap();
+        // Random weights everywhere (no zero-initialised layer hides a path).
+        let n = params.values().numel();
+        let values: Vec<f32> = (0..n)
+            .map(|i| ((i * 7919 % 1000) as f32 / 1000.0 - 0.5) * 0.6)
+            .collect();
+        params.values().write(&values).unwrap();
+        let (batch, dim) = (3, config.shape.iter().product::<usize>());
+        let z: Vec<f32> = (0..batch * dim).map(|i| (i as f32 * 0.37).sin()).collect();
+        let run = |mut tape: Tape| {
+            let zv = tape.constant(rectiflow::Tensor::from_slice(&gpu, &[batch, dim], &z).unwrap());
+            let tv = tape
+                .constant(rectiflow::Tensor::from_slice(&gpu, &[batch], &[0.1, 0.5, 0.9]).unwrap());
+            let labels =
+                rectiflow::Tensor::from_slice(&gpu, &[batch], &[1.0, 4.0, config.classes as f32])
+                    .unwrap();
+            model
+                .forward(&mut tape, &params, &zv, &tv, &labels)
+                .unwrap()
+                .value()
+                .to_vec()
+                .unwrap()
+        };
+        let (training, sampling) = (run(Tape::new()), run(Tape::no_grad()));
+        for (i, (a, b)) in training.iter().zip(&sampling).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-5 * (1.0 + a.abs()),
+                "{} output {i}: training {a}, sampling {b}",
+                config.kind
+            );
+        }
+    }
+}

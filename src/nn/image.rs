@@ -6,6 +6,7 @@ use super::layers::{xavier, Linear, EPS};
 use super::{ModelConfig, TIME_SCALE};
 use crate::autograd::{functions as f, Tape, Var};
 use crate::error::{Error, Result};
+use crate::ops::Activation;
 use crate::params::{Init, Params, ParamsBuilder};
 use crate::tensor::Tensor;
 use std::collections::HashMap;
@@ -123,8 +124,7 @@ impl ImageStream {
     /// `mlp_t(temb(1000 t))`, `[B, W]`.
     pub(super) fn time(&self, tape: &mut Tape, p: &Params, t: &Var) -> Result<Var> {
         let temb = f::timestep_embedding(tape, t, TIME_DIM, TIME_SCALE)?;
-        let h = self.t_mlp.0.forward(tape, p, &temb)?;
-        let h = f::silu(tape, &h)?;
+        let h = self.t_mlp.0.forward_act(tape, p, &temb, Activation::Silu)?;
         self.t_mlp.1.forward(tape, p, &h)
     }
 

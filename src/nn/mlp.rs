@@ -8,6 +8,7 @@ use super::layers::{xavier, Linear};
 use super::{ModelConfig, VelocityModel, TIME_SCALE};
 use crate::autograd::{functions as f, Tape, Var};
 use crate::error::Result;
+use crate::ops::Activation;
 use crate::params::{Init, ParamId, Params, ParamsBuilder};
 use crate::tensor::Tensor;
 
@@ -63,8 +64,7 @@ impl VelocityModel for Mlp {
         }
         h = f::silu(tape, &h)?;
         for layer in &self.hidden {
-            let x = layer.forward(tape, p, &h)?;
-            h = f::silu(tape, &x)?;
+            h = layer.forward_act(tape, p, &h, Activation::Silu)?;
         }
         self.output.forward(tape, p, &h)
     }

@@ -32,6 +32,7 @@ use super::layers::{xavier, Linear, QkNorm, EPS};
 use super::{ModelConfig, VelocityModel};
 use crate::autograd::{functions as f, Tape, Var};
 use crate::error::{Error, Result};
+use crate::ops::Activation;
 use crate::params::{Init, ParamId, Params, ParamsBuilder};
 use crate::tensor::Tensor;
 
@@ -93,8 +94,7 @@ impl Stream {
         let o = fin.proj.forward(tape, p, a)?;
         let x = f::ada_gate(tape, x, &o, ada, 2)?;
         let hm = f::ln_modulate(tape, &x, ada, 3, 4, EPS)?;
-        let f1 = fin.fc1.forward(tape, p, &hm)?;
-        let f1 = f::gelu(tape, &f1)?;
+        let f1 = fin.fc1.forward_act(tape, p, &hm, Activation::Gelu)?;
         let f2 = fin.fc2.forward(tape, p, &f1)?;
         f::ada_gate(tape, &x, &f2, ada, 5)
     }

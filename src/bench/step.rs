@@ -18,11 +18,12 @@ use std::time::Instant;
 pub struct Workload {
     pub name: &'static str,
     pub description: &'static str,
-    kind: &'static str,
-    width: usize,
-    depth: usize,
-    patch: usize,
-    batch: usize,
+    /// `mlp` (on `toy:checkerboard`) or `dit` (on the embedded digits).
+    pub kind: &'static str,
+    pub width: usize,
+    pub depth: usize,
+    pub patch: usize,
+    pub batch: usize,
 }
 
 /// The workloads of `rectiflow bench step`, the networks of the PyTorch peer benchmark

@@ -488,7 +488,6 @@ impl Gpu {
     /// recorded before is submitted first, untimed. Profiling slows submission down; use it to
     /// see shares, not to measure a step's time.
     pub fn start_profile(&self) -> Result<()> {
-        self.flush()?;
         let method = if self
             .inner
             .features
@@ -498,6 +497,23 @@ impl Gpu {
         } else {
             ProfileMethod::WallClock
         };
+        self.start_profile_using(method)
+    }
+
+    /// [`Gpu::start_profile`] with a given method (timestamps need `TIMESTAMP_QUERY`).
+    pub fn start_profile_using(&self, method: ProfileMethod) -> Result<()> {
+        if method == ProfileMethod::Timestamps
+            && !self
+                .inner
+                .features
+                .contains(wgpu::Features::TIMESTAMP_QUERY)
+        {
+            return Err(Error::Config(format!(
+                "{} has no timestamp queries: profile with ProfileMethod::WallClock",
+                self.inner.info.name
+            )));
+        }
+        self.flush()?;
         self.inner.recorder.lock().unwrap().profile = Some((method, Vec::new()));
         Ok(())
     }

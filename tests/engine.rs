@@ -132,7 +132,7 @@ fn an_embedding_application_can_hand_over_its_own_device() {
             .expect("an adapter");
     let (device, queue) =
         pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default())).unwrap();
-    let g = Gpu::from_device(device, queue);
+    let g = Gpu::from_device(device, queue).unwrap();
     assert!(
         !g.uses_immediates(),
         "a default device has no IMMEDIATES feature"
@@ -200,67 +200,45 @@ fn bad_uploads_and_oversized_tensors_are_refused() {
     assert!(matches!(t.view(8, &[4]), Err(Error::Shape(_))));
 }
 
-static BROKEN: Shader = Shader {
-    name: "broken_test_shader",
-    source: "struct Params { n: u32 }\n@group(1) @binding(0) var<uniform> params: Params;\n\
-             @compute @workgroup_size(1) fn main() { let x: u32 = 1.5; }",
-    requires: wgpu::Features::empty(),
-};
-static BROKEN_KERNEL: Kernel = Kernel {
-    shader: &BROKEN,
-    entry: "main",
-    access: &[],
-};
+static BROKEN: Shader = Shader::new(
+    "broken_test_shader",
+    "struct Params { n: u32 }\n@group(1) @binding(0) var<uniform> params: Params;\n\
+     @compute @workgroup_size(1) fn main() { let x: u32 = 1.5; }",
+);
+static BROKEN_KERNEL: Kernel = Kernel::new(&BROKEN, "main", &[]);
 
-static NO_PARAMS: Shader = Shader {
-    name: "no_params_test_shader",
-    source: "@compute @workgroup_size(1) fn main() {}",
-    requires: wgpu::Features::empty(),
-};
-static NO_PARAMS_KERNEL: Kernel = Kernel {
-    shader: &NO_PARAMS,
-    entry: "main",
-    access: &[],
-};
+static NO_PARAMS: Shader = Shader::new(
+    "no_params_test_shader",
+    "@compute @workgroup_size(1) fn main() {}",
+);
+static NO_PARAMS_KERNEL: Kernel = Kernel::new(&NO_PARAMS, "main", &[]);
 
-static SQUARE: Shader = Shader {
-    name: "square_test_shader",
-    source: "struct Params { n: u32 }\n@group(1) @binding(0) var<uniform> params: Params;\n\
-             @group(0) @binding(0) var<storage, read> x: array<f32>;\n\
-             @group(0) @binding(1) var<storage, read_write> y: array<f32>;\n\
-             @compute @workgroup_size(64) fn main(@builtin(global_invocation_id) id: vec3<u32>) {\n\
-               if (id.x < params.n) { y[id.x] = x[id.x] * x[id.x]; } }",
-    requires: wgpu::Features::empty(),
-};
-static SQUARE_KERNEL: Kernel = Kernel {
-    shader: &SQUARE,
-    entry: "main",
-    access: &[Access::Read, Access::ReadWrite],
-};
+static SQUARE: Shader = Shader::new(
+    "square_test_shader",
+    "struct Params { n: u32 }\n@group(1) @binding(0) var<uniform> params: Params;\n\
+     @group(0) @binding(0) var<storage, read> x: array<f32>;\n\
+     @group(0) @binding(1) var<storage, read_write> y: array<f32>;\n\
+     @compute @workgroup_size(64) fn main(@builtin(global_invocation_id) id: vec3<u32>) {\n\
+       if (id.x < params.n) { y[id.x] = x[id.x] * x[id.x]; } }",
+);
+static SQUARE_KERNEL: Kernel = Kernel::new(&SQUARE, "main", &[Access::Read, Access::ReadWrite]);
 
 #[test]
 fn kernel_errors_name_the_kernel_and_user_kernels_run() {
     let g = gpu();
-    let err = g
-        .launch(&BROKEN_KERNEL, &[], &[], &[0u32; 4], 1)
-        .unwrap_err();
+    let err = ops::launch(g, &BROKEN_KERNEL, &[], &[], &[0u32; 4], 1).unwrap_err();
     assert!(
         matches!(&err, Error::Kernel { kernel, .. } if kernel == "broken_test_shader"),
         "{err}"
     );
-    let err = g
-        .launch(&NO_PARAMS_KERNEL, &[], &[], &[0u32; 4], 1)
-        .unwrap_err();
+    let err = ops::launch(g, &NO_PARAMS_KERNEL, &[], &[], &[0u32; 4], 1).unwrap_err();
     assert!(err.to_string().contains("var<uniform> params"), "{err}");
 
     let x = Tensor::from_slice(g, &[100], &rand_vec(100, 3)).unwrap();
     let y = Tensor::uninit(g, &[100], DType::F32).unwrap();
-    let err = g
-        .launch(&SQUARE_KERNEL, &[], &[&x], &[100u32, 0, 0, 0], 2)
-        .unwrap_err();
+    let err = ops::launch(g, &SQUARE_KERNEL, &[], &[&x], &[100u32, 0, 0, 0], 2).unwrap_err();
     assert!(matches!(err, Error::Shape(_)), "{err}");
-    g.launch(&SQUARE_KERNEL, &[], &[&x, &y], &[100u32, 0, 0, 0], 2)
-        .unwrap();
+    ops::launch(g, &SQUARE_KERNEL, &[], &[&x, &y], &[100u32, 0, 0, 0], 2).unwrap();
     let want: Vec<f64> = f64s(&x.to_vec().unwrap()).iter().map(|v| v * v).collect();
     assert_rel("user kernel", &y.to_vec().unwrap(), &want, 1e-7, 0.0);
 }

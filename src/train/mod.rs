@@ -15,10 +15,12 @@
 
 pub mod config;
 pub mod fit;
+pub mod objective;
 pub mod run;
 
 pub use config::{Footprint, ModelKind, TrainConfig, MAX_BATCH};
 pub use fit::{fit, FitOptions};
+pub use objective::{FlowConfig, Objective};
 pub use run::{Change, Event, Resumable, Run, RunEnd, RunOptions, StopHandle, Summary};
 
 use crate::autograd::Tape;
@@ -27,7 +29,6 @@ use crate::data::{Dataset, GpuDataset};
 use crate::error::{Error, Result};
 use crate::limits::Budget;
 use crate::nn::Model;
-use crate::ops::flow::FlowKernels;
 use crate::optim::AdamW;
 use crate::params::{Init, Params, ParamsBuilder};
 use crate::tensor::{DType, Tensor};
@@ -141,8 +142,8 @@ pub struct Trainer {
     pub params: Params,
     /// AdamW's state: moments and the EMA of the weights.
     pub opt: AdamW,
-    /// The objective's kernels (forward process, weighted loss).
-    pub flow: FlowKernels,
+    /// The objective: its configuration and kernels (forward process, weighted loss).
+    pub flow: Objective,
     data: Option<GpuDataset>,
     /// Steps taken.
     pub step: u64,
@@ -169,7 +170,7 @@ impl Trainer {
     }
 
     fn fresh(gpu: &Gpu, config: TrainConfig) -> Result<Trainer> {
-        let flow = FlowKernels::new(gpu, config.flow())?;
+        let flow = Objective::new(gpu, config.flow())?;
         let mut builder = ParamsBuilder::new();
         let model = Model::build(&config.model, &mut builder)?;
         let params = builder.build(gpu, config.seed)?;
@@ -180,7 +181,7 @@ impl Trainer {
         config: TrainConfig,
         model: Model,
         params: Params,
-        flow: FlowKernels,
+        flow: Objective,
     ) -> Result<Trainer> {
         let opt = AdamW::new(&params, config.adamw())?;
         Ok(Trainer {
@@ -203,7 +204,7 @@ impl Trainer {
         if let Some(data) = data {
             check_data(&config, data)?;
         }
-        let flow = FlowKernels::new(gpu, config.flow())?;
+        let flow = Objective::new(gpu, config.flow())?;
         let (model, params) = model_for_loading(gpu, &config)?;
         let mut tr = Trainer::assemble(config, model, params, flow)?;
         tr.restore(&ck, path)?;

@@ -23,7 +23,6 @@ use crate::checkpoint::Checkpoint;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::limits::Budget;
-use crate::ops::flow::FlowKernels;
 use crate::output::{write_atomically, write_samples};
 use crate::rundir::RunLock;
 use crate::sample::{check_sample_count, cycle_labels, sample, SampleOptions, GUIDANCE};
@@ -618,7 +617,7 @@ impl Resumable {
         if let Some(data) = data {
             super::check_data(&config, data)?;
         }
-        let flow = FlowKernels::new(gpu, config.flow())?;
+        let flow = super::Objective::new(gpu, config.flow())?;
         let (model, params) = model_for_loading(gpu, &config)?;
         let mut trainer = Trainer::assemble(config, model, params, flow)?;
         trainer.restore(ck, &path)?;

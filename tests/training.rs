@@ -517,7 +517,7 @@ fn transformer_gradient_check(kind: &str, context_dim: usize) {
         (value, grad.flatten())
     };
     let (_, context_grad) = loss_of(&context_host, true);
-    let grads = p.grads().to_vec().unwrap();
+    let grads = p.grads().unwrap().to_vec().unwrap();
     let values = p.values().to_vec().unwrap();
     let h = 1e-2f32;
     let close = |what: &str, g: f64, fd: f64| {

@@ -107,7 +107,7 @@ impl Tape {
     /// A parameter: its value is a view of the flat buffer and its gradient accumulates into the
     /// matching view of the flat gradient buffer.
     pub fn param(&mut self, params: &Params, id: ParamId) -> Var {
-        let grad = self.recording.then(|| params.grad(id));
+        let grad = self.recording.then(|| params.grad(id).ok()).flatten();
         self.var(params.value(id), true, grad)
     }
 

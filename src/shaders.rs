@@ -2,7 +2,7 @@
 //!
 //! An engine shader's module is, in order: the prelude (`shaders/common/prelude.wgsl`: the
 //! workgroup-index fold every kernel uses, `PI`), the numbers it shares with Rust as generated
-//! `const` lines (op codes, enum numbers: declared once, here, by [`codes!`]), the libraries it
+//! `const` lines (op codes, enum numbers: declared once, here, by `codes!`), the libraries it
 //! uses (`shaders/common/*.wgsl`: the Philox generator, the matmul activation), then the file
 //! itself. A user's shader ([`Shader::new`]) is compiled as written.
 //!

@@ -1,6 +1,6 @@
 //! What a kernel is: a WGSL entry point, the kind of each of its `@group(0)` bindings, and the
 //! layout of the parameter struct it takes. The engine declares each kernel once, with
-//! [`kernels!`] (entry and bindings) and [`kernel_params!`] (the `Params` struct); a test
+//! `kernels!` (entry and bindings) and `kernel_params!` (the `Params` struct); a test
 //! (`tests/kernel_bindings.rs`) checks both against the WGSL with naga.
 //!
 //! Parameter convention shared by every shader: storage buffers (and storage textures) in
@@ -27,7 +27,7 @@ pub enum Access {
 }
 
 /// The layout of a kernel's parameter struct, for the test that compares it with the WGSL
-/// struct (see [`kernel_params!`]).
+/// struct (declared with the crate's `kernel_params!`).
 #[derive(Debug, PartialEq, Eq)]
 pub struct ParamsLayout {
     /// The Rust type (`module::Params`).

@@ -1,8 +1,8 @@
-//! The GPU context: a device (opened on an adapter of its own choosing, [`adapter`], or adopted
-//! from the host), and the machinery every op records through — the buffer pool, the pipeline
-//! cache, and the recorder that batches dispatches into one submission — with uploads and
-//! readback. The context knows buffers and kernels, not tensors: the layers above bind their
-//! data as [`Storage`] ranges.
+//! The GPU context: a device (opened on an adapter of its own choosing, `adapter.rs`, whose
+//! limits are checked against [`requirements`], or adopted from the host), and the machinery
+//! every op records through — the buffer pool, the pipeline cache, and the recorder that
+//! batches dispatches into one submission — with uploads, fills and readback. The context knows
+//! buffers and kernels, not tensors: the layers above bind their data as storage ranges.
 //!
 //! A [`Gpu`] is a cheap handle (an `Arc`); clone it freely. All work recorded through it is
 //! submitted together when something needs a result ([`Gpu::flush`], or reading a tensor back).

@@ -133,15 +133,19 @@ mod tests {
     fn default_limits_pass_and_a_short_one_is_named() {
         // wgpu's defaults (what a host gets without asking) are enough.
         check(&wgpu::Limits::default(), "defaults").unwrap();
-        let mut limits = wgpu::Limits::default();
-        limits.max_storage_buffers_per_shader_stage = 4;
+        let limits = wgpu::Limits {
+            max_storage_buffers_per_shader_stage: 4,
+            ..Default::default()
+        };
         let err = check(&limits, "small").unwrap_err().to_string();
         assert!(
             err.contains("max_storage_buffers_per_shader_stage is 4") && err.contains("at least 8"),
             "{err}"
         );
-        let mut limits = wgpu::Limits::default();
-        limits.min_storage_buffer_offset_alignment = 512;
+        let limits = wgpu::Limits {
+            min_storage_buffer_offset_alignment: 512,
+            ..Default::default()
+        };
         let err = check(&limits, "coarse").unwrap_err().to_string();
         assert!(err.contains("at most 256"), "{err}");
     }

@@ -232,11 +232,13 @@ impl Tensor {
 
     /// The wgpu buffer that holds this tensor's data: [`Tensor::byte_len`] bytes at
     /// [`Tensor::byte_offset`] (row-major, the dtype's little-endian values), with usage
-    /// `STORAGE | COPY_SRC | COPY_DST`, so a host can bind it or copy from it in its own passes.
+    /// `STORAGE | COPY_SRC | COPY_DST` (a pooled one), so a host can bind it or copy from it in
+    /// its own passes.
     ///
-    /// The buffer belongs to the context's pool: it holds this tensor's data while the tensor
-    /// (or a clone of it) lives, and is handed to other tensors afterwards; it may be larger
-    /// than the tensor, and other views may share it. Work rectiflow has recorded is submitted
+    /// A pooled buffer belongs to the context's pool: it holds this tensor's data while the
+    /// tensor (or a clone of it) lives, and is handed to other tensors afterwards; it may be
+    /// larger than the tensor, and other views may share it. A host's buffer
+    /// ([`Tensor::from_buffer`]) stays the host's. Work rectiflow has recorded is submitted
     /// by [`Gpu::flush`]: call it before submitting the host's own work on the buffer, so the
     /// queue runs them in that order.
     pub fn buffer(&self) -> &wgpu::Buffer {

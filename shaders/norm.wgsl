@@ -19,8 +19,8 @@ struct Params {
 }
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;       // input (forward) / input (backward)
-@group(0) @binding(1) var<storage, read> gamma: array<f32>;   // scale [cols] (or placeholder)
-@group(0) @binding(2) var<storage, read> beta: array<f32>;    // shift [cols] (or placeholder)
+@group(0) @binding(1) var<storage, read> gamma: array<f32>;   // scale [cols] (without affine: the absent-input buffer, not read)
+@group(0) @binding(2) var<storage, read> beta: array<f32>;    // shift [cols] (likewise)
 @group(0) @binding(3) var<storage, read_write> y: array<f32>; // output
 @group(0) @binding(4) var<storage, read_write> stats: array<f32>; // [rows, 2]: mean, rstd
 @group(1) @binding(0) var<uniform> params: Params;

@@ -155,7 +155,7 @@ pub fn read_texture(
 /// Draw `opts.n` samples into a host-owned texture, read it back and write the PNG.
 pub fn run(device: &wgpu::Device, queue: &wgpu::Queue, opts: &Options) -> Result<Report> {
     // rectiflow works on the host's device and queue.
-    let gpu = Gpu::from_device(device.clone(), queue.clone());
+    let gpu = Gpu::from_device(device.clone(), queue.clone())?;
     let pipe = Pipeline::load(&gpu, &opts.checkpoint, Weights::Ema)?;
     let [_, h, w] = pipe.example_shape() else {
         return Err(Error::Config(format!(
@@ -224,7 +224,7 @@ fn cli() -> Result<()> {
                 "no checkpoint given: training a tiny DiT into {}",
                 dir.display()
             );
-            train_tiny(&Gpu::from_device(device.clone(), queue.clone()), &dir, 60)?
+            train_tiny(&Gpu::from_device(device.clone(), queue.clone())?, &dir, 60)?
         }
     };
     let png = PathBuf::from(args.next().unwrap_or_else(|| "samples_texture.png".into()));

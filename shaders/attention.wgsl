@@ -35,6 +35,8 @@ struct Params {
 @group(0) @binding(3) var<storage, read> d_o: array<f32>;
 @group(0) @binding(4) var<storage, read_write> dqkv: array<f32>;
 @group(0) @binding(5) var<storage, read_write> delta: array<f32>;
+// dQ and dK/dV read delta (attention_backward_delta wrote it).
+@group(0) @binding(5) var<storage, read> delta_in: array<f32>;
 
 const WG: u32 = 64u;
 const MAX_D: u32 = 128u;
@@ -56,7 +58,7 @@ struct Row {
 }
 
 fn row_of(lid: u32, wid: vec3<u32>, nwg: vec3<u32>) -> Row {
-    let g = wid.x + wid.y * nwg.x + wid.z * nwg.x * nwg.y;
+    let g = workgroup_index(wid, nwg);
     let bh = g / params.blocks;
     let i = (g % params.blocks) * WG + lid;
     return Row(bh / params.heads, bh % params.heads, i, i < params.tokens,
@@ -77,24 +79,32 @@ fn stat_at(b: u32, h: u32, t: u32) -> u32 {
     return (b * params.heads + h) * params.tokens + t;
 }
 
-// Stage rows j0..j0+BLOCK of parts `pa` and `pb` of qkv (or, for pb = 3, of dO) in workgroup
-// memory. Called by every lane of the workgroup, between barriers.
+// Stage rows j0..j0+BLOCK of parts `pa` and `pb` of qkv in workgroup memory. Called by every
+// lane of the workgroup, between barriers.
 fn stage(r: Row, lid: u32, j0: u32, pa: u32, pb: u32) {
     let d = HEAD_DIM;
     for (var e = lid; e < BLOCK * d; e += WG) {
         let j = j0 + e / d;
         if (j < params.tokens) {
             tile_a[e] = qkv[qkv_at(r.b, j, pa, r.h) + e % d];
-            if (pb == 3u) {
-                tile_b[e] = d_o[o_at(r.b, j, r.h) + e % d];
-            } else {
-                tile_b[e] = qkv[qkv_at(r.b, j, pb, r.h) + e % d];
-            }
+            tile_b[e] = qkv[qkv_at(r.b, j, pb, r.h) + e % d];
         }
     }
 }
 
-// Element c of row jj of the current block of part pa (tile_a) or pb (tile_b).
+// The same with rows of dO in place of part pb (the dK/dV pass; only it binds dO).
+fn stage_with_do(r: Row, lid: u32, j0: u32, pa: u32) {
+    let d = HEAD_DIM;
+    for (var e = lid; e < BLOCK * d; e += WG) {
+        let j = j0 + e / d;
+        if (j < params.tokens) {
+            tile_a[e] = qkv[qkv_at(r.b, j, pa, r.h) + e % d];
+            tile_b[e] = d_o[o_at(r.b, j, r.h) + e % d];
+        }
+    }
+}
+
+// Element c of row jj of the current block of part pa (tile_a) or pb (tile_b), or of dO.
 fn elem_a(r: Row, j0: u32, jj: u32, pa: u32, c: u32) -> f32 {
     if (TILED) { return tile_a[jj * HEAD_DIM + c]; }
     return qkv[qkv_at(r.b, j0 + jj, pa, r.h) + c];
@@ -102,8 +112,12 @@ fn elem_a(r: Row, j0: u32, jj: u32, pa: u32, c: u32) -> f32 {
 
 fn elem_b(r: Row, j0: u32, jj: u32, pb: u32, c: u32) -> f32 {
     if (TILED) { return tile_b[jj * HEAD_DIM + c]; }
-    if (pb == 3u) { return d_o[o_at(r.b, j0 + jj, r.h) + c]; }
     return qkv[qkv_at(r.b, j0 + jj, pb, r.h) + c];
+}
+
+fn elem_do(r: Row, j0: u32, jj: u32, c: u32) -> f32 {
+    if (TILED) { return tile_b[jj * HEAD_DIM + c]; }
+    return d_o[o_at(r.b, j0 + jj, r.h) + c];
 }
 
 @compute @workgroup_size(WG)
@@ -170,7 +184,7 @@ fn attention_backward_dq(@builtin(local_invocation_index) lid: u32, @builtin(wor
         dq[c] = 0.0;
     }
     let lse_i = bw_lse[stat_at(r.b, r.h, i)];
-    let delta_i = delta[stat_at(r.b, r.h, i)];
+    let delta_i = delta_in[stat_at(r.b, r.h, i)];
     for (var j0 = 0u; j0 < params.tokens; j0 += BLOCK) {
         if (TILED) { stage(r, lid, j0, 1u, 2u); workgroupBarrier(); }
         let jn = min(BLOCK, params.tokens - j0);
@@ -211,7 +225,7 @@ fn attention_backward_dkv(@builtin(local_invocation_index) lid: u32, @builtin(wo
     }
     for (var i0 = 0u; i0 < params.tokens; i0 += BLOCK) {
         // Stage queries (part 0) and their output gradients (3 = dO).
-        if (TILED) { stage(r, lid, i0, 0u, 3u); workgroupBarrier(); }
+        if (TILED) { stage_with_do(r, lid, i0, 0u); workgroupBarrier(); }
         let in_ = min(BLOCK, params.tokens - i0);
         for (var ii = 0u; ii < in_; ii++) {
             let i = i0 + ii;
@@ -219,12 +233,12 @@ fn attention_backward_dkv(@builtin(local_invocation_index) lid: u32, @builtin(wo
             var dp = 0.0;
             for (var c = 0u; c < d; c++) {
                 s += k[c] * elem_a(r, i0, ii, 0u, c);
-                dp += v[c] * elem_b(r, i0, ii, 3u, c);
+                dp += v[c] * elem_do(r, i0, ii, c);
             }
             let p = exp(s - bw_lse[stat_at(r.b, r.h, i)]);
-            let ds = p * (dp - delta[stat_at(r.b, r.h, i)]);
+            let ds = p * (dp - delta_in[stat_at(r.b, r.h, i)]);
             for (var c = 0u; c < d; c++) {
-                dv[c] += p * elem_b(r, i0, ii, 3u, c);
+                dv[c] += p * elem_do(r, i0, ii, c);
                 dk[c] += ds * elem_a(r, i0, ii, 0u, c);
             }
         }

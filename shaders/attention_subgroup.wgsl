@@ -35,6 +35,8 @@ struct Params {
 @group(0) @binding(3) var<storage, read> d_o: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> dqkv: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> delta: array<f32>;
+// dK/dV reads delta (attention_subgroup_dq wrote it).
+@group(0) @binding(5) var<storage, read> delta_in: array<f32>;
 
 const LANES: u32 = 8u;
 const MAX_D4: u32 = 32u;
@@ -60,7 +62,7 @@ struct Row {
 }
 
 fn row_of(lane: u32, wid: vec3<u32>, nwg: vec3<u32>) -> Row {
-    let g = wid.x + wid.y * nwg.x + wid.z * nwg.x * nwg.y;
+    let g = workgroup_index(wid, nwg);
     let bh = g / params.blocks;
     let i = (g % params.blocks) * LANES + lane;
     return Row(bh / params.heads, bh % params.heads, i, i < params.tokens,
@@ -304,7 +306,7 @@ fn attention_subgroup_dkv(@builtin(subgroup_invocation_id) lane: u32, @builtin(w
         let i = min(i0 + lane, n - 1u);
         load_other(r, i, 0u, 3u);
         let lse_i = spread8(bw_lse[stat_at(r, i)]);
-        let delta_i = spread8(delta[stat_at(r, i)]);
+        let delta_i = spread8(delta_in[stat_at(r, i)]);
         let s = dots_a();
         let dp = dots_b();
         let p = mask(Eight(exp(s.v0 - lse_i.v0), exp(s.v1 - lse_i.v1), exp(s.v2 - lse_i.v2),

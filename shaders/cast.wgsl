@@ -20,7 +20,7 @@ struct Params {
 const WG: u32 = 256u;
 
 fn element(lid: u32, wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return (wid.x + wid.y * nwg.x + wid.z * nwg.x * nwg.y) * WG + lid;
+    return workgroup_index(wid, nwg) * WG + lid;
 }
 
 @compute @workgroup_size(WG)

@@ -3,12 +3,13 @@
 // workgroups, since a CPU driver pays a fixed cost per workgroup, and a quarter of the load
 // instructions, which are what such a driver pays for. Bindings are padded to whole vec4s, so
 // every tensor can be read this way; the last, partial vec4 is written element by element.
-// Every entry binds (x, y, out); an entry that does not use x or y gets a placeholder buffer.
-// The operation is chosen by the override constant OP, folded away when the pipeline is built.
+// Bindings (x, y, out); unary and axpy leave y out. The operation is chosen by the override
+// constant OP (codes OP_GELU, ... generated from src/shaders.rs), folded away when the pipeline
+// is built. Filling is the GPU context's own kernel (fill.wgsl).
 
 struct Params {
     n: u32,      // element count
-    alpha: f32,  // scale factor (scale, axpy) or fill value
+    alpha: f32,  // scale factor (scale, axpy, scale_by) or clamp bound
     _pad0: u32,
     _pad1: u32,
 }
@@ -21,24 +22,14 @@ struct Params {
 const WG: u32 = 256u;
 const ITEMS: u32 = 8u;
 
-// Unary ops.
-const OP_GELU: u32 = 0u;
-const OP_SILU: u32 = 1u;
-const OP_SCALE: u32 = 2u;
-const OP_CLAMP: u32 = 3u;  // clamp to [-alpha, alpha]
-// Binary ops.
-const OP_ADD: u32 = 10u;
-const OP_SUB: u32 = 11u;
-const OP_MUL: u32 = 12u;
-const OP_GELU_BACKWARD: u32 = 13u;  // x: input of the forward, y: gradient of its output
-const OP_SILU_BACKWARD: u32 = 14u;
-const OP_SCALE_BY: u32 = 15u;       // alpha * x * y[0]: scale by a scalar that lives on the GPU
-
+// OP_CLAMP clamps to [-alpha, alpha]; OP_GELU_BACKWARD and OP_SILU_BACKWARD take x, the input of
+// the forward, and y, the gradient of its output; OP_SCALE_BY is alpha * x * y[0], a scale that
+// lives on the GPU.
 override OP: u32 = 0u;
 
 // First vec4 of this invocation; the workgroup grid may be split over x, y and z.
 fn first_element(lid: u32, wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return (wid.x + wid.y * nwg.x + wid.z * nwg.x * nwg.y) * WG * ITEMS + lid;
+    return workgroup_index(wid, nwg) * WG * ITEMS + lid;
 }
 
 // Store vec4 number q: whole where it lies inside the n elements, else element by element.
@@ -122,17 +113,5 @@ fn axpy(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         let q = start + r * WG;
         if (4u * q >= params.n) { return; }
         store(q, fma(vec4(params.alpha), x[q], out[q]));
-    }
-}
-
-// out = alpha.
-@compute @workgroup_size(WG)
-fn fill(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
-        @builtin(num_workgroups) nwg: vec3<u32>) {
-    let start = first_element(lid, wid, nwg);
-    for (var r = 0u; r < ITEMS; r++) {
-        let q = start + r * WG;
-        if (4u * q >= params.n) { return; }
-        store(q, vec4(params.alpha));
     }
 }

@@ -24,7 +24,7 @@ struct Params {
 const WG: u32 = 64u;
 
 fn index(lid: u32, wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return (wid.x + wid.y * nwg.x + wid.z * nwg.x * nwg.y) * WG + lid;
+    return workgroup_index(wid, nwg) * WG + lid;
 }
 
 fn frequency(i: u32) -> f32 {

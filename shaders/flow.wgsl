@@ -1,20 +1,19 @@
-// The flow math on the GPU (the f64 reference is src/flow/): a counter-based RNG, the forward
-// process with the training target, the weighted loss with its gradient, and the exact marginal
-// velocity of a finite data set.
+// The flow math on the GPU (the f64 reference is src/flow/): the forward process with the
+// training target, the weighted loss with its gradient, and the exact marginal velocity of a
+// finite data set. Times and noise come from the counter-based generator (the library
+// philox.wgsl): t from STREAM_T (counter = sample), eps from STREAM_EPS (counter = element).
 //
-// RNG: Philox4x32-10, counter (index, step, stream, 0), key = the 64-bit seed; bit-identical to
-// src/rng.rs. A number depends only on (seed, step, stream, element index), not on the dispatch.
-// Uniforms take the top 24 bits, centred (never 0 or 1); normals use Box-Muller's cosine branch.
-//
-// Configuration by override constants: SCHEDULE 0 rf, 1 cosine, 2 ldm-linear, 3 edm;
-// SAMPLER 0 uniform, 1 lognorm, 2 mode, 3 cosmap; PRED 0 velocity, 1 eps, 2 v, 3 x0;
-// WEIGHTING 0 velocity, 1 eps, 2 v, 3 x0, 4 edm.
+// Configuration by override constants, their values generated from src/shaders.rs: SCHEDULE
+// (SCHEDULE_RF, SCHEDULE_COSINE, SCHEDULE_LDM_LINEAR, SCHEDULE_EDM), SAMPLER (SAMPLER_UNIFORM,
+// SAMPLER_LOGNORM, SAMPLER_MODE, SAMPLER_COSMAP), PRED (PRED_VELOCITY, PRED_EPS, PRED_V, PRED_X0),
+// WEIGHTING (WEIGHTING_VELOCITY, ..., WEIGHTING_EDM; the first four equal the PRED codes).
+// Each entry point binds only its own buffers; `ldm` (log alphabar of the LDM schedule, 1000
+// entries) is binding 2 of all three.
 
 struct Params {
     batch: u32,
     dim: u32,
     step: u32,
-    stream: u32,
     seed_lo: u32,
     seed_hi: u32,
     null_label: u32,
@@ -31,72 +30,46 @@ struct Params {
     w_ps: f32,
     _pad0: u32,
     _pad1: u32,
+    _pad2: u32,
 }
 
-@group(0) @binding(0) var<storage, read> x0: array<f32>;        // [B, D] data (forward); network output (loss); z (oracle)
-@group(0) @binding(1) var<storage, read> aux: array<f32>;       // labels [B] (forward); target (loss); t (oracle)
-@group(0) @binding(2) var<storage, read> ldm: array<f32>;       // log alphabar, 1000 entries (ldm-linear)
-@group(0) @binding(3) var<storage, read_write> out_a: array<f32>; // z (forward); dout (loss); v (oracle); numbers (random)
-@group(0) @binding(4) var<storage, read_write> out_b: array<f32>; // target (forward); per-sample loss (loss)
-@group(0) @binding(5) var<storage, read_write> out_t: array<f32>; // t [B] (forward); t [B] in (loss)
-@group(0) @binding(6) var<storage, read_write> out_labels: array<f32>; // labels after dropout [B]
 @group(1) @binding(0) var<uniform> params: Params;
+@group(0) @binding(2) var<storage, read> ldm: array<f32>;
 
-// oracle: the data set
-@group(0) @binding(4) var<storage, read> data: array<f32>;
+// forward_process
+@group(0) @binding(0) var<storage, read> x0: array<f32>;                // [B, D]
+@group(0) @binding(1) var<storage, read> labels: array<f32>;            // [B]
+@group(0) @binding(3) var<storage, read_write> z: array<f32>;           // [B, D]
+@group(0) @binding(4) var<storage, read_write> regression: array<f32>;  // [B, D], the target
+@group(0) @binding(5) var<storage, read_write> t_out: array<f32>;       // [B]
+@group(0) @binding(6) var<storage, read_write> labels_out: array<f32>;  // [B], after dropout
+
+// weighted_loss
+@group(0) @binding(0) var<storage, read> output: array<f32>;            // [B, D]
+@group(0) @binding(1) var<storage, read> loss_target: array<f32>;       // [B, D]
+@group(0) @binding(3) var<storage, read> loss_t: array<f32>;            // [B]
+@group(0) @binding(4) var<storage, read_write> grad: array<f32>;        // [B, D]
+@group(0) @binding(5) var<storage, read_write> per_sample: array<f32>;  // [B]
+
+// oracle_velocity
+@group(0) @binding(0) var<storage, read> oracle_z: array<f32>;          // [B, D]
+@group(0) @binding(1) var<storage, read> oracle_t: array<f32>;          // [B]
+@group(0) @binding(3) var<storage, read> data: array<f32>;              // [rows, D]
+@group(0) @binding(4) var<storage, read_write> velocity: array<f32>;    // [B, D]
 
 override SCHEDULE: u32 = 0u;
 override SAMPLER: u32 = 0u;
 override PRED: u32 = 0u;
 override WEIGHTING: u32 = 0u;
 
-const PI: f32 = 3.14159265358979;
-const STREAM_T: u32 = 0u;
-const STREAM_EPS: u32 = 1u;
 const WG: u32 = 64u;
 
 fn linear_index(lid: u32, wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return (wid.x + wid.y * nwg.x + wid.z * nwg.x * nwg.y) * WG + lid;
-}
-
-// ---- Philox4x32-10 ----
-
-fn mulhi(a: u32, b: u32) -> u32 {
-    let a_lo = a & 0xffffu;
-    let a_hi = a >> 16u;
-    let b_lo = b & 0xffffu;
-    let b_hi = b >> 16u;
-    let lo_lo = a_lo * b_lo;
-    let hi_lo = a_hi * b_lo;
-    let lo_hi = a_lo * b_hi;
-    let cross = (lo_lo >> 16u) + (hi_lo & 0xffffu) + lo_hi; // < 2^32: no overflow
-    return a_hi * b_hi + (hi_lo >> 16u) + (cross >> 16u);
-}
-
-fn philox(counter: vec4<u32>, key: vec2<u32>) -> vec4<u32> {
-    var c = counter;
-    var k = key;
-    for (var round = 0u; round < 10u; round++) {
-        if (round > 0u) { k += vec2(0x9E3779B9u, 0xBB67AE85u); }
-        let hi0 = mulhi(0xD2511F53u, c.x);
-        let lo0 = 0xD2511F53u * c.x;
-        let hi1 = mulhi(0xCD9E8D57u, c.z);
-        let lo1 = 0xCD9E8D57u * c.z;
-        c = vec4(hi1 ^ c.y ^ k.x, lo1, hi0 ^ c.w ^ k.y, lo0);
-    }
-    return c;
+    return workgroup_index(wid, nwg) * WG + lid;
 }
 
 fn words(stream: u32, index: u32) -> vec4<u32> {
-    return philox(vec4(index, params.step, stream, 0u), vec2(params.seed_lo, params.seed_hi));
-}
-
-fn unit_uniform(w: u32) -> f32 {
-    return (f32(w >> 8u) + 0.5) * (1.0 / 16777216.0);
-}
-
-fn normal(w0: u32, w1: u32) -> f32 {
-    return sqrt(-2.0 * log(unit_uniform(w0))) * cos(2.0 * PI * unit_uniform(w1));
+    return random_words(vec2(params.seed_lo, params.seed_hi), params.step, stream, index);
 }
 
 // ---- schedules: (a, b, a', b') ----
@@ -125,12 +98,12 @@ fn normal_quantile(p: f32) -> f32 {
 
 fn coefficients(t: f32) -> vec4<f32> {
     switch SCHEDULE {
-        case 1u: {
+        case SCHEDULE_COSINE: {
             let s = sin(0.5 * PI * t);
             let c = cos(0.5 * PI * t);
             return vec4(c, s, -0.5 * PI * s, 0.5 * PI * c);
         }
-        case 2u: {
+        case SCHEDULE_LDM_LINEAR: {
             // Piecewise-linear log alphabar over i = t (T - 1), as src/flow/schedule.rs.
             let x = clamp(t, 0.0, 1.0) * 999.0;
             let i = min(u32(floor(x)), 998u);
@@ -142,7 +115,7 @@ fn coefficients(t: f32) -> vec4<f32> {
             let b = sqrt(1.0 - ab);
             return vec4(a, b, 0.5 * a * dl, -0.5 * ab * dl / b);
         }
-        case 3u: {
+        case SCHEDULE_EDM: {
             let u = normal_quantile(t);
             let b = exp(params.sched_pm + params.sched_ps * u);
             return vec4(1.0, b, 0.0, b * params.sched_ps / normal_pdf(u));
@@ -163,12 +136,12 @@ fn sample_t(w: vec4<u32>) -> f32 {
     let u = unit_uniform(w.x);
     var t: f32;
     switch SAMPLER {
-        case 1u: { t = 1.0 / (1.0 + exp(-(params.samp_m + params.samp_s * normal(w.y, w.z)))); }
-        case 2u: {
+        case SAMPLER_LOGNORM: { t = 1.0 / (1.0 + exp(-(params.samp_m + params.samp_s * normal(w.y, w.z)))); }
+        case SAMPLER_MODE: {
             let c = cos(0.5 * PI * u);
             t = 1.0 - u - params.samp_m * (c * c - 1.0 + u);
         }
-        case 3u: { t = 1.0 - 1.0 / (tan(0.5 * PI * u) + 1.0); }
+        case SAMPLER_COSMAP: { t = 1.0 - 1.0 / (tan(0.5 * PI * u) + 1.0); }
         default: { t = u; }
     }
     let a = params.shift;
@@ -180,9 +153,9 @@ fn sample_t(w: vec4<u32>) -> f32 {
 
 fn regression_target(c: vec4<f32>, x: f32, eps: f32) -> f32 {
     switch PRED {
-        case 1u: { return eps; }
-        case 2u: { return c.x * eps - c.y * x; }
-        case 3u: { return x; }
+        case PRED_EPS: { return eps; }
+        case PRED_V: { return c.x * eps - c.y * x; }
+        case PRED_X0: { return x; }
         default: { return c.z * x + c.w * eps; }
     }
 }
@@ -190,9 +163,9 @@ fn regression_target(c: vec4<f32>, x: f32, eps: f32) -> f32 {
 // c_out of eps_hat = c_out * output + c_z * z.
 fn eps_scale(c: vec4<f32>) -> f32 {
     switch PRED {
-        case 1u: { return 1.0; }
-        case 2u: { return c.x / (c.x * c.x + c.y * c.y); }
-        case 3u: { return -c.x / c.y; }
+        case PRED_EPS: { return 1.0; }
+        case PRED_V: { return c.x / (c.x * c.x + c.y * c.y); }
+        case PRED_X0: { return -c.x / c.y; }
         default: { return -2.0 / (dlambda(c) * c.y); }
     }
 }
@@ -205,10 +178,10 @@ fn output_weight(t: f32) -> f32 {
     let dl = dlambda(c);
     var w: f32;
     switch WEIGHTING {
-        case 1u: { w = -2.0 / dl; }
-        case 2u: { w = -2.0 / (dl * c.x * c.x); }
-        case 3u: { w = -2.0 / dl * (c.y / c.x) * (c.y / c.x); }
-        case 4u: {
+        case WEIGHTING_EPS: { w = -2.0 / dl; }
+        case WEIGHTING_V: { w = -2.0 / (dl * c.x * c.x); }
+        case WEIGHTING_X0: { w = -2.0 / dl * (c.y / c.x) * (c.y / c.x); }
+        case WEIGHTING_EDM: {
             let l = 2.0 * (log(c.x) - log(c.y));
             let sd = 2.0 * params.w_ps;
             let density = exp(-(l + 2.0 * params.w_pm) * (l + 2.0 * params.w_pm) / (2.0 * sd * sd)) / (sd * 2.5066282746310002);
@@ -222,19 +195,9 @@ fn output_weight(t: f32) -> f32 {
 
 // ---- kernels ----
 
-// out_a[i] = standard normal (stream params.stream, element i), for i < batch * dim.
-@compute @workgroup_size(WG)
-fn random_normal(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
-                 @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = linear_index(lid, wid, nwg);
-    if (i >= params.batch * params.dim) { return; }
-    let w = words(params.stream, i);
-    out_a[i] = normal(w.x, w.y);
-}
-
-// Per element of the batch [B, D]: t for its sample (stream 0, counter = sample), eps (stream 1,
-// counter = element), z_t = a x0 + b eps and the training target; the first element of each
-// sample also writes t and the label after dropout (word w of the sample's counter).
+// Per element of the batch [B, D]: t for its sample (STREAM_T, counter = sample), eps
+// (STREAM_EPS, counter = element), z_t = a x0 + b eps and the training target; the first element
+// of each sample also writes t and the label after dropout (word w of the sample's counter).
 @compute @workgroup_size(WG)
 fn forward_process(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
                    @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -246,11 +209,11 @@ fn forward_process(@builtin(local_invocation_index) lid: u32, @builtin(workgroup
     let we = words(STREAM_EPS, e);
     let eps = normal(we.x, we.y);
     let c = coefficients(t);
-    out_a[e] = c.x * x0[e] + c.y * eps;
-    out_b[e] = regression_target(c, x0[e], eps);
+    z[e] = c.x * x0[e] + c.y * eps;
+    regression[e] = regression_target(c, x0[e], eps);
     if (e % params.dim == 0u) {
-        out_t[sample] = t;
-        out_labels[sample] = select(aux[sample], f32(params.null_label), unit_uniform(wt.w) < params.p_drop);
+        t_out[sample] = t;
+        labels_out[sample] = select(labels[sample], f32(params.null_label), unit_uniform(wt.w) < params.p_drop);
     }
 }
 
@@ -261,16 +224,16 @@ fn weighted_loss(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_i
                  @builtin(num_workgroups) nwg: vec3<u32>) {
     let sample = linear_index(lid, wid, nwg);
     if (sample >= params.batch) { return; }
-    let w = output_weight(out_t[sample]);
+    let w = output_weight(loss_t[sample]);
     let scale = 2.0 * w / f32(params.batch * params.dim);
     var sum = 0.0;
     for (var j = 0u; j < params.dim; j++) {
         let i = sample * params.dim + j;
-        let d = x0[i] - aux[i];
+        let d = output[i] - loss_target[i];
         sum += d * d;
-        out_a[i] = scale * d;
+        grad[i] = scale * d;
     }
-    out_b[sample] = w * sum / f32(params.dim);
+    per_sample[sample] = w * sum / f32(params.dim);
 }
 
 // The marginal velocity of the finite data set `data` [rows, D] at z [B, D], t [B]:
@@ -283,41 +246,27 @@ fn oracle_velocity(@builtin(local_invocation_index) lid: u32, @builtin(workgroup
     let n = linear_index(lid, wid, nwg);
     if (n >= params.batch) { return; }
     let d = params.dim;
-    let c = coefficients(aux[n]);
+    let c = coefficients(oracle_t[n]);
     var m = bitcast<f32>(0xff800000u);
     var total = 0.0;
     for (var k = 0u; k < params.rows; k++) {
         var sq = 0.0;
-        for (var j = 0u; j < d; j++) { let r = x0[n * d + j] - c.x * data[k * d + j]; sq += r * r; }
+        for (var j = 0u; j < d; j++) { let r = oracle_z[n * d + j] - c.x * data[k * d + j]; sq += r * r; }
         let logit = -sq / (2.0 * c.y * c.y);
         let m_new = max(m, logit);
         total = total * exp(m - m_new) + exp(logit - m_new);
         m = m_new;
     }
-    for (var j = 0u; j < d; j++) { out_a[n * d + j] = 0.0; }
+    for (var j = 0u; j < d; j++) { velocity[n * d + j] = 0.0; }
     for (var k = 0u; k < params.rows; k++) {
         var sq = 0.0;
-        for (var j = 0u; j < d; j++) { let r = x0[n * d + j] - c.x * data[k * d + j]; sq += r * r; }
+        for (var j = 0u; j < d; j++) { let r = oracle_z[n * d + j] - c.x * data[k * d + j]; sq += r * r; }
         let w = exp(-sq / (2.0 * c.y * c.y) - m) / total;
-        for (var j = 0u; j < d; j++) { out_a[n * d + j] += w * data[k * d + j]; }
+        for (var j = 0u; j < d; j++) { velocity[n * d + j] += w * data[k * d + j]; }
     }
     for (var j = 0u; j < d; j++) {
         let i = n * d + j;
-        let ex0 = out_a[i];
-        out_a[i] = c.z * ex0 + c.w * (x0[i] - c.x * ex0) / c.y;
+        let ex0 = velocity[i];
+        velocity[i] = c.z * ex0 + c.w * (oracle_z[i] - c.x * ex0) / c.y;
     }
-}
-
-// A training batch gathered on the GPU: sample b takes data row floor(u * rows) with u from
-// stream 2 (counter = b), and its label. x0 binds the data set [rows, D], aux its labels [rows];
-// out_a receives [B, D], out_b the labels [B].
-@compute @workgroup_size(WG)
-fn gather_batch(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
-                @builtin(num_workgroups) nwg: vec3<u32>) {
-    let e = linear_index(lid, wid, nwg);
-    if (e >= params.batch * params.dim) { return; }
-    let sample = e / params.dim;
-    let row = min(u32(unit_uniform(words(2u, sample).x) * f32(params.rows)), params.rows - 1u);
-    out_a[e] = x0[row * params.dim + e % params.dim];
-    if (e % params.dim == 0u) { out_b[sample] = aux[row]; }
 }

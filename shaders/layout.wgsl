@@ -27,7 +27,7 @@ var<workgroup> tile: array<f32, 272>; // T * (T + 1)
 @compute @workgroup_size(16, 16)
 fn transpose(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
              @builtin(num_workgroups) nwg: vec3<u32>) {
-    let g = wid.x + wid.y * nwg.x + wid.z * nwg.x * nwg.y;
+    let g = workgroup_index(wid, nwg);
     let per_batch = params.tiles_c * params.tiles_r;
     let b = g / per_batch;
     if (b >= params.batch) { return; }
@@ -55,7 +55,7 @@ fn transpose(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id
 @compute @workgroup_size(256)
 fn transpose_direct(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
                     @builtin(num_workgroups) nwg: vec3<u32>) {
-    let first = ((wid.x + wid.y * nwg.x + wid.z * nwg.x * nwg.y) * 256u + lid) * 8u;
+    let first = (workgroup_index(wid, nwg) * 256u + lid) * 8u;
     let per_batch = params.rows * params.cols;
     let total = params.batch * per_batch;
     for (var e = first; e < min(first + 8u, total); e++) {
@@ -72,7 +72,7 @@ fn transpose_direct(@builtin(local_invocation_index) lid: u32, @builtin(workgrou
 @compute @workgroup_size(256)
 fn copy_rows(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
              @builtin(num_workgroups) nwg: vec3<u32>) {
-    let first = ((wid.x + wid.y * nwg.x + wid.z * nwg.x * nwg.y) * 256u + lid) * 4u;
+    let first = (workgroup_index(wid, nwg) * 256u + lid) * 4u;
     let per_batch = params.rows * params.cols;
     let total = params.batch * per_batch;
     for (var e = first; e < min(first + 4u, total); e++) {
@@ -92,7 +92,7 @@ override PATCHIFY: bool = true;
 @compute @workgroup_size(256)
 fn patchify(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
             @builtin(num_workgroups) nwg: vec3<u32>) {
-    let e = (wid.x + wid.y * nwg.x + wid.z * nwg.x * nwg.y) * 256u + lid;
+    let e = workgroup_index(wid, nwg) * 256u + lid;
     let ch = params.rows;
     let height = params.cols;
     let width = params.tiles_c;

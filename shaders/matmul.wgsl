@@ -45,7 +45,7 @@ override BK: u32 = 16u;     // depth of a K step, a multiple of 4
 override TRANS_A: bool = false;
 override TRANS_B: bool = false;
 override HAS_BIAS: bool = false;
-override ACT: u32 = 0u;     // 0 none, 1 GELU (tanh), 2 SiLU
+override ACT: u32 = 0u;     // ACT_NONE, ACT_GELU (tanh) or ACT_SILU (activation.wgsl)
 override ACCUMULATE: bool = false;
 
 override BM: u32 = WG_M * TM;
@@ -69,7 +69,7 @@ struct Tile {
 
 // Which tile of which batch item this workgroup computes (the grid may be split over x, y, z).
 fn tile_of(wid: vec3<u32>, nwg: vec3<u32>) -> Tile {
-    let g = wid.x + wid.y * nwg.x + wid.z * nwg.x * nwg.y;
+    let g = workgroup_index(wid, nwg);
     let per_batch = params.tiles_m * params.tiles_n;
     let item = g / per_batch;
     let r = g % per_batch;
@@ -77,16 +77,7 @@ fn tile_of(wid: vec3<u32>, nwg: vec3<u32>) -> Tile {
                 (r / params.tiles_n) * BM, (r % params.tiles_n) * BN, item < params.batch);
 }
 
-fn act(v: f32) -> f32 {
-    if (ACT == 1u) {
-        let u = clamp(0.7978845608028654 * (v + 0.044715 * v * v * v), -15.0, 15.0);
-        return 0.5 * v * (1.0 + tanh(u));
-    }
-    if (ACT == 2u) {
-        return v / (1.0 + exp(-v));
-    }
-    return v;
-}
+// act(v): the library activation.wgsl.
 
 // alpha * sum + bias, activated, for four consecutive columns starting at `col`.
 fn epilogue(sum: vec4<f32>, col: u32) -> vec4<f32> {

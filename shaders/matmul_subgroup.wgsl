@@ -45,7 +45,7 @@ override TM: u32 = 32u;     // rows per subgroup tile: 8, 16 or 32
 override TRANS_A: bool = false;
 override TRANS_B: bool = false;
 override HAS_BIAS: bool = false;
-override ACT: u32 = 0u;     // 0 none, 1 GELU (tanh), 2 SiLU
+override ACT: u32 = 0u;     // ACT_NONE, ACT_GELU (tanh) or ACT_SILU (activation.wgsl)
 override ACCUMULATE: bool = false;
 override A_VEC4: bool = true;
 override B_VEC4: bool = true;
@@ -60,16 +60,7 @@ var<private> acc: array<vec4<f32>, 32>;  // row i of the tile, this lane's 4 col
 var<private> a_reg: array<vec4<f32>, 4>; // TM / 8 vec4 of A (which rows and k: see below)
 var<private> b_reg: array<vec4<f32>, 4>; // this lane's 4 columns at k0 + q
 
-fn act(v: f32) -> f32 {
-    if (ACT == 1u) {
-        let u = clamp(0.7978845608028654 * (v + 0.044715 * v * v * v), -15.0, 15.0);
-        return 0.5 * v * (1.0 + tanh(u));
-    }
-    if (ACT == 2u) {
-        return v / (1.0 + exp(-v));
-    }
-    return v;
-}
+// act(v): the library activation.wgsl.
 
 // Loads of four consecutive elements along an operand's contiguous dimension: one vec4 where
 // that dimension is a multiple of 4, else four elements. Indices past the edge are clamped
@@ -124,7 +115,7 @@ fn load_b_cols(base: u32, k: u32, n: u32) -> vec4<f32> {
 @compute @workgroup_size(8)
 fn matmul_subgroup(@builtin(subgroup_invocation_id) lane: u32, @builtin(workgroup_id) wid: vec3<u32>,
                    @builtin(num_workgroups) nwg: vec3<u32>) {
-    let g = wid.x + wid.y * nwg.x + wid.z * nwg.x * nwg.y;
+    let g = workgroup_index(wid, nwg);
     let per_batch = params.tiles_m * params.tiles_n;
     let item = g / per_batch;
     if (item >= params.batch) { return; }

@@ -20,35 +20,53 @@ struct Params {
 @group(0) @binding(0) var<storage, read> x: array<f32>;      // x (forward) or dy (backward)
 @group(0) @binding(1) var<storage, read> h: array<f32>;      // h (gate), saved x / h (backward)
 @group(0) @binding(2) var<storage, read> s: array<f32>;      // scale or gate, [B, C]
-@group(0) @binding(3) var<storage, read> shift: array<f32>;  // shift, [B, C] (modulate only)
+@group(0) @binding(3) var<storage, read> shift: array<f32>;  // shift, [B, C] (forward MODULATE only)
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
-@group(0) @binding(5) var<storage, read_write> prod: array<f32>; // dy * saved (backward only)
+@group(0) @binding(5) var<storage, read_write> prod: array<f32>; // dy * saved (modulate_backward)
 @group(1) @binding(0) var<uniform> params: Params;
 
-const MODULATE: u32 = 0u;
-const MODULATE_BACKWARD: u32 = 1u;
-const GATE: u32 = 2u;
-const GATE_BACKWARD: u32 = 3u;
+// MODE: MODULATE, MODULATE_BACKWARD, GATE or GATE_BACKWARD (generated from src/shaders.rs).
 override MODE: u32 = 0u;
 
 const WG: u32 = 256u;
 const ITEMS: u32 = 4u;
 
+// The per-sample vector element of activation i: sample b, column c.
+fn vector_at(i: u32) -> u32 {
+    let b = i / (params.tokens * params.cols);
+    return b * params.cols + i % params.cols;
+}
+
+// MODE MODULATE or GATE.
 @compute @workgroup_size(WG)
 fn modulate(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
             @builtin(num_workgroups) nwg: vec3<u32>) {
     let n = params.batch * params.tokens * params.cols;
-    let start = (wid.x + wid.y * nwg.x + wid.z * nwg.x * nwg.y) * WG * ITEMS + lid;
+    let start = workgroup_index(wid, nwg) * WG * ITEMS + lid;
     for (var r = 0u; r < ITEMS; r++) {
         let i = start + r * WG;
         if (i >= n) { return; }
-        // The per-sample vector element for this activation: sample b, column c.
-        let b = i / (params.tokens * params.cols);
-        let sv = b * params.cols + i % params.cols;
+        let sv = vector_at(i);
         switch MODE {
             case MODULATE: { out[i] = x[i] * (1.0 + s[sv]) + shift[sv]; }
-            case MODULATE_BACKWARD: { out[i] = x[i] * (1.0 + s[sv]); prod[i] = x[i] * h[i]; }
             case GATE: { out[i] = x[i] + s[sv] * h[i]; }
+            default: {}
+        }
+    }
+}
+
+// MODE MODULATE_BACKWARD or GATE_BACKWARD: x binds dy and h the forward's saved input.
+@compute @workgroup_size(WG)
+fn modulate_backward(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+                     @builtin(num_workgroups) nwg: vec3<u32>) {
+    let n = params.batch * params.tokens * params.cols;
+    let start = workgroup_index(wid, nwg) * WG * ITEMS + lid;
+    for (var r = 0u; r < ITEMS; r++) {
+        let i = start + r * WG;
+        if (i >= n) { return; }
+        let sv = vector_at(i);
+        switch MODE {
+            case MODULATE_BACKWARD: { out[i] = x[i] * (1.0 + s[sv]); prod[i] = x[i] * h[i]; }
             case GATE_BACKWARD: { out[i] = x[i] * s[sv]; prod[i] = x[i] * h[i]; }
             default: {}
         }
@@ -77,10 +95,6 @@ fn modulate(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wi
 
 const ROWS_WG: u32 = 64u;
 
-fn ada_group(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return wid.x + wid.y * nwg.x + wid.z * nwg.x * nwg.y;
-}
-
 // ada[b, chunk j, column c]
 fn ada_at(b: u32, j: u32, c: u32) -> u32 {
     return (b * params.chunks + j) * params.cols + c;
@@ -89,7 +103,7 @@ fn ada_at(b: u32, j: u32, c: u32) -> u32 {
 @compute @workgroup_size(ROWS_WG)
 fn ln_modulate(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
                @builtin(num_workgroups) nwg: vec3<u32>) {
-    let row = ada_group(wid, nwg) * ROWS_WG + lid;
+    let row = workgroup_index(wid, nwg) * ROWS_WG + lid;
     if (row >= params.batch * params.tokens) { return; }
     let b = row / params.tokens;
     let n = params.cols;
@@ -112,7 +126,7 @@ fn ln_modulate(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
 @compute @workgroup_size(ROWS_WG)
 fn ln_modulate_backward_rows(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
                              @builtin(num_workgroups) nwg: vec3<u32>) {
-    let row = ada_group(wid, nwg) * ROWS_WG + lid;
+    let row = workgroup_index(wid, nwg) * ROWS_WG + lid;
     if (row >= params.batch * params.tokens) { return; }
     let b = row / params.tokens;
     let n = params.cols;
@@ -140,7 +154,7 @@ fn ln_modulate_backward_rows(@builtin(local_invocation_index) lid: u32, @builtin
 @compute @workgroup_size(ROWS_WG)
 fn ln_modulate_backward_cols(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
                              @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = ada_group(wid, nwg) * ROWS_WG + lid;
+    let i = workgroup_index(wid, nwg) * ROWS_WG + lid;
     let n = params.cols;
     if (i >= params.batch * n) { return; }
     let b = i / n;
@@ -162,7 +176,7 @@ fn ln_modulate_backward_cols(@builtin(local_invocation_index) lid: u32, @builtin
 @compute @workgroup_size(ROWS_WG)
 fn ada_gate(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
             @builtin(num_workgroups) nwg: vec3<u32>) {
-    let row = ada_group(wid, nwg) * ROWS_WG + lid;
+    let row = workgroup_index(wid, nwg) * ROWS_WG + lid;
     if (row >= params.batch * params.tokens) { return; }
     let gate0 = ada_at(row / params.tokens, params.chunk_a, 0u);
     let base = row * params.cols;
@@ -175,7 +189,7 @@ fn ada_gate(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wi
 @compute @workgroup_size(ROWS_WG)
 fn ada_gate_backward(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
                      @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = ada_group(wid, nwg) * ROWS_WG + lid;
+    let i = workgroup_index(wid, nwg) * ROWS_WG + lid;
     let n = params.cols;
     if (i >= params.batch * n) { return; }
     let b = i / n;

@@ -19,8 +19,8 @@ struct Params {
 }
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;       // input (forward) / input (backward)
-@group(0) @binding(1) var<storage, read> gamma: array<f32>;   // scale [cols] (or placeholder)
-@group(0) @binding(2) var<storage, read> beta: array<f32>;    // shift [cols] (or placeholder)
+@group(0) @binding(1) var<storage, read> gamma: array<f32>;   // scale [cols] (without affine: the absent-input buffer, not read)
+@group(0) @binding(2) var<storage, read> beta: array<f32>;    // shift [cols] (likewise)
 @group(0) @binding(3) var<storage, read_write> y: array<f32>; // output
 @group(0) @binding(4) var<storage, read_write> stats: array<f32>; // [rows, 2]: mean, rstd
 @group(1) @binding(0) var<uniform> params: Params;
@@ -35,7 +35,7 @@ struct Params {
 const WG: u32 = 64u;
 
 fn row_of(lid: u32, wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return (wid.x + wid.y * nwg.x + wid.z * nwg.x * nwg.y) * WG + lid;
+    return workgroup_index(wid, nwg) * WG + lid;
 }
 
 // y = (x - mean) * rstd * gamma + beta
@@ -62,6 +62,8 @@ fn layer_norm(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
 }
 
 // dxhat = dy * gamma;  dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+// Two entries: without affine parameters (gamma and dy_xhat left out), and with them (writing
+// dy * xhat, whose column sums are gamma's gradient).
 @compute @workgroup_size(WG)
 fn layer_norm_backward(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
                        @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -74,19 +76,40 @@ fn layer_norm_backward(@builtin(local_invocation_index) lid: u32, @builtin(workg
     var sum_gx = 0.0;
     for (var j = 0u; j < params.cols; j++) {
         let xhat = (x[base + j] - mean) * rstd;
-        var g = dy[base + j];
-        if (params.affine == 1u) {
-            dy_xhat[base + j] = g * xhat;
-            g *= bw_gamma[j];
-        }
+        let g = dy[base + j];
         sum_g += g;
         sum_gx += g * xhat;
     }
     let n = f32(params.cols);
     for (var j = 0u; j < params.cols; j++) {
         let xhat = (x[base + j] - mean) * rstd;
+        let g = dy[base + j];
+        dx[base + j] = rstd * (g - sum_g / n - xhat * sum_gx / n);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn layer_norm_backward_affine(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+                              @builtin(num_workgroups) nwg: vec3<u32>) {
+    let row = row_of(lid, wid, nwg);
+    if (row >= params.rows) { return; }
+    let base = row * params.cols;
+    let mean = bw_stats[2u * row];
+    let rstd = bw_stats[2u * row + 1u];
+    var sum_g = 0.0;
+    var sum_gx = 0.0;
+    for (var j = 0u; j < params.cols; j++) {
+        let xhat = (x[base + j] - mean) * rstd;
         var g = dy[base + j];
-        if (params.affine == 1u) { g *= bw_gamma[j]; }
+        dy_xhat[base + j] = g * xhat;
+        g *= bw_gamma[j];
+        sum_g += g;
+        sum_gx += g * xhat;
+    }
+    let n = f32(params.cols);
+    for (var j = 0u; j < params.cols; j++) {
+        let xhat = (x[base + j] - mean) * rstd;
+        let g = dy[base + j] * bw_gamma[j];
         dx[base + j] = rstd * (g - sum_g / n - xhat * sum_gx / n);
     }
 }

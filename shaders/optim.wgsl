@@ -78,7 +78,7 @@ fn norm_finish(@builtin(local_invocation_index) lid: u32) {
 @compute @workgroup_size(WG)
 fn adamw(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
          @builtin(num_workgroups) nwg: vec3<u32>) {
-    let start = (wid.x + wid.y * nwg.x + wid.z * nwg.x * nwg.y) * WG * 4u + lid;
+    let start = workgroup_index(wid, nwg) * WG * 4u + lid;
     let clip = ad_stats[1];
     for (var r = 0u; r < 4u; r++) {
         let i = start + r * WG;

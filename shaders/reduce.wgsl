@@ -14,9 +14,7 @@ struct Params {
 @group(1) @binding(0) var<uniform> params: Params;
 
 const WG: u32 = 128u;
-const OP_SUM: u32 = 0u;
-const OP_MEAN: u32 = 1u;
-const OP_MAX: u32 = 2u;
+// OP: OP_SUM, OP_MEAN or OP_MAX (generated from src/shaders.rs).
 
 override OP: u32 = 0u;
 override ACCUMULATE: bool = false;  // sum_tokens: add into out instead of overwriting it
@@ -31,7 +29,7 @@ fn combine(a: f32, b: f32) -> f32 {
 @compute @workgroup_size(WG)
 fn reduce_rows(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
                @builtin(num_workgroups) nwg: vec3<u32>) {
-    let row = wid.x + wid.y * nwg.x + wid.z * nwg.x * nwg.y;
+    let row = workgroup_index(wid, nwg);
     if (row >= params.rows) { return; }
     let base = row * params.cols;
     // -inf is the identity of max (bit pattern; WGSL has no infinity literal).
@@ -59,7 +57,7 @@ fn reduce_rows(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
 @compute @workgroup_size(64)
 fn reduce_rows_serial(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
                       @builtin(num_workgroups) nwg: vec3<u32>) {
-    let row = (wid.x + wid.y * nwg.x + wid.z * nwg.x * nwg.y) * 64u + lid;
+    let row = workgroup_index(wid, nwg) * 64u + lid;
     if (row >= params.rows) { return; }
     let base = row * params.cols;
     var acc = select(0.0, bitcast<f32>(0xff800000u), OP == OP_MAX);
@@ -76,7 +74,7 @@ fn reduce_rows_serial(@builtin(local_invocation_index) lid: u32, @builtin(workgr
 @compute @workgroup_size(64)
 fn sum_tokens(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
               @builtin(num_workgroups) nwg: vec3<u32>) {
-    let e = (wid.x + wid.y * nwg.x + wid.z * nwg.x * nwg.y) * 64u + lid;
+    let e = workgroup_index(wid, nwg) * 64u + lid;
     if (e >= params.rows * params.cols) { return; }
     let b = e / params.cols;
     let c = e % params.cols;

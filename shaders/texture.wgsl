@@ -32,7 +32,7 @@ const WG: u32 = 64u;
 
 // The image pixel of this invocation; the workgroup grid may be split over x and y.
 fn pixel_index(lid: u32, wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return (wid.x + wid.y * nwg.x + wid.z * nwg.x * nwg.y) * WG + lid;
+    return workgroup_index(wid, nwg) * WG + lid;
 }
 
 // Image i's pixel (y, x) in [0, 1].

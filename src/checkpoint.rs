@@ -9,7 +9,7 @@
 
 use crate::error::{Error, Result};
 use crate::limits::{show_bytes, HOST_BUDGET_BYTES};
-use crate::params::Params;
+use crate::params::{FlatLayout, Params};
 use safetensors::tensor::{Dtype, TensorView};
 use std::collections::HashMap;
 use std::io::Read;
@@ -52,12 +52,12 @@ pub fn split_flat(params: &Params, flat: &[f32]) -> HashMap<String, Vec<f32>> {
 
 /// The flat buffer (padding zero) for per-name values, checking every name and length.
 pub fn join_flat(
-    params: &Params,
+    params: &impl FlatLayout,
     values: &HashMap<String, Vec<f32>>,
     what: &str,
     path: &Path,
 ) -> Result<Vec<f32>> {
-    let mut flat = vec![0f32; params.values().numel()];
+    let mut flat = vec![0f32; params.flat_len()];
     for s in params.specs() {
         let n: usize = s.shape.iter().product();
         let v = values.get(&s.name).ok_or_else(|| {

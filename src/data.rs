@@ -9,7 +9,6 @@
 
 use crate::error::{Error, Result};
 use crate::limits::{checked_product, show_bytes, HOST_BUDGET_BYTES};
-use crate::ops::flow::{FlowConfig, FlowKernels};
 use crate::tensor::Tensor;
 use crate::Gpu;
 use rand::{Rng, SeedableRng};
@@ -591,7 +590,6 @@ pub struct GpuDataset {
     /// for unlabelled data.
     labels: Tensor,
     shape: Vec<usize>,
-    gather: FlowKernels,
 }
 
 impl GpuDataset {
@@ -608,8 +606,6 @@ impl GpuDataset {
             x: Tensor::from_slice(gpu, &[data.len(), data.dim()], &data.x)?,
             labels: Tensor::from_slice(gpu, &[data.len()], &labels)?,
             shape: data.shape.clone(),
-            // Gathering draws from the counter RNG only; the objective's settings do not matter.
-            gather: FlowKernels::new(gpu, FlowConfig::default())?,
         })
     }
 
@@ -641,7 +637,6 @@ impl GpuDataset {
                 "a batch of 0 examples: use at least 1".into(),
             ));
         }
-        self.gather
-            .gather_batch(&self.x, &self.labels, batch, seed, step)
+        crate::ops::gather_batch(&self.x, &self.labels, batch, seed, step)
     }
 }

@@ -30,12 +30,14 @@
 //!
 //! # Layers
 //!
-//! Bottom up: [`flow`] (the flow math in f64, no GPU) and
-//! [`error`]; [`gpu`] (adapter, device, buffer pool, pipeline cache, recorder) and [`tensor`];
-//! [`ops`] (one Rust file per WGSL file: shape checks and dispatch); [`autograd`] (the tape),
-//! [`params`], [`optim`]; [`nn`] (the MLP, the DiT, the MM-DiT); then the library's runs:
-//! [`data`], [`checkpoint`], [`train`], [`sample`], [`pipeline`], [`eval`]. Input from users
-//! and files is bounded by [`limits`] before anything is allocated.
+//! Bottom up, each importing only the layers below it: [`flow`] (the flow math in f64, no GPU)
+//! and [`error`]; [`shaders`] (the WGSL sources and the numbers they share with Rust); [`gpu`]
+//! (adapter, device limits, buffer pool, pipeline cache, recorder: buffers and kernels, no
+//! tensors); [`tensor`]; [`ops`] (one Rust file per WGSL file: its kernels declared once, shape
+//! checks and dispatch); [`params`], [`autograd`] (the tape), [`optim`]; [`nn`] (the MLP, the
+//! DiT, the MM-DiT); then the library's runs: [`data`], [`checkpoint`], [`sample`], [`train`],
+//! [`pipeline`], [`eval`]. Input from users and files is bounded by [`limits`] before anything
+//! is allocated.
 //!
 //! # Examples
 //!

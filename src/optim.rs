@@ -93,7 +93,7 @@ impl AdamW {
     pub fn step(&mut self, params: &Params) -> Result<()> {
         self.step += 1;
         let c = &self.config;
-        ops::grad_norm(params.grads(), c.max_grad_norm, &self.stats)?;
+        ops::grad_norm(params.grads()?, c.max_grad_norm, &self.stats)?;
         let s = AdamWStep {
             lr: self.lr_at(self.step),
             beta1: c.beta1,
@@ -106,7 +106,7 @@ impl AdamW {
         };
         ops::adamw(
             params.values(),
-            params.grads(),
+            params.grads()?,
             &self.m,
             &self.v,
             &self.ema,

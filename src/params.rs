@@ -2,7 +2,9 @@
 //! optimiser, the gradient norm and the EMA are each one pass over one buffer. Each parameter is
 //! a named view at an offset aligned to 256 bytes (the largest storage-offset alignment a device
 //! may require, so the layout is the same everywhere); the gradient buffer mirrors the layout.
-//! The names are the checkpoint keys.
+//! The names are the checkpoint keys. Values start from initialisers ([`ParamsBuilder::build`])
+//! or from given values ([`ParamsBuilder::build_with_values`], uploaded once), with a gradient
+//! buffer for training or without one for inference ([`ParamsBuilder::build_for_inference`]).
 
 use crate::error::{Error, Result};
 use crate::tensor::{numel, Tensor};
@@ -141,9 +143,8 @@ impl ParamsBuilder {
         self.specs.is_empty()
     }
 
-    /// Allocate the flat value and gradient buffers and initialise the values from `seed`
-    /// (each parameter from its own stream, so adding one does not change the others).
-    pub fn build(self, gpu: &Gpu, seed: u64) -> Result<Params> {
+    /// Elements of the flat buffer, checked against the device before anything is allocated.
+    fn checked_len(&self, gpu: &Gpu) -> Result<usize> {
         let len = self.len().ok_or_else(|| {
             Error::TooLarge("the parameters' sizes overflow the address space".into())
         })?;
@@ -152,6 +153,13 @@ impl ParamsBuilder {
             Some(len as u64),
             "declare fewer or smaller parameters",
         )?;
+        Ok(len)
+    }
+
+    /// Allocate the flat value and gradient buffers and initialise the values from `seed`
+    /// (each parameter from its own stream, so adding one does not change the others).
+    pub fn build(self, gpu: &Gpu, seed: u64) -> Result<Params> {
+        let len = self.checked_len(gpu)?;
         let mut host = vec![0f32; len];
         for (i, s) in self.specs.iter().enumerate() {
             let mut rng = rand::rngs::StdRng::seed_from_u64(
@@ -160,8 +168,33 @@ impl ParamsBuilder {
             s.init
                 .fill(&mut host[s.offset..s.offset + numel(&s.shape)], &mut rng);
         }
-        let values = Tensor::from_slice(gpu, &[len], &host)?;
-        let grads = Tensor::zeros(gpu, &[len])?;
+        self.upload(gpu, &host, true)
+    }
+
+    /// Allocate the flat buffers with the values of `values`, the whole flat buffer as laid
+    /// out here (`len` elements, padding included: see [`crate::checkpoint::join_flat`]),
+    /// uploaded once; no initialiser runs. The gradient buffer starts at zero.
+    pub fn build_with_values(self, gpu: &Gpu, values: &[f32]) -> Result<Params> {
+        self.upload(gpu, values, true)
+    }
+
+    /// Like [`ParamsBuilder::build_with_values`], without a gradient buffer: for sampling and
+    /// evaluation, where nothing is trained (a recording tape gives such parameters their
+    /// gradients in its `Grads`, like inputs).
+    pub fn build_for_inference(self, gpu: &Gpu, values: &[f32]) -> Result<Params> {
+        self.upload(gpu, values, false)
+    }
+
+    fn upload(self, gpu: &Gpu, host: &[f32], grads: bool) -> Result<Params> {
+        let len = self.checked_len(gpu)?;
+        if host.len() != len {
+            return Err(Error::Shape(format!(
+                "{} values for a flat parameter buffer of {len}",
+                host.len()
+            )));
+        }
+        let values = Tensor::from_slice(gpu, &[len], host)?;
+        let grads = grads.then(|| Tensor::zeros(gpu, &[len])).transpose()?;
         let by_name = self
             .specs
             .iter()
@@ -177,11 +210,39 @@ impl ParamsBuilder {
     }
 }
 
+/// A flat layout: named parameters at offsets in a buffer of `flat_len` elements (declared, or
+/// allocated), for moving per-name values in and out of flat buffers.
+pub trait FlatLayout {
+    /// The parameters, in declaration order.
+    fn specs(&self) -> &[ParamSpec];
+    /// Elements of the flat buffer, padding included.
+    fn flat_len(&self) -> usize;
+}
+
+impl FlatLayout for ParamsBuilder {
+    fn specs(&self) -> &[ParamSpec] {
+        &self.specs
+    }
+    fn flat_len(&self) -> usize {
+        self.len().unwrap_or(0)
+    }
+}
+
+impl FlatLayout for Params {
+    fn specs(&self) -> &[ParamSpec] {
+        &self.specs
+    }
+    fn flat_len(&self) -> usize {
+        self.values.numel()
+    }
+}
+
 /// All parameters of a model: flat value and gradient buffers and the named views into them.
 pub struct Params {
     specs: Vec<ParamSpec>,
     values: Tensor,
-    grads: Tensor,
+    /// `None`: built for inference.
+    grads: Option<Tensor>,
     by_name: HashMap<String, usize>,
 }
 
@@ -200,9 +261,17 @@ impl Params {
     pub fn values(&self) -> &Tensor {
         &self.values
     }
-    /// The flat gradient buffer, same layout.
-    pub fn grads(&self) -> &Tensor {
-        &self.grads
+    /// The flat gradient buffer, same layout (refused for parameters built for inference).
+    pub fn grads(&self) -> Result<&Tensor> {
+        self.grads.as_ref().ok_or_else(|| {
+            Error::Config(
+                "these parameters were built for inference and have no gradient buffer".into(),
+            )
+        })
+    }
+    /// Whether the parameters have a gradient buffer (not built for inference).
+    pub fn has_grads(&self) -> bool {
+        self.grads.is_some()
     }
     /// A view of one parameter's values.
     pub fn value(&self, id: ParamId) -> Tensor {
@@ -211,12 +280,13 @@ impl Params {
             .view(s.offset, &s.shape)
             .expect("parameter views are aligned and in range")
     }
-    /// A view of one parameter's gradient.
-    pub fn grad(&self, id: ParamId) -> Tensor {
+    /// A view of one parameter's gradient (refused for parameters built for inference).
+    pub fn grad(&self, id: ParamId) -> Result<Tensor> {
         let s = &self.specs[id.0];
-        self.grads
+        Ok(self
+            .grads()?
             .view(s.offset, &s.shape)
-            .expect("parameter views are aligned and in range")
+            .expect("parameter views are aligned and in range"))
     }
     /// Number of parameter elements (without padding).
     pub fn count(&self) -> usize {
@@ -224,7 +294,7 @@ impl Params {
     }
     /// Set every gradient to zero (one dispatch), before a step's backward pass.
     pub fn zero_grads(&self) -> Result<()> {
-        crate::ops::fill(&self.grads, 0.0)
+        crate::ops::fill(self.grads()?, 0.0)
     }
     /// The same parameters with another value buffer of the same layout (the EMA weights, say).
     pub fn with_values(&self, values: Tensor) -> Result<Params> {

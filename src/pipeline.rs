@@ -6,7 +6,7 @@
 //! in the training format.
 #![warn(missing_docs)]
 
-use crate::checkpoint::{join_flat, split_flat, Checkpoint};
+use crate::checkpoint::{split_flat, Checkpoint};
 use crate::error::{Error, Result};
 use crate::limits::Budget;
 use crate::nn::{Model, ModelConfig};
@@ -15,7 +15,7 @@ use crate::sample::{
     check_sample_count, cycle_labels, NetworkField, SampleOptions, Sampler, GUIDANCE,
 };
 use crate::tensor::Tensor;
-use crate::train::{model_for_loading, open_checkpoint, TrainConfig, Trainer};
+use crate::train::{model_for_loading, open_checkpoint, raw_weights, TrainConfig, Trainer};
 use crate::Gpu;
 use std::collections::HashMap;
 use std::path::Path;
@@ -46,19 +46,13 @@ impl Pipeline {
     pub fn load(gpu: &Gpu, path: impl AsRef<Path>, weights: Weights) -> Result<Pipeline> {
         let path = path.as_ref();
         let (ck, config) = open_checkpoint(path, &Budget::of(gpu))?;
-        let (model, params) = model_for_loading(gpu, &config)?;
-        let flat = match weights {
+        let (model, params) = match weights {
             Weights::Raw => {
-                let values: HashMap<String, Vec<f32>> = ck
-                    .params
-                    .into_iter()
-                    .map(|(name, (_, v))| (name, v))
-                    .collect();
-                join_flat(&params, &values, "values", path)?
+                let values = raw_weights(&ck);
+                model_for_loading(gpu, &config, &values, "values", path, false)?
             }
-            Weights::Ema => join_flat(&params, &ck.ema, "EMA", path)?,
+            Weights::Ema => model_for_loading(gpu, &config, &ck.ema, "EMA", path, false)?,
         };
-        params.values().write(&flat)?;
         Ok(Pipeline {
             config,
             model,

@@ -33,7 +33,7 @@ use crate::error::{ensure_shape, Error, Result};
 use crate::flow::{shift, Prediction, Schedule};
 use crate::limits::Budget;
 use crate::nn::{Model, ModelConfig};
-use crate::ops::{self, flow::FlowConfig, flow::FlowKernels};
+use crate::ops::{self, flow::FlowKernels};
 use crate::params::Params;
 use crate::tensor::{DType, Tensor};
 use crate::Gpu;
@@ -327,6 +327,7 @@ impl VelocityField for NetworkField<'_> {
 /// carries noise onto the data points. Unconditional.
 pub struct OracleField {
     kernels: FlowKernels,
+    schedule: Schedule,
     data: Tensor,
 }
 
@@ -340,12 +341,9 @@ impl OracleField {
             data.shape()
         );
         let dim = data.numel() / k;
-        let config = FlowConfig {
-            schedule,
-            ..FlowConfig::default()
-        };
         Ok(OracleField {
-            kernels: FlowKernels::new(data.gpu(), config)?,
+            kernels: FlowKernels::new(data.gpu())?,
+            schedule,
             data: data.reshape(&[k, dim])?,
         })
     }
@@ -353,7 +351,7 @@ impl OracleField {
 
 impl VelocityField for OracleField {
     fn schedule(&self) -> Schedule {
-        self.kernels.config.schedule
+        self.schedule
     }
     fn prediction(&self) -> Prediction {
         Prediction::Velocity
@@ -362,7 +360,8 @@ impl VelocityField for OracleField {
         0
     }
     fn evaluate(&mut self, input: &FieldInput) -> Result<Tensor> {
-        self.kernels.oracle_velocity(input.z, input.t, &self.data)
+        self.kernels
+            .oracle_velocity(input.z, input.t, &self.data, self.schedule)
     }
 }
 
@@ -465,11 +464,7 @@ impl<F: VelocityField> Sampler<F> {
         let elems = n
             .checked_mul(dim)
             .ok_or_else(|| Error::TooLarge(format!("{n} samples of shape {example_shape:?}")))?;
-        // The noise stream does not depend on the objective's settings.
-        let noise = FlowKernels::new(gpu, FlowConfig::default())?;
-        let eps = noise
-            .random_normal(gpu, elems, opts.seed, 0, NOISE_STREAM)?
-            .reshape(&[n, dim])?;
+        let eps = ops::random_normal(gpu, elems, opts.seed, 0, NOISE_STREAM)?.reshape(&[n, dim])?;
         Sampler::begin(gpu, field, example_shape, dim, &eps, opts)
     }
 
@@ -694,13 +689,22 @@ fn example_dim(shape: &[usize]) -> Result<usize> {
     }
 }
 
-/// Draw samples `[n, dim]` from `model` with parameter values `params`, trained with `flow`'s
-/// schedule and prediction, whose null label is `null_label` (its number of classes): a
+/// How a network was trained, as far as sampling from it goes: the schedule it was trained
+/// under and what it predicts (the training objective, `crate::train::Objective`, says so).
+pub trait Trained {
+    /// The noise schedule.
+    fn schedule(&self) -> Schedule;
+    /// What the network predicts.
+    fn prediction(&self) -> Prediction;
+}
+
+/// Draw samples `[n, dim]` from `model` with parameter values `params`, trained as `flow` says
+/// (its schedule and prediction), whose null label is `null_label` (its number of classes): a
 /// [`Sampler`] over a [`NetworkField`], stepped to the end.
 pub fn sample(
     model: &Model,
     params: &Params,
-    flow: &FlowKernels,
+    flow: &impl Trained,
     dim: usize,
     null_label: u32,
     opts: &SampleOptions,
@@ -708,8 +712,8 @@ pub fn sample(
     let field = NetworkField::new(
         model,
         params,
-        flow.config.schedule,
-        flow.config.prediction,
+        flow.schedule(),
+        flow.prediction(),
         null_label as usize,
     );
     let gpu = params.values().gpu();

@@ -1,12 +1,16 @@
-//! Tensors: row-major, contiguous data in a pooled storage buffer, described by a shape, a dtype
-//! and a byte offset (so a tensor can be a view into a larger buffer, such as the flat parameter
-//! buffer). Upload and download convert between host `f32` and the stored dtype; a host's own
-//! wgpu buffers exchange data with tensors on the GPU ([`Tensor::buffer`],
-//! [`Tensor::copy_to_buffer`], [`Tensor::copy_from_buffer`]).
+//! Tensors: row-major, contiguous data in a storage buffer, described by a shape, a dtype and a
+//! byte offset (so a tensor can be a view into a larger buffer, such as the flat parameter
+//! buffer). The buffer comes from the context's pool, or is a host's own
+//! ([`Tensor::from_buffer`], no copy). Upload and download convert between host `f32` and the
+//! stored dtype; a host's own wgpu buffers exchange data with tensors on the GPU
+//! ([`Tensor::buffer`], [`Tensor::copy_to_buffer`], [`Tensor::copy_from_buffer`]).
+//!
+//! This layer sits on the GPU context ([`crate::gpu`]) and below the ops: it allocates, fills
+//! (through the context's own fill kernel), uploads and reads back, and computes nothing.
 #![warn(missing_docs)]
 
 use crate::error::{ensure_shape, Error, Result};
-use crate::gpu::{Gpu, Storage};
+use crate::gpu::{Binding, Gpu, Storage};
 use std::fmt;
 use std::sync::Arc;
 
@@ -76,7 +80,7 @@ impl Tensor {
             dtype,
         };
         if gpu.poisons() && dtype == DType::F32 {
-            crate::ops::fill(&t, f32::NAN)?;
+            gpu.fill(t.binding(), f32::NAN.to_bits())?;
         }
         Ok(t)
     }
@@ -110,7 +114,7 @@ impl Tensor {
     /// A tensor filled with one value (f32).
     pub fn full(gpu: &Gpu, shape: &[usize], value: f32) -> Result<Tensor> {
         let t = Tensor::uninit(gpu, shape, DType::F32)?;
-        crate::ops::fill(&t, value)?;
+        gpu.fill(t.binding(), value.to_bits())?;
         Ok(t)
     }
 
@@ -138,14 +142,17 @@ impl Tensor {
         if bytes.is_empty() {
             return Ok(());
         }
+        self.check_usage("writing into it", wgpu::BufferUsages::COPY_DST)?;
         self.gpu.write(&self.storage, self.offset, &bytes)
     }
 
-    /// Read the tensor back to the host as f32 (submits pending work and waits for it).
+    /// Read the tensor back to the host as f32 (submits pending work and waits for it). A
+    /// host's buffer ([`Tensor::from_buffer`]) needs `COPY_SRC` usage for this.
     pub fn to_vec(&self) -> Result<Vec<f32>> {
         if self.numel() == 0 {
             return Ok(Vec::new());
         }
+        self.check_usage("reading it back", wgpu::BufferUsages::COPY_SRC)?;
         let bytes = self
             .gpu
             .read_bytes(&self.storage, self.offset, self.byte_len())?;
@@ -225,11 +232,13 @@ impl Tensor {
 
     /// The wgpu buffer that holds this tensor's data: [`Tensor::byte_len`] bytes at
     /// [`Tensor::byte_offset`] (row-major, the dtype's little-endian values), with usage
-    /// `STORAGE | COPY_SRC | COPY_DST`, so a host can bind it or copy from it in its own passes.
+    /// `STORAGE | COPY_SRC | COPY_DST` (a pooled one), so a host can bind it or copy from it in
+    /// its own passes.
     ///
-    /// The buffer belongs to the context's pool: it holds this tensor's data while the tensor
-    /// (or a clone of it) lives, and is handed to other tensors afterwards; it may be larger
-    /// than the tensor, and other views may share it. Work rectiflow has recorded is submitted
+    /// A pooled buffer belongs to the context's pool: it holds this tensor's data while the
+    /// tensor (or a clone of it) lives, and is handed to other tensors afterwards; it may be
+    /// larger than the tensor, and other views may share it. A host's buffer
+    /// ([`Tensor::from_buffer`]) stays the host's. Work rectiflow has recorded is submitted
     /// by [`Gpu::flush`]: call it before submitting the host's own work on the buffer, so the
     /// queue runs them in that order.
     pub fn buffer(&self) -> &wgpu::Buffer {
@@ -249,6 +258,7 @@ impl Tensor {
             offset,
             size,
         )?;
+        self.check_usage("copy_to_buffer", wgpu::BufferUsages::COPY_SRC)?;
         let (src, src_offset) = (self.storage.buffer(), self.offset);
         submit_copy(&self.gpu, src, src_offset, dst, offset, size)
     }
@@ -279,14 +289,89 @@ impl Tensor {
         Ok(t)
     }
 
-    /// This tensor as a kernel binding: (buffer, byte offset, byte size).
-    pub(crate) fn binding(&self) -> (&Arc<Storage>, u64, u64) {
-        (&self.storage, self.offset, self.byte_len())
+    /// Wrap `shape` f32 values at byte `offset` of a host-owned buffer as a tensor, without a
+    /// copy: kernels read and write the host's buffer itself, and the buffer is never handed to
+    /// the pool (the host keeps it; the tensor holds a handle). The buffer needs `STORAGE`
+    /// usage (and `COPY_SRC` to read the tensor back, `COPY_DST` to write it from the host);
+    /// `offset` must be a multiple of the device's storage-offset alignment; and the buffer
+    /// must hold the tensor's bytes rounded up to 16 from `offset` (kernels read whole vec4s).
+    /// The buffer must belong to `gpu`'s device. As with [`Tensor::buffer`], call
+    /// [`Gpu::flush`] before submitting the host's own work on the buffer.
+    pub fn from_buffer(
+        gpu: &Gpu,
+        buffer: &wgpu::Buffer,
+        offset: u64,
+        shape: &[usize],
+    ) -> Result<Tensor> {
+        if !buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
+            return Err(Error::Config(format!(
+                "from_buffer: the buffer has usage {:?}; create it with STORAGE (and COPY_SRC to \
+                 read the tensor back, COPY_DST to write it)",
+                buffer.usage()
+            )));
+        }
+        let align = gpu.limits().min_storage_buffer_offset_alignment as u64;
+        if !offset.is_multiple_of(align) {
+            return Err(Error::Shape(format!(
+                "from_buffer: offset {offset} is not a multiple of the device's storage \
+                 alignment {align}"
+            )));
+        }
+        let elems = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64));
+        let Some(bytes) = elems.and_then(|n| n.checked_mul(4)) else {
+            return Err(Error::TooLarge(format!("a tensor of shape {shape:?}")));
+        };
+        let max = gpu.limits().max_storage_buffer_binding_size;
+        if bytes > max {
+            return Err(Error::TooLarge(format!(
+                "a tensor of shape {shape:?} ({bytes} bytes) exceeds this device's \
+                 max_storage_buffer_binding_size of {max} bytes"
+            )));
+        }
+        let padded = bytes.max(1).div_ceil(16) * 16;
+        if offset
+            .checked_add(padded)
+            .is_none_or(|end| end > buffer.size())
+        {
+            return Err(Error::Shape(format!(
+                "from_buffer: {shape:?} at offset {offset} needs {padded} bytes (its {bytes} \
+                 rounded up to 16), the buffer has {} bytes",
+                buffer.size()
+            )));
+        }
+        Ok(Tensor {
+            gpu: gpu.clone(),
+            storage: Storage::foreign(buffer.clone()),
+            offset,
+            shape: shape.to_vec(),
+            dtype: DType::F32,
+        })
+    }
+
+    /// Refuse an operation (`what`) that needs `usage` of a host's buffer that lacks it
+    /// (pooled buffers have every usage a tensor needs).
+    fn check_usage(&self, what: &str, usage: wgpu::BufferUsages) -> Result<()> {
+        let has = self.storage.buffer().usage();
+        if has.contains(usage) {
+            return Ok(());
+        }
+        Err(Error::Config(format!(
+            "{what}: the tensor wraps a host's buffer of usage {has:?}, without {usage:?}"
+        )))
+    }
+
+    /// This tensor as a kernel binding: its bytes of its buffer.
+    pub(crate) fn binding(&self) -> Binding<'_> {
+        Binding::Buffer {
+            storage: &self.storage,
+            offset: self.offset,
+            size: self.byte_len(),
+        }
     }
 
     /// Whether two tensors share a buffer (so cannot be bound read and read-write together).
     pub(crate) fn same_buffer(&self, other: &Tensor) -> bool {
-        Arc::ptr_eq(&self.storage, &other.storage)
+        self.storage.buffer() == other.storage.buffer()
     }
 
     /// Whether the byte offset allows 16-byte (vec4) access.

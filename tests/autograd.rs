@@ -54,7 +54,7 @@ fn id(p: &Params, i: usize) -> ParamId {
 fn check_all_param_grads(p: &Params, loss: impl Fn(&[Vec<f64>]) -> f64) {
     let base = read_params(p);
     for (i, spec) in p.specs().iter().enumerate() {
-        let got = p.grad(id(p, i)).to_vec().unwrap();
+        let got = p.grad(id(p, i)).unwrap().to_vec().unwrap();
         let want = cpu::numeric_grad(
             |v| {
                 let mut all = base.clone();
@@ -343,7 +343,7 @@ fn adamw_with_warmup_clipping_decay_and_ema_matches_cpu_reference() {
         // Large gradients on odd steps, so clipping acts on some steps and not others.
         let scale = if step % 2 == 1 { 3.0 } else { 0.05 };
         let grad: Vec<f32> = rand_vec(n, 100 + step).iter().map(|x| scale * x).collect();
-        p.grads().write(&grad).unwrap();
+        p.grads().unwrap().write(&grad).unwrap();
         opt.step(&p).unwrap();
 
         let gd = f64s(&grad);
@@ -481,4 +481,63 @@ fn concat_split_and_patchify_backward_through_the_tape() {
         &grads.get(&iv).unwrap().to_vec().unwrap(),
         &fd,
     );
+}
+
+#[test]
+fn parameters_build_from_given_values_with_or_without_a_gradient_buffer() {
+    let g = gpu();
+    let declare = || {
+        let mut b = ParamsBuilder::new();
+        let w = b.add("w", &[3, 2], Init::Normal { std: 1.0 });
+        let bias = b.add("b", &[3], Init::Ones);
+        (b, w, bias)
+    };
+    let (b, w, bias) = declare();
+    let len = b.len().unwrap();
+    let flat: Vec<f32> = (0..len).map(|i| i as f32 * 0.25).collect();
+    // Values as given (no initialiser ran), gradients at zero.
+    let p = b.build_with_values(g, &flat).unwrap();
+    assert_eq!(p.values().to_vec().unwrap(), flat);
+    assert!(p.has_grads());
+    assert!(p
+        .grads()
+        .unwrap()
+        .to_vec()
+        .unwrap()
+        .iter()
+        .all(|&v| v == 0.0));
+    let spec = p.spec(bias).clone();
+    assert_eq!(
+        p.value(bias).to_vec().unwrap(),
+        flat[spec.offset..spec.offset + 3]
+    );
+
+    // For inference: the same values, no gradient buffer, and clear refusals where one is
+    // needed.
+    let (b, w2, _) = declare();
+    let q = b.build_for_inference(g, &flat).unwrap();
+    assert_eq!(q.values().to_vec().unwrap(), flat);
+    assert!(!q.has_grads());
+    assert!(matches!(q.grads(), Err(rectiflow::Error::Config(_))));
+    assert!(q.grad(w2).is_err() && q.zero_grads().is_err());
+    assert!(AdamW::new(&q, AdamWConfig::default())
+        .and_then(|mut opt| opt.step(&q))
+        .is_err());
+    // The forward runs as with any parameters; a recording tape hands the gradient back in its
+    // Grads, since there is no buffer to accumulate into.
+    let x = rand_vec(4 * 2, 3);
+    let mut tape = Tape::new();
+    let xv = tape.constant(upload(g, &[4, 2], &x));
+    let wv = tape.param(&q, w2);
+    let y = f::linear(&mut tape, &xv, &wv, None).unwrap();
+    let zeros = tape.constant(rectiflow::Tensor::zeros(g, &[4, 3]).unwrap());
+    let loss = f::mse(&mut tape, &y, &zeros).unwrap();
+    let grads = tape.backward(&loss).unwrap();
+    assert!(grads.get(&wv).is_some());
+    assert_eq!(p.spec(w).shape, [3, 2]);
+
+    // A flat buffer of another length is refused.
+    let (b, _, _) = declare();
+    let e = b.build_with_values(g, &flat[1..]).err().unwrap();
+    assert!(matches!(e, rectiflow::Error::Shape(_)), "{e}");
 }

@@ -132,7 +132,7 @@ fn an_embedding_application_can_hand_over_its_own_device() {
             .expect("an adapter");
     let (device, queue) =
         pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default())).unwrap();
-    let g = Gpu::from_device(device, queue);
+    let g = Gpu::from_device(device, queue).unwrap();
     assert!(
         !g.uses_immediates(),
         "a default device has no IMMEDIATES feature"
@@ -200,67 +200,151 @@ fn bad_uploads_and_oversized_tensors_are_refused() {
     assert!(matches!(t.view(8, &[4]), Err(Error::Shape(_))));
 }
 
-static BROKEN: Shader = Shader {
-    name: "broken_test_shader",
-    source: "struct Params { n: u32 }\n@group(1) @binding(0) var<uniform> params: Params;\n\
-             @compute @workgroup_size(1) fn main() { let x: u32 = 1.5; }",
-    requires: wgpu::Features::empty(),
-};
-static BROKEN_KERNEL: Kernel = Kernel {
-    shader: &BROKEN,
-    entry: "main",
-    access: &[],
-};
+static BROKEN: Shader = Shader::new(
+    "broken_test_shader",
+    "struct Params { n: u32 }\n@group(1) @binding(0) var<uniform> params: Params;\n\
+     @compute @workgroup_size(1) fn main() { let x: u32 = 1.5; }",
+);
+static BROKEN_KERNEL: Kernel = Kernel::new(&BROKEN, "main", &[]);
 
-static NO_PARAMS: Shader = Shader {
-    name: "no_params_test_shader",
-    source: "@compute @workgroup_size(1) fn main() {}",
-    requires: wgpu::Features::empty(),
-};
-static NO_PARAMS_KERNEL: Kernel = Kernel {
-    shader: &NO_PARAMS,
-    entry: "main",
-    access: &[],
-};
+static NO_PARAMS: Shader = Shader::new(
+    "no_params_test_shader",
+    "@compute @workgroup_size(1) fn main() {}",
+);
+static NO_PARAMS_KERNEL: Kernel = Kernel::new(&NO_PARAMS, "main", &[]);
 
-static SQUARE: Shader = Shader {
-    name: "square_test_shader",
-    source: "struct Params { n: u32 }\n@group(1) @binding(0) var<uniform> params: Params;\n\
-             @group(0) @binding(0) var<storage, read> x: array<f32>;\n\
-             @group(0) @binding(1) var<storage, read_write> y: array<f32>;\n\
-             @compute @workgroup_size(64) fn main(@builtin(global_invocation_id) id: vec3<u32>) {\n\
-               if (id.x < params.n) { y[id.x] = x[id.x] * x[id.x]; } }",
-    requires: wgpu::Features::empty(),
-};
-static SQUARE_KERNEL: Kernel = Kernel {
-    shader: &SQUARE,
-    entry: "main",
-    access: &[Access::Read, Access::ReadWrite],
-};
+static SQUARE: Shader = Shader::new(
+    "square_test_shader",
+    "struct Params { n: u32 }\n@group(1) @binding(0) var<uniform> params: Params;\n\
+     @group(0) @binding(0) var<storage, read> x: array<f32>;\n\
+     @group(0) @binding(1) var<storage, read_write> y: array<f32>;\n\
+     @compute @workgroup_size(64) fn main(@builtin(global_invocation_id) id: vec3<u32>) {\n\
+       if (id.x < params.n) { y[id.x] = x[id.x] * x[id.x]; } }",
+);
+static SQUARE_KERNEL: Kernel = Kernel::new(&SQUARE, "main", &[Access::Read, Access::ReadWrite]);
 
 #[test]
 fn kernel_errors_name_the_kernel_and_user_kernels_run() {
     let g = gpu();
-    let err = g
-        .launch(&BROKEN_KERNEL, &[], &[], &[0u32; 4], 1)
-        .unwrap_err();
+    let err = ops::launch(g, &BROKEN_KERNEL, &[], &[], &[0u32; 4], 1).unwrap_err();
     assert!(
         matches!(&err, Error::Kernel { kernel, .. } if kernel == "broken_test_shader"),
         "{err}"
     );
-    let err = g
-        .launch(&NO_PARAMS_KERNEL, &[], &[], &[0u32; 4], 1)
-        .unwrap_err();
+    let err = ops::launch(g, &NO_PARAMS_KERNEL, &[], &[], &[0u32; 4], 1).unwrap_err();
     assert!(err.to_string().contains("var<uniform> params"), "{err}");
 
     let x = Tensor::from_slice(g, &[100], &rand_vec(100, 3)).unwrap();
     let y = Tensor::uninit(g, &[100], DType::F32).unwrap();
-    let err = g
-        .launch(&SQUARE_KERNEL, &[], &[&x], &[100u32, 0, 0, 0], 2)
-        .unwrap_err();
+    let err = ops::launch(g, &SQUARE_KERNEL, &[], &[&x], &[100u32, 0, 0, 0], 2).unwrap_err();
     assert!(matches!(err, Error::Shape(_)), "{err}");
-    g.launch(&SQUARE_KERNEL, &[], &[&x, &y], &[100u32, 0, 0, 0], 2)
-        .unwrap();
+    ops::launch(g, &SQUARE_KERNEL, &[], &[&x, &y], &[100u32, 0, 0, 0], 2).unwrap();
     let want: Vec<f64> = f64s(&x.to_vec().unwrap()).iter().map(|v| v * v).collect();
     assert_rel("user kernel", &y.to_vec().unwrap(), &want, 1e-7, 0.0);
+}
+
+#[test]
+fn a_host_device_short_of_a_limit_is_refused_naming_it() {
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
+    let adapter =
+        pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
+            .expect("an adapter");
+    // A device made with fewer storage buffers per stage than qk_norm_backward binds.
+    let desc = wgpu::DeviceDescriptor {
+        required_limits: wgpu::Limits {
+            max_storage_buffers_per_shader_stage: 4,
+            ..wgpu::Limits::downlevel_defaults()
+        },
+        ..Default::default()
+    };
+    let (device, queue) = pollster::block_on(adapter.request_device(&desc)).unwrap();
+    let err = Gpu::from_device(device, queue).err().expect("refused");
+    let msg = err.to_string();
+    assert!(matches!(err, Error::Device(_)), "{msg}");
+    assert!(
+        msg.contains("max_storage_buffers_per_shader_stage is 4") && msg.contains("at least 8"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_host_buffer_is_a_tensor_without_a_copy() {
+    // A context of its own, so its pool's counters are this test's alone.
+    let g = &Gpu::with_options(&GpuOptions {
+        poison: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let usage =
+        wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+    let host = g.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("host"),
+        size: 1024,
+        usage,
+        mapped_at_creation: false,
+    });
+    let values = rand_vec(10, 21);
+    g.queue()
+        .write_buffer(&host, 256, bytemuck::cast_slice(&values));
+    let before = g.pool_stats();
+    let t = Tensor::from_buffer(g, &host, 256, &[10]).unwrap();
+    assert_eq!(
+        t.to_vec().unwrap(),
+        values,
+        "the host's bytes, read in place"
+    );
+    assert_eq!(t.byte_offset(), 256);
+    assert!(t.buffer() == &host, "the host's own buffer");
+    // Kernels write into the host's buffer: y += 2 x in place.
+    let x = Tensor::from_slice(g, &[10], &[1.0; 10]).unwrap();
+    ops::axpy(2.0, &x, &t).unwrap();
+    let again = Tensor::from_buffer(g, &host, 256, &[10]).unwrap();
+    let want: Vec<f32> = values.iter().map(|v| v + 2.0).collect();
+    assert_eq!(again.to_vec().unwrap(), want);
+    // Wrapping and dropping it hands nothing to the pool: what the pool holds live afterwards
+    // is only x (one 256-byte class).
+    drop((t, again));
+    let after = g.pool_stats();
+    assert_eq!(
+        after.bytes_live,
+        before.bytes_live + 256,
+        "{before:?} {after:?}"
+    );
+    drop(x);
+    // Refusals: usage, alignment, size, and a read-back the usage does not allow.
+    let plain = |usage, size| {
+        g.device().create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size,
+            usage,
+            mapped_at_creation: false,
+        })
+    };
+    let e = Tensor::from_buffer(g, &plain(wgpu::BufferUsages::COPY_SRC, 64), 0, &[4]).unwrap_err();
+    assert!(
+        matches!(e, Error::Config(_)) && e.to_string().contains("STORAGE"),
+        "{e}"
+    );
+    let e = Tensor::from_buffer(g, &host, 4, &[4]).unwrap_err();
+    assert!(
+        matches!(e, Error::Shape(_)) && e.to_string().contains("alignment"),
+        "{e}"
+    );
+    let e = Tensor::from_buffer(g, &host, 0, &[300]).unwrap_err();
+    assert!(
+        matches!(e, Error::Shape(_)) && e.to_string().contains("1024 bytes"),
+        "{e}"
+    );
+    // 10 values need 48 bytes once rounded to whole vec4s.
+    assert!(Tensor::from_buffer(g, &plain(usage, 40), 0, &[10]).is_err());
+    assert!(Tensor::from_buffer(g, &host, 0, &[1 << 40, 1 << 40]).is_err());
+    let storage_only = plain(wgpu::BufferUsages::STORAGE, 64);
+    let t = Tensor::from_buffer(g, &storage_only, 0, &[4]).unwrap();
+    let e = t.to_vec().unwrap_err();
+    assert!(
+        matches!(e, Error::Config(_)) && e.to_string().contains("COPY_SRC"),
+        "{e}"
+    );
+    let e = t.write(&[1.0; 4]).unwrap_err();
+    assert!(e.to_string().contains("COPY_DST"), "{e}");
 }

@@ -7,13 +7,15 @@ mod common;
 
 use common::{assert_rel, f64s, gpu, rand_vec, upload};
 use rectiflow::flow::{Mixture, Prediction, Schedule, TimeSampler, Weighting};
-use rectiflow::ops::flow::{FlowConfig, FlowKernels, STREAM_EPS, STREAM_T};
+use rectiflow::ops;
 use rectiflow::rng::{normal, uniform, words};
+use rectiflow::shaders::stream::{EPS as STREAM_EPS, T as STREAM_T};
+use rectiflow::train::{FlowConfig, Objective};
 
 const SEED: u64 = 0x1234_5678_9abc_def0;
 
-fn kernels(config: FlowConfig) -> FlowKernels {
-    FlowKernels::new(gpu(), config).unwrap()
+fn kernels(config: FlowConfig) -> Objective {
+    Objective::new(gpu(), config).unwrap()
 }
 
 #[test]
@@ -128,10 +130,9 @@ fn random_numbers_do_not_depend_on_the_dispatch_shape() {
 
 #[test]
 fn gpu_normals_match_the_cpu_generator_and_have_the_right_statistics() {
-    let k = kernels(FlowConfig::default());
     let n = 200_000;
     let z = f64s(
-        &k.random_normal(gpu(), n, SEED, 5, 7)
+        &ops::random_normal(gpu(), n, SEED, 5, 7)
             .unwrap()
             .to_vec()
             .unwrap(),
@@ -321,7 +322,7 @@ fn gpu_oracle_matches_the_reference() {
 
 #[test]
 fn bad_flow_configurations_are_refused() {
-    assert!(FlowKernels::new(
+    assert!(Objective::new(
         gpu(),
         FlowConfig {
             label_dropout: 1.5,
@@ -329,7 +330,7 @@ fn bad_flow_configurations_are_refused() {
         }
     )
     .is_err());
-    assert!(FlowKernels::new(
+    assert!(Objective::new(
         gpu(),
         FlowConfig {
             t_min: 0.0,
@@ -337,7 +338,7 @@ fn bad_flow_configurations_are_refused() {
         }
     )
     .is_err());
-    assert!(FlowKernels::new(
+    assert!(Objective::new(
         gpu(),
         FlowConfig {
             sampler: TimeSampler::Mode { s: 3.0 },
@@ -353,20 +354,18 @@ fn batches_are_gathered_from_the_rows_philox_names() {
     let (n, d, batch) = (37, 5, 300);
     let data = rand_vec(n * d, 50);
     let labels: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
-    let k = kernels(FlowConfig::default());
-    let (x, l) = k
-        .gather_batch(
-            &upload(gpu(), &[n, d], &data),
-            &upload(gpu(), &[n], &labels),
-            batch,
-            SEED,
-            9,
-        )
-        .unwrap();
+    let (x, l) = ops::gather_batch(
+        &upload(gpu(), &[n, d], &data),
+        &upload(gpu(), &[n], &labels),
+        batch,
+        SEED,
+        9,
+    )
+    .unwrap();
     let (x, l) = (x.to_vec().unwrap(), l.to_vec().unwrap());
     let mut seen = vec![false; n];
     for b in 0..batch {
-        let u = uniform(words(SEED, 9, rectiflow::ops::flow::STREAM_BATCH, b as u32)[0]);
+        let u = uniform(words(SEED, 9, rectiflow::shaders::stream::BATCH, b as u32)[0]);
         let row = ((u * n as f32) as usize).min(n - 1);
         seen[row] = true;
         assert_eq!(

@@ -9,7 +9,6 @@ mod common;
 use common::gpu;
 use rectiflow::data::{self, DataSpec};
 use rectiflow::flow::{Prediction, Schedule};
-use rectiflow::ops::flow::{FlowConfig, FlowKernels};
 use rectiflow::rng::{normal, words};
 use rectiflow::sample::{
     sample, time_grid, FieldInput, FnField, NetworkField, OracleField, SampleOptions, Sampler,
@@ -117,9 +116,7 @@ fn the_noise_is_philox_stream_7_and_host_noise_is_taken_as_given() {
         );
     }
     // The same noise handed over by the host gives the same samples, to the bit.
-    let eps = FlowKernels::new(gpu(), FlowConfig::default())
-        .unwrap()
-        .random_normal(gpu(), 3 * 64, opts.seed, 0, NOISE_STREAM)
+    let eps = rectiflow::ops::random_normal(gpu(), 3 * 64, opts.seed, 0, NOISE_STREAM)
         .unwrap()
         .reshape(&[3, 1, 8, 8])
         .unwrap();

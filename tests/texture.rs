@@ -327,3 +327,53 @@ fn tensors_copy_to_and_from_host_buffers_on_the_gpu() {
     assert!(e.to_string().contains("COPY_SRC"), "{e}");
     assert!(Tensor::copy_from_buffer(gpu(), &host, 0, &[1 << 40, 1 << 40]).is_err());
 }
+
+#[test]
+fn the_writer_records_through_the_pipeline_cache_like_every_kernel() {
+    // A context of its own, so its counters are this test's alone.
+    let g = &rectiflow::Gpu::with_options(&rectiflow::gpu::GpuOptions::default()).unwrap();
+    let tex = g.device().create_texture(&wgpu::TextureDescriptor {
+        label: Some("test"),
+        size: wgpu::Extent3d {
+            width: 16,
+            height: 8,
+            depth_or_array_layers: 1,
+        },
+        mip_level_count: 1,
+        sample_count: 1,
+        dimension: wgpu::TextureDimension::D2,
+        format: wgpu::TextureFormat::Rgba8Unorm,
+        usage: DRAW,
+        view_formats: &[],
+    });
+    let packed = g.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("test"),
+        size: 256 * 8,
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    });
+    let samples = Tensor::from_slice(g, &[2, 1, 8, 8], &rand_vec(128, 5)).unwrap();
+    let writer = ImageWriter::new(g).unwrap();
+    let (dispatches, pipelines) = (g.dispatch_count(), g.pipeline_count());
+    writer.to_texture(&samples, &tex, Tiling::grid(2)).unwrap();
+    writer
+        .to_buffer(&samples, &packed, 0, 256, Tiling::grid(2))
+        .unwrap();
+    assert_eq!(
+        g.dispatch_count(),
+        dispatches + 2,
+        "one recorded dispatch each"
+    );
+    assert_eq!(
+        g.pipeline_count(),
+        pipelines + 2,
+        "two pipelines in the cache"
+    );
+    // Drawn again: the same pipelines, from the cache.
+    writer.to_texture(&samples, &tex, Tiling::grid(2)).unwrap();
+    writer
+        .to_buffer(&samples, &packed, 0, 256, Tiling::grid(2))
+        .unwrap();
+    assert_eq!(g.pipeline_count(), pipelines + 2);
+    assert_eq!(g.dispatch_count(), dispatches + 4);
+}

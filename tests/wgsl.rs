@@ -1,4 +1,5 @@
-//! Every WGSL file parses and validates with naga, in both parameter forms (uniform and
+//! Every WGSL file parses and validates with naga as the device compiles it (the prelude, the
+//! generated constants and the libraries in front), in both parameter forms (uniform and
 //! immediate), and every file in `shaders/` is registered (so none escapes this check).
 
 use rectiflow::shaders::ALL;
@@ -22,13 +23,19 @@ fn validate(name: &str, source: &str) {
 #[test]
 fn every_shader_validates_with_naga() {
     for s in ALL {
-        validate(s.name, s.source);
-        let immediate = s.source.replace(
+        assert!(
+            s.prelude,
+            "{} is an engine shader: the prelude goes first",
+            s.name
+        );
+        let source = s.wgsl();
+        validate(s.name, &source);
+        let immediate = source.replace(
             "@group(1) @binding(0) var<uniform> params: Params;",
             "var<immediate> params: Params;",
         );
         assert_ne!(
-            immediate, s.source,
+            immediate, source,
             "{} declares its params the standard way",
             s.name
         );

@@ -1,5 +1,6 @@
 //! Differentiable functions: each runs its forward kernels and records how to back-propagate
-//! through them (the backward kernels of the same op family, side by side with the forward).
+//! through them (the backward kernels of the same op family, side by side with the forward),
+//! with [`Tape::op`]: the closure receives the output's gradient, the gradients and its inputs.
 
 use super::{Tape, Var};
 use crate::error::{ensure_shape, Result};
@@ -48,51 +49,43 @@ pub fn linear(tape: &mut Tape, x: &Var, w: &Var, b: Option<&Var>) -> Result<Var>
 
 /// GELU (tanh approximation).
 pub fn gelu(tape: &mut Tape, x: &Var) -> Result<Var> {
-    let xv = x.clone();
-    Ok(tape.record(ops::gelu(x.value())?, &[x], move |dy, grads| {
-        grads.add(&xv, ops::gelu_backward(xv.value(), dy)?)
+    let y = ops::gelu(x.value())?;
+    Ok(tape.op(y, [x], |dy, grads, [x]| {
+        grads.add(x, ops::gelu_backward(x.value(), dy)?)
     }))
 }
 
 /// SiLU.
 pub fn silu(tape: &mut Tape, x: &Var) -> Result<Var> {
-    let xv = x.clone();
-    Ok(tape.record(ops::silu(x.value())?, &[x], move |dy, grads| {
-        grads.add(&xv, ops::silu_backward(xv.value(), dy)?)
+    let y = ops::silu(x.value())?;
+    Ok(tape.op(y, [x], |dy, grads, [x]| {
+        grads.add(x, ops::silu_backward(x.value(), dy)?)
     }))
 }
 
 /// `a + b` (the residual connection).
 pub fn add(tape: &mut Tape, a: &Var, b: &Var) -> Result<Var> {
-    let (av, bv) = (a.clone(), b.clone());
-    Ok(tape.record(
-        ops::add(a.value(), b.value())?,
-        &[a, b],
-        move |dy, grads| {
-            grads.add(&av, dy.clone())?;
-            grads.add(&bv, dy.clone())
-        },
-    ))
+    let y = ops::add(a.value(), b.value())?;
+    Ok(tape.op(y, [a, b], |dy, grads, [a, b]| {
+        grads.add(a, dy.clone())?;
+        grads.add(b, dy.clone())
+    }))
 }
 
 /// `alpha * x`.
 pub fn scale(tape: &mut Tape, x: &Var, alpha: f32) -> Result<Var> {
-    let xv = x.clone();
-    Ok(
-        tape.record(ops::scale(x.value(), alpha)?, &[x], move |dy, grads| {
-            grads.add(&xv, ops::scale(dy, alpha)?)
-        }),
-    )
+    let y = ops::scale(x.value(), alpha)?;
+    Ok(tape.op(y, [x], move |dy, grads, [x]| {
+        grads.add(x, ops::scale(dy, alpha)?)
+    }))
 }
 
 /// The same values under another shape.
 pub fn reshape(tape: &mut Tape, x: &Var, shape: &[usize]) -> Result<Var> {
-    let xv = x.clone();
-    Ok(
-        tape.record(x.value().reshape(shape)?, &[x], move |dy, grads| {
-            grads.add(&xv, dy.reshape(xv.shape())?)
-        }),
-    )
+    let y = x.value().reshape(shape)?;
+    Ok(tape.op(y, [x], |dy, grads, [x]| {
+        grads.add(x, dy.reshape(x.shape())?)
+    }))
 }
 
 /// LayerNorm over the last dimension, with `(gamma, beta)` when affine.
@@ -119,67 +112,63 @@ pub fn layer_norm(tape: &mut Tape, x: &Var, affine: Option<(&Var, &Var)>, eps: f
 /// RMSNorm over the last dimension with a learnable scale (QK-norm).
 pub fn rms_norm(tape: &mut Tape, x: &Var, gamma: &Var, eps: f32) -> Result<Var> {
     let (y, stats) = ops::rms_norm(x.value(), gamma.value(), eps)?;
-    let (xv, gv) = (x.clone(), gamma.clone());
-    Ok(tape.record(y, &[x, gamma], move |dy, grads| {
-        let (dx, dg) = ops::rms_norm_backward(xv.value(), &stats, gv.value(), dy)?;
-        grads.add(&xv, dx)?;
-        grads.add(&gv, dg)
+    Ok(tape.op(y, [x, gamma], move |dy, grads, [x, gamma]| {
+        let (dx, dg) = ops::rms_norm_backward(x.value(), &stats, gamma.value(), dy)?;
+        grads.add(x, dx)?;
+        grads.add(gamma, dg)
     }))
 }
 
 /// Softmax over the last dimension.
 pub fn softmax(tape: &mut Tape, x: &Var) -> Result<Var> {
     let y = ops::softmax(x.value())?;
-    let (xv, yv) = (x.clone(), y.clone());
-    Ok(tape.record(y, &[x], move |dy, grads| {
-        grads.add(&xv, ops::softmax_backward(&yv, dy)?)
+    let saved = y.clone();
+    Ok(tape.op(y, [x], move |dy, grads, [x]| {
+        grads.add(x, ops::softmax_backward(&saved, dy)?)
     }))
 }
 
 /// adaLN: `x * (1 + scale) + shift`, `x` `[B, T, C]`, `scale` and `shift` `[B, C]`.
 pub fn modulate(tape: &mut Tape, x: &Var, scale: &Var, shift: &Var) -> Result<Var> {
     let y = ops::modulate(x.value(), scale.value(), shift.value())?;
-    let (xv, sv, hv) = (x.clone(), scale.clone(), shift.clone());
-    Ok(tape.record(y, &[x, scale, shift], move |dy, grads| {
-        let (dx, ds, dsh) = ops::modulate_backward(xv.value(), sv.value(), dy)?;
-        grads.add(&xv, dx)?;
-        grads.add(&sv, ds)?;
-        grads.add(&hv, dsh)
-    }))
+    Ok(
+        tape.op(y, [x, scale, shift], |dy, grads, [x, scale, shift]| {
+            let (dx, ds, dsh) = ops::modulate_backward(x.value(), scale.value(), dy)?;
+            grads.add(x, dx)?;
+            grads.add(scale, ds)?;
+            grads.add(shift, dsh)
+        }),
+    )
 }
 
 /// Gated residual: `x + gate * h`, `gate` `[B, C]`.
 pub fn gate(tape: &mut Tape, x: &Var, h: &Var, gate: &Var) -> Result<Var> {
     let y = ops::gate(x.value(), h.value(), gate.value())?;
-    let (xv, hv, gv) = (x.clone(), h.clone(), gate.clone());
-    Ok(tape.record(y, &[x, h, gate], move |dy, grads| {
-        let (dh, dg) = ops::gate_backward(hv.value(), gv.value(), dy)?;
-        grads.add(&xv, dy.clone())?;
-        grads.add(&hv, dh)?;
-        grads.add(&gv, dg)
+    Ok(tape.op(y, [x, h, gate], |dy, grads, [x, h, gate]| {
+        let (dh, dg) = ops::gate_backward(h.value(), gate.value(), dy)?;
+        grads.add(x, dy.clone())?;
+        grads.add(h, dh)?;
+        grads.add(gate, dg)
     }))
 }
 
 /// Multi-head attention over `qkv` `[B, T, 3 H D]`, output `[B, T, H D]`.
 pub fn attention(tape: &mut Tape, qkv: &Var, heads: usize) -> Result<Var> {
     let (o, lse) = ops::attention(qkv.value(), heads)?;
-    let (qv, ov) = (qkv.clone(), o.clone());
-    Ok(tape.record(o, &[qkv], move |dy, grads| {
-        grads.add(
-            &qv,
-            ops::attention_backward(qv.value(), &ov, &lse, dy, heads)?,
-        )
+    let saved = o.clone();
+    Ok(tape.op(o, [qkv], move |dy, grads, [qkv]| {
+        let dqkv = ops::attention_backward(qkv.value(), &saved, &lse, dy, heads)?;
+        grads.add(qkv, dqkv)
     }))
 }
 
 /// `[B, T1, C] ++ [B, T2, C] -> [B, T1 + T2, C]` (joint attention over two streams).
 pub fn concat_tokens(tape: &mut Tape, a: &Var, b: &Var) -> Result<Var> {
     let y = ops::concat_tokens(a.value(), b.value())?;
-    let (av, bv) = (a.clone(), b.clone());
-    Ok(tape.record(y, &[a, b], move |dy, grads| {
-        let (da, db) = ops::split_tokens(dy, av.shape()[1])?;
-        grads.add(&av, da)?;
-        grads.add(&bv, db)
+    Ok(tape.op(y, [a, b], |dy, grads, [a, b]| {
+        let (da, db) = ops::split_tokens(dy, a.shape()[1])?;
+        grads.add(a, da)?;
+        grads.add(b, db)
     }))
 }
 
@@ -192,11 +181,10 @@ pub fn slice_tokens(tape: &mut Tape, x: &Var, start: usize, len: usize) -> Resul
     );
     let y = Tensor::uninit(x.value().gpu(), &[s[0], len, s[2]], crate::DType::F32)?;
     ops::copy_tokens(x.value(), start, &y, 0, len)?;
-    let xv = x.clone();
-    Ok(tape.record(y, &[x], move |dy, grads| {
-        let dx = Tensor::zeros(dy.gpu(), xv.shape())?;
+    Ok(tape.op(y, [x], move |dy, grads, [x]| {
+        let dx = Tensor::zeros(dy.gpu(), x.shape())?;
         ops::copy_tokens(dy, 0, &dx, start, len)?;
-        grads.add(&xv, dx)
+        grads.add(x, dx)
     }))
 }
 
@@ -213,38 +201,33 @@ pub fn split_tokens(tape: &mut Tape, x: &Var, first: usize) -> Result<(Var, Var)
 /// Sinusoidal embedding of `t` `[B]` into `[B, dim]` (see `ops::timestep_embedding`).
 pub fn timestep_embedding(tape: &mut Tape, t: &Var, dim: usize, scale: f32) -> Result<Var> {
     let y = ops::timestep_embedding(t.value(), dim, scale)?;
-    let tv = t.clone();
-    Ok(tape.record(y, &[t], move |dy, grads| {
-        grads.add(
-            &tv,
-            ops::timestep_embedding_backward(tv.value(), dy, scale)?,
-        )
+    Ok(tape.op(y, [t], move |dy, grads, [t]| {
+        grads.add(t, ops::timestep_embedding_backward(t.value(), dy, scale)?)
     }))
 }
 
 /// Rows of `table` `[rows, dim]` picked by `labels` `[B]` (f32 row numbers).
 pub fn embedding(tape: &mut Tape, labels: &Tensor, table: &Var) -> Result<Var> {
     let y = ops::embedding(labels, table.value())?;
-    let (lv, tv) = (labels.clone(), table.clone());
-    Ok(
-        tape.record(y, &[table], move |dy, grads| match grads.target(&tv) {
-            Some(target) => ops::embedding_backward(&lv, dy, target),
+    let labels = labels.clone();
+    Ok(tape.op(y, [table], move |dy, grads, [table]| {
+        match grads.target(table) {
+            Some(target) => ops::embedding_backward(&labels, dy, target),
             None => {
-                let d = Tensor::zeros(dy.gpu(), tv.shape())?;
-                ops::embedding_backward(&lv, dy, &d)?;
-                grads.add(&tv, d)
+                let d = Tensor::zeros(dy.gpu(), table.shape())?;
+                ops::embedding_backward(&labels, dy, &d)?;
+                grads.add(table, d)
             }
-        }),
-    )
+        }
+    }))
 }
 
 /// Images `[B, C, H, W]` to patch tokens `[B, (H/p)(W/p), C p p]`.
 pub fn patchify(tape: &mut Tape, x: &Var, p: usize) -> Result<Var> {
     let y = ops::patchify(x.value(), p)?;
-    let xv = x.clone();
-    Ok(tape.record(y, &[x], move |dy, grads| {
-        let s = xv.shape();
-        grads.add(&xv, ops::unpatchify(dy, s[1], s[2], s[3], p)?)
+    Ok(tape.op(y, [x], move |dy, grads, [x]| {
+        let s = x.shape();
+        grads.add(x, ops::unpatchify(dy, s[1], s[2], s[3], p)?)
     }))
 }
 
@@ -258,9 +241,8 @@ pub fn unpatchify(
     p: usize,
 ) -> Result<Var> {
     let y = ops::unpatchify(x.value(), channels, height, width, p)?;
-    let xv = x.clone();
-    Ok(tape.record(y, &[x], move |dy, grads| {
-        grads.add(&xv, ops::patchify(dy, p)?)
+    Ok(tape.op(y, [x], move |dy, grads, [x]| {
+        grads.add(x, ops::patchify(dy, p)?)
     }))
 }
 
@@ -276,14 +258,13 @@ pub fn mse(tape: &mut Tape, a: &Var, b: &Var) -> Result<Var> {
     let diff = ops::sub(a.value(), b.value())?;
     let sq = ops::mul(&diff, &diff)?;
     let loss = ops::mean_rows(&sq.reshape(&[1, n])?)?;
-    let (av, bv) = (a.clone(), b.clone());
-    Ok(tape.record(loss, &[a, b], move |dy, grads| {
+    Ok(tape.op(loss, [a, b], move |dy, grads, [a, b]| {
         // d/da = 2 (a - b) / n, scaled by the incoming gradient (a GPU scalar).
         let da = ops::scale_by(&diff, dy, 2.0 / n as f32)?;
-        if bv.requires_grad() {
-            grads.add(&bv, ops::scale(&da, -1.0)?)?;
+        if b.requires_grad() {
+            grads.add(b, ops::scale(&da, -1.0)?)?;
         }
-        grads.add(&av, da)
+        grads.add(a, da)
     }))
 }
 
@@ -298,31 +279,23 @@ pub fn ln_modulate(
     eps: f32,
 ) -> Result<Var> {
     let (y, stats) = ops::ln_modulate(x.value(), ada.value(), shift, scale, eps)?;
-    let (xv, av) = (x.clone(), ada.clone());
-    Ok(tape.record(y, &[x, ada], move |dy, grads| {
+    Ok(tape.op(y, [x, ada], move |dy, grads, [x, ada]| {
         // The conditioning's gradient gathers all its chunks in one buffer.
-        let d_ada = match grads.accumulator(&av)? {
-            Some(d) => d,
-            None => Tensor::zeros(dy.gpu(), av.shape())?,
-        };
+        let d_ada = grads.sink(ada)?;
         let dx =
-            ops::ln_modulate_backward(xv.value(), &stats, av.value(), shift, scale, dy, &d_ada)?;
-        grads.add(&xv, dx)
+            ops::ln_modulate_backward(x.value(), &stats, ada.value(), shift, scale, dy, &d_ada)?;
+        grads.add(x, dx)
     }))
 }
 
 /// The gated residual `x + gate h`, `gate` chunk `chunk` of the conditioning `ada` `[B, K C]`.
 pub fn ada_gate(tape: &mut Tape, x: &Var, h: &Var, ada: &Var, chunk: usize) -> Result<Var> {
     let y = ops::ada_gate(x.value(), h.value(), ada.value(), chunk)?;
-    let (xv, hv, av) = (x.clone(), h.clone(), ada.clone());
-    Ok(tape.record(y, &[x, h, ada], move |dy, grads| {
-        let d_ada = match grads.accumulator(&av)? {
-            Some(d) => d,
-            None => Tensor::zeros(dy.gpu(), av.shape())?,
-        };
-        let dh = ops::ada_gate_backward(hv.value(), av.value(), chunk, dy, &d_ada)?;
-        grads.add(&xv, dy.clone())?;
-        grads.add(&hv, dh)
+    Ok(tape.op(y, [x, h, ada], move |dy, grads, [x, h, ada]| {
+        let d_ada = grads.sink(ada)?;
+        let dh = ops::ada_gate_backward(h.value(), ada.value(), chunk, dy, &d_ada)?;
+        grads.add(x, dy.clone())?;
+        grads.add(h, dh)
     }))
 }
 
@@ -337,27 +310,18 @@ pub fn qk_norm(
     eps: f32,
 ) -> Result<Var> {
     let (y, stats) = ops::qk_norm(qkv.value(), heads, gq.value(), gk.value(), eps)?;
-    let (xv, qv, kv) = (qkv.clone(), gq.clone(), gk.clone());
-    Ok(tape.record(y, &[qkv, gq, gk], move |dy, grads| {
-        let zeros = |v: &Var| Tensor::zeros(dy.gpu(), v.shape());
-        let d_gq = match grads.accumulator(&qv)? {
-            Some(d) => d,
-            None => zeros(&qv)?,
-        };
-        let d_gk = match grads.accumulator(&kv)? {
-            Some(d) => d,
-            None => zeros(&kv)?,
-        };
+    Ok(tape.op(y, [qkv, gq, gk], move |dy, grads, [qkv, gq, gk]| {
+        let (d_gq, d_gk) = (grads.sink(gq)?, grads.sink(gk)?);
         let dx = ops::qk_norm_backward(
-            xv.value(),
+            qkv.value(),
             &stats,
             heads,
-            qv.value(),
-            kv.value(),
+            gq.value(),
+            gk.value(),
             dy,
             &d_gq,
             &d_gk,
         )?;
-        grads.add(&xv, dx)
+        grads.add(qkv, dx)
     }))
 }

@@ -105,9 +105,10 @@ impl Tape {
     }
 
     /// A parameter: its value is a view of the flat buffer and its gradient accumulates into the
-    /// matching view of the flat gradient buffer.
+    /// matching view of the flat gradient buffer (parameters built for inference have none:
+    /// their gradient comes back in the [`Grads`], like an input's).
     pub fn param(&mut self, params: &Params, id: ParamId) -> Var {
-        let grad = self.recording.then(|| params.grad(id));
+        let grad = self.recording.then(|| params.grad(id).ok()).flatten();
         self.var(params.value(id), true, grad)
     }
 
@@ -125,6 +126,20 @@ impl Tape {
             self.nodes.push((out.id, Box::new(backward)));
         }
         out
+    }
+
+    /// Record `value`, the output of a function of `inputs`, with its backward: a closure
+    /// given the output's gradient, the gradients gathered so far, and the inputs (clones
+    /// taken here, in order). The usual way to record; [`Tape::record`] is the form for a
+    /// varying number of inputs.
+    pub fn op<const N: usize>(
+        &mut self,
+        value: Tensor,
+        inputs: [&Var; N],
+        backward: impl FnOnce(&Tensor, &mut Grads, &[Var; N]) -> Result<()> + Send + 'static,
+    ) -> Var {
+        let saved = inputs.map(Var::clone);
+        self.record(value, &inputs, move |dy, grads| backward(dy, grads, &saved))
     }
 
     /// Back-propagate from `loss` (seeded with ones). Runs and drops every recorded closure;
@@ -210,6 +225,16 @@ impl Grads {
     /// matmul with accumulation) instead of producing a tensor to add.
     pub(crate) fn target<'v>(&self, v: &'v Var) -> Option<&'v Tensor> {
         v.grad_into.as_ref().filter(|_| v.requires_grad)
+    }
+
+    /// Where a kernel that adds into a gradient in place (several writing parts of it) puts
+    /// `v`'s: [`Grads::accumulator`], or scratch zeros shaped like `v` that nobody reads when
+    /// `v` needs no gradient (the kernel writes it all the same).
+    pub(crate) fn sink(&mut self, v: &Var) -> Result<Tensor> {
+        match self.accumulator(v)? {
+            Some(d) => Ok(d),
+            None => Tensor::zeros(v.value.gpu(), v.shape()),
+        }
     }
 
     /// A buffer that kernels may add `v`'s gradient into in place (several ops writing parts of

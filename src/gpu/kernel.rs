@@ -1,306 +1,173 @@
-//! Kernels and their compiled pipelines. A [`Kernel`] names a WGSL entry point and the access of
-//! each of its storage bindings; the [`PipelineCache`] compiles each (kernel, override constants)
-//! pair once, and caches bind-group layouts and bind groups (pooled buffers keep their ids, so a
-//! repeated step finds its bind groups already made).
+//! What a kernel is: a WGSL entry point, the kind of each of its `@group(0)` bindings, and the
+//! layout of the parameter struct it takes. The engine declares each kernel once, with
+//! `kernels!` (entry and bindings) and `kernel_params!` (the `Params` struct); a test
+//! (`tests/kernel_bindings.rs`) checks both against the WGSL with naga.
 //!
-//! Parameter convention shared by every shader: storage buffers in `@group(0)` at bindings
-//! `0..n`, and one parameter struct declared exactly as
+//! Parameter convention shared by every shader: storage buffers (and storage textures) in
+//! `@group(0)`, and one parameter struct declared exactly as
 //! `@group(1) @binding(0) var<uniform> params: Params;`. Where the device supports immediates,
 //! that line is rewritten to `var<immediate> params: Params;` before compiling.
 
 use super::pool::Storage;
-use super::PARAMS_BYTES;
-use crate::error::{Error, Result};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+pub use crate::shaders::Shader;
+use std::sync::Arc;
 
-/// One WGSL source file.
-#[derive(Debug)]
-pub struct Shader {
-    pub name: &'static str,
-    pub source: &'static str,
-    /// Device features the file needs (e.g. `SHADER_F16` for `enable f16;`).
-    pub requires: wgpu::Features,
-}
-
-/// How a kernel uses one storage binding.
+/// How a kernel uses one `@group(0)` binding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Access {
+    /// A storage buffer the kernel only reads.
     Read,
+    /// A storage buffer the kernel writes (and may read).
     ReadWrite,
+    /// A 2-D storage texture of this format the kernel writes.
+    WriteTexture(wgpu::TextureFormat),
     /// A binding number this entry point does not use (its file declares it for another entry):
-    /// left out of the layout, so nothing needs binding there.
+    /// left out of the layout, so nothing is bound there.
     Unused,
 }
 
-/// One entry point of a shader, with the access of each storage binding in order.
+/// The layout of a kernel's parameter struct, for the test that compares it with the WGSL
+/// struct (declared with the crate's `kernel_params!`).
+#[derive(Debug, PartialEq, Eq)]
+pub struct ParamsLayout {
+    /// The Rust type (`module::Params`).
+    pub name: &'static str,
+    /// `size_of` the struct.
+    pub size: usize,
+    /// Each field: name, byte offset, Rust type as written.
+    pub fields: &'static [(&'static str, usize, &'static str)],
+}
+
+/// A kernel's parameter struct: plain bytes with a layout the tests can see.
+pub trait KernelParams: bytemuck::Pod {
+    /// Its layout.
+    const LAYOUT: ParamsLayout;
+}
+
+/// One entry point of a shader, with the kind of each `@group(0)` binding in order.
 #[derive(Debug)]
 pub struct Kernel {
+    /// The shader that holds the entry point.
     pub shader: &'static Shader,
+    /// The entry point's name.
     pub entry: &'static str,
+    /// Binding `i` of group 0 is used as `access[i]`.
     pub access: &'static [Access],
+    /// The parameter struct the engine's kernels take (`None` for a user's kernel, which takes
+    /// any plain struct of at most 128 bytes).
+    pub params: Option<&'static ParamsLayout>,
 }
 
-/// The declaration every shader uses for its parameters, and its immediate-data form.
-const UNIFORM_PARAMS: &str = "@group(1) @binding(0) var<uniform> params: Params;";
-const IMMEDIATE_PARAMS: &str = "var<immediate> params: Params;";
+impl Kernel {
+    /// A user's kernel: entry point `entry` of `shader`, binding `i` of group 0 used as
+    /// `access[i]`.
+    pub const fn new(
+        shader: &'static Shader,
+        entry: &'static str,
+        access: &'static [Access],
+    ) -> Kernel {
+        Kernel {
+            shader,
+            entry,
+            access,
+            params: None,
+        }
+    }
 
-type PipelineKey = (&'static str, &'static str, Vec<(&'static str, u64)>);
-type BindKey = (Vec<Access>, Vec<(u64, u64, u64)>);
-
-struct Layouts {
-    group0: wgpu::BindGroupLayout,
-    pipeline: wgpu::PipelineLayout,
+    /// One of the engine's kernels (declared with [`kernels!`]).
+    pub(crate) const fn engine(
+        shader: &'static Shader,
+        entry: &'static str,
+        access: &'static [Access],
+        params: &'static ParamsLayout,
+    ) -> Kernel {
+        Kernel {
+            params: Some(params),
+            ..Kernel::new(shader, entry, access)
+        }
+    }
 }
 
-pub(crate) struct PipelineCache {
-    device: wgpu::Device,
-    use_immediates: bool,
-    params_layout: wgpu::BindGroupLayout,
-    modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
-    layouts: Mutex<HashMap<Vec<Access>, Arc<Layouts>>>,
-    pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
-    bind_groups: Mutex<HashMap<BindKey, wgpu::BindGroup>>,
+/// What is bound to one binding of a dispatch.
+#[derive(Clone, Copy)]
+pub(crate) enum Binding<'a> {
+    /// `size` bytes of a storage buffer at `offset`.
+    Buffer {
+        storage: &'a Arc<Storage>,
+        offset: u64,
+        size: u64,
+    },
+    /// A view of a storage texture.
+    Texture(&'a wgpu::TextureView),
+    /// Nothing: the kernel does not use this binding ([`Access::Unused`]).
+    Unused,
 }
 
-/// Bind groups cached before the cache is cleared (each pins a few buffers).
-const MAX_BIND_GROUPS: usize = 8192;
-
-impl PipelineCache {
-    pub fn new(device: wgpu::Device, use_immediates: bool) -> Self {
-        let params_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some("rectiflow params"),
-            entries: &[wgpu::BindGroupLayoutEntry {
-                binding: 0,
-                visibility: wgpu::ShaderStages::COMPUTE,
-                ty: wgpu::BindingType::Buffer {
-                    ty: wgpu::BufferBindingType::Uniform,
-                    has_dynamic_offset: true,
-                    min_binding_size: wgpu::BufferSize::new(PARAMS_BYTES as u64),
-                },
-                count: None,
-            }],
-        });
-        PipelineCache {
-            device,
-            use_immediates,
-            params_layout,
-            modules: Mutex::default(),
-            layouts: Mutex::default(),
-            pipelines: Mutex::default(),
-            bind_groups: Mutex::default(),
-        }
+impl Binding<'_> {
+    /// Whether this binding fits a slot of kind `access`.
+    pub(crate) fn fits(&self, access: Access) -> bool {
+        matches!(
+            (self, access),
+            (Binding::Buffer { .. }, Access::Read | Access::ReadWrite)
+                | (Binding::Texture(_), Access::WriteTexture(_))
+                | (Binding::Unused, Access::Unused)
+        )
     }
+}
 
-    pub fn len(&self) -> usize {
-        self.pipelines.lock().unwrap().len()
-    }
+/// Declares kernels once: per shader, the struct their parameters travel in and, per kernel,
+/// its entry point and the [`Access`] of each `@group(0)` binding in order. Makes a `static`
+/// [`Kernel`] of each and `KERNELS`, the file's list (checked against the WGSL by the tests).
+///
+/// ```ignore
+/// kernels! {
+///     ELEMENTWISE, Params {
+///         UNARY = unary(Read, Unused, ReadWrite);
+///         BINARY = binary(Read, Read, ReadWrite);
+///     }
+/// }
+/// ```
+macro_rules! kernels {
+    ($($shader:path, $params:ty {
+        $($(#[$meta:meta])* $name:ident = $entry:ident(
+            $($access:ident $(($format:ident))?),* $(,)?
+        );)+
+    })+) => {
+        $($(
+            $(#[$meta])*
+            static $name: $crate::gpu::Kernel = $crate::gpu::Kernel::engine(
+                &$shader,
+                stringify!($entry),
+                &[$($crate::gpu::Access::$access $((wgpu::TextureFormat::$format))?),*],
+                &<$params as $crate::gpu::KernelParams>::LAYOUT,
+            );
+        )+)+
+        /// Every kernel this file declares (the tests check each against its WGSL).
+        pub(crate) static KERNELS: &[&$crate::gpu::Kernel] = &[$($(&$name),+),+];
+    };
+}
+pub(crate) use kernels;
 
-    pub fn params_layout(&self) -> &wgpu::BindGroupLayout {
-        &self.params_layout
-    }
-
-    fn layouts(&self, access: &[Access]) -> Arc<Layouts> {
-        let mut map = self.layouts.lock().unwrap();
-        if let Some(l) = map.get(access) {
-            return l.clone();
+/// Declares a kernel's parameter struct: `#[repr(C)]`, plain bytes, and its [`ParamsLayout`]
+/// (fields, offsets, size) for the test that compares it with the WGSL struct of the same
+/// shader. Fields whose names start with `_` are padding and are not compared by name.
+macro_rules! kernel_params {
+    ($(#[$meta:meta])* struct $name:ident {
+        $($(#[$field_meta:meta])* $field:ident: $ty:ty),* $(,)?
+    }) => {
+        $(#[$meta])*
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+        struct $name {
+            $($(#[$field_meta])* $field: $ty),*
         }
-        let entries: Vec<_> = access
-            .iter()
-            .enumerate()
-            .filter(|(_, a)| **a != Access::Unused)
-            .map(|(i, a)| wgpu::BindGroupLayoutEntry {
-                binding: i as u32,
-                visibility: wgpu::ShaderStages::COMPUTE,
-                ty: wgpu::BindingType::Buffer {
-                    ty: wgpu::BufferBindingType::Storage {
-                        read_only: *a == Access::Read,
-                    },
-                    has_dynamic_offset: false,
-                    min_binding_size: None,
-                },
-                count: None,
-            })
-            .collect();
-        let group0 = self
-            .device
-            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                label: Some("rectiflow storage"),
-                entries: &entries,
-            });
-        let pipeline = if self.use_immediates {
-            self.device
-                .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                    label: Some("rectiflow"),
-                    bind_group_layouts: &[Some(&group0)],
-                    immediate_size: PARAMS_BYTES as u32,
-                })
-        } else {
-            self.device
-                .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                    label: Some("rectiflow"),
-                    bind_group_layouts: &[Some(&group0), Some(&self.params_layout)],
-                    immediate_size: 0,
-                })
-        };
-        let l = Arc::new(Layouts { group0, pipeline });
-        map.insert(access.to_vec(), l.clone());
-        l
-    }
-
-    fn module(&self, shader: &'static Shader) -> Result<wgpu::ShaderModule> {
-        let mut modules = self.modules.lock().unwrap();
-        if let Some(m) = modules.get(shader.name) {
-            return Ok(m.clone());
-        }
-        if !shader.source.contains(UNIFORM_PARAMS) {
-            return Err(Error::Kernel {
-                kernel: shader.name.into(),
-                message: format!("the shader must declare its parameters as `{UNIFORM_PARAMS}`"),
-            });
-        }
-        let source = if self.use_immediates {
-            shader.source.replace(UNIFORM_PARAMS, IMMEDIATE_PARAMS)
-        } else {
-            shader.source.to_string()
-        };
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let desc = wgpu::ShaderModuleDescriptor {
-            label: Some(shader.name),
-            source: wgpu::ShaderSource::Wgsl(source.into()),
-        };
-        let module = if crate::shaders::ALL.iter().any(|s| std::ptr::eq(*s, shader)) {
-            // The engine's own kernels run without naga's loop bounding: it wraps every loop
-            // iteration in a 64-bit countdown and a branch, which, once a small constant loop is
-            // unrolled, nests a branch around each multiply-add (measured: up to 3x on the
-            // subgroup matmul on lavapipe). Bounds and division checks stay.
-            // SAFETY: every loop in `shaders/` is bounded by its own condition (the tests run
-            // them all), which is what turning loop bounding off requires.
-            let checks = wgpu::ShaderRuntimeChecks {
-                force_loop_bounding: false,
-                ..wgpu::ShaderRuntimeChecks::checked()
+        impl $crate::gpu::KernelParams for $name {
+            const LAYOUT: $crate::gpu::ParamsLayout = $crate::gpu::ParamsLayout {
+                name: concat!(module_path!(), "::", stringify!($name)),
+                size: std::mem::size_of::<$name>(),
+                fields: &[$((stringify!($field), std::mem::offset_of!($name, $field), stringify!($ty))),*],
             };
-            unsafe { self.device.create_shader_module_trusted(desc, checks) }
-        } else {
-            self.device.create_shader_module(desc)
-        };
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(Error::Kernel {
-                kernel: shader.name.into(),
-                message: e.to_string(),
-            });
         }
-        modules.insert(shader.name, module.clone());
-        Ok(module)
-    }
-
-    /// The pipeline for a kernel with the given override constants, compiled on first use.
-    pub fn get(
-        &self,
-        kernel: &Kernel,
-        overrides: &[(&'static str, f64)],
-        features: &wgpu::Features,
-    ) -> Result<wgpu::ComputePipeline> {
-        let key: PipelineKey = (
-            kernel.shader.name,
-            kernel.entry,
-            overrides.iter().map(|(k, v)| (*k, v.to_bits())).collect(),
-        );
-        if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
-            return Ok(p.clone());
-        }
-        if !features.contains(kernel.shader.requires) {
-            return Err(Error::Kernel {
-                kernel: kernel.entry.into(),
-                message: format!(
-                    "needs device features {:?}, which this adapter does not offer",
-                    kernel.shader.requires - *features
-                ),
-            });
-        }
-        let module = self.module(kernel.shader)?;
-        let layouts = self.layouts(kernel.access);
-        let label = format!("{}::{}", kernel.shader.name, kernel.entry);
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let pipeline = self
-            .device
-            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(&label),
-                layout: Some(&layouts.pipeline),
-                module: &module,
-                entry_point: Some(kernel.entry),
-                compilation_options: wgpu::PipelineCompilationOptions {
-                    constants: overrides,
-                    // Every kernel writes its workgroup memory before reading it.
-                    zero_initialize_workgroup_memory: false,
-                },
-                cache: None,
-            });
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(Error::Kernel {
-                kernel: label,
-                message: e.to_string(),
-            });
-        }
-        self.pipelines.lock().unwrap().insert(key, pipeline.clone());
-        Ok(pipeline)
-    }
-
-    /// The bind group for these (buffer, offset, size) bindings, made once and cached.
-    pub fn bind_group(
-        &self,
-        kernel: &Kernel,
-        bindings: &[(&Arc<Storage>, u64, u64)],
-    ) -> Result<wgpu::BindGroup> {
-        let key: BindKey = (
-            kernel.access.to_vec(),
-            bindings.iter().map(|(s, o, n)| (s.id(), *o, *n)).collect(),
-        );
-        let mut cache = self.bind_groups.lock().unwrap();
-        if let Some(bg) = cache.get(&key) {
-            return Ok(bg.clone());
-        }
-        let layouts = self.layouts(kernel.access);
-        let entries: Vec<_> = bindings
-            .iter()
-            .zip(kernel.access)
-            .enumerate()
-            .filter(|(_, (_, a))| **a != Access::Unused)
-            .map(|(i, ((s, offset, size), _))| wgpu::BindGroupEntry {
-                binding: i as u32,
-                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                    buffer: s.buffer(),
-                    offset: *offset,
-                    // Bindings are padded to whole vec4s where the buffer has room (pooled
-                    // buffers always do: 16-byte aligned tensors, sizes multiples of 16), so a
-                    // kernel may read any tensor as vec4s.
-                    size: wgpu::BufferSize::new(
-                        (*size)
-                            .max(16)
-                            .div_ceil(16)
-                            .saturating_mul(16)
-                            .min(s.buffer().size().saturating_sub(*offset))
-                            .max((*size).max(4).div_ceil(4) * 4),
-                    ),
-                }),
-            })
-            .collect();
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let bg = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(kernel.entry),
-            layout: &layouts.group0,
-            entries: &entries,
-        });
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(Error::Gpu(format!(
-                "binding buffers for `{}`: {e}",
-                kernel.entry
-            )));
-        }
-        if cache.len() >= MAX_BIND_GROUPS {
-            cache.clear();
-        }
-        cache.insert(key, bg.clone());
-        Ok(bg)
-    }
+    };
 }
+pub(crate) use kernel_params;

@@ -1,130 +1,39 @@
-//! The GPU context: adapter choice, device creation (or adoption of the host's device), and the
-//! shared machinery every op uses — the buffer pool, the pipeline cache, and the recorder that
-//! batches dispatches into one submission.
+//! The GPU context: a device (opened on an adapter of its own choosing, `adapter.rs`, whose
+//! limits are checked against [`requirements`], or adopted from the host), and the machinery
+//! every op records through — the buffer pool, the pipeline cache, and the recorder that
+//! batches dispatches into one submission — with uploads, fills and readback. The context knows
+//! buffers and kernels, not tensors: the layers above bind their data as storage ranges.
 //!
 //! A [`Gpu`] is a cheap handle (an `Arc`); clone it freely. All work recorded through it is
 //! submitted together when something needs a result ([`Gpu::flush`], or reading a tensor back).
 
+mod adapter;
 mod kernel;
+mod pipeline;
 mod pool;
 mod profile;
 mod recorder;
+pub mod requirements;
 
-pub use kernel::{Access, Kernel, Shader};
+pub use adapter::{
+    list_adapters, AdapterReport, GpuOptions, KernelProfile, ENV_ADAPTER, ENV_BACKEND,
+    ENV_NO_IMMEDIATES, ENV_NO_SUBGROUPS, ENV_POISON, ENV_PROFILE,
+};
+pub(crate) use kernel::{kernel_params, kernels, Binding};
+pub use kernel::{Access, Kernel, KernelParams, ParamsLayout, Shader};
 pub use pool::PoolStats;
 pub(crate) use pool::Storage;
 pub use profile::{Cost, DispatchTiming, KernelTotal, Profile, ProfileMethod};
 
 use crate::error::{Error, Result};
-use kernel::PipelineCache;
+use adapter::Settings;
+use pipeline::PipelineCache;
 use pool::BufferPool;
 use recorder::Recorder;
 use std::sync::{Arc, Mutex};
 
-/// Environment variable: pick the adapter whose name contains this text (case-insensitive).
-pub const ENV_ADAPTER: &str = "RECTIFLOW_ADAPTER";
-/// Environment variable: restrict to a backend (`vulkan`, `metal`, `dx12`, `gl`).
-pub const ENV_BACKEND: &str = "RECTIFLOW_BACKEND";
-/// Environment variable: set to `1` to pass kernel parameters through the uniform arena even when
-/// the device supports immediates (for testing both paths).
-pub const ENV_NO_IMMEDIATES: &str = "RECTIFLOW_NO_IMMEDIATES";
-
-/// Environment variable: set to `1` to fill every new tensor with NaN before use, so a kernel
-/// that leaves an element unwritten shows it (debugging; the tests always do this).
-pub const ENV_POISON: &str = "RECTIFLOW_POISON";
-
-/// Environment variable: set to `1` to use no subgroup operations even where the adapter has
-/// them (kernels fall back to their other designs; for testing every design on one machine).
-pub const ENV_NO_SUBGROUPS: &str = "RECTIFLOW_NO_SUBGROUPS";
-
-/// Environment variable: `cpu` or `gpu`, the kernel designs to use (see [`KernelProfile`]).
-pub const ENV_PROFILE: &str = "RECTIFLOW_PROFILE";
-
-/// Which design each op picks where there are two. A GPU shares data through workgroup memory;
-/// a CPU driver (lavapipe) runs a workgroup's lanes as coroutines that switch at every barrier,
-/// so there barrier-free kernels win and the CPU's caches do the tiling (docs/performance.md).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KernelProfile {
-    Gpu,
-    Cpu,
-}
-
-impl KernelProfile {
-    fn parse(name: &str) -> Result<KernelProfile> {
-        match name.to_ascii_lowercase().as_str() {
-            "gpu" => Ok(KernelProfile::Gpu),
-            "cpu" => Ok(KernelProfile::Cpu),
-            other => Err(Error::Config(format!(
-                "{ENV_PROFILE}={other:?}: use cpu or gpu"
-            ))),
-        }
-    }
-}
-
 /// Size in bytes of every kernel's parameter block (immediates or one arena slot).
 pub(crate) const PARAMS_BYTES: usize = 128;
-
-/// Optional features the kernels use when the adapter has them.
-const WANTED_FEATURES: wgpu::Features = wgpu::Features::SHADER_F16
-    .union(wgpu::Features::SUBGROUP)
-    .union(wgpu::Features::TIMESTAMP_QUERY)
-    .union(wgpu::Features::IMMEDIATES);
-
-/// How to create a [`Gpu`].
-#[derive(Clone, Debug, Default)]
-pub struct GpuOptions {
-    /// Adapter name filter (overrides `RECTIFLOW_ADAPTER`).
-    pub adapter: Option<String>,
-    /// Backend name (overrides `RECTIFLOW_BACKEND`).
-    pub backend: Option<String>,
-    /// Never use immediates, even where supported (parameters go through the uniform arena).
-    pub no_immediates: bool,
-    /// Fill every new tensor with NaN (also `RECTIFLOW_POISON=1`).
-    pub poison: bool,
-    /// Kernel designs (also `RECTIFLOW_PROFILE`); by default from the adapter's type.
-    pub profile: Option<KernelProfile>,
-    /// Use no subgroup operations even where the adapter has them (also
-    /// `RECTIFLOW_NO_SUBGROUPS=1`).
-    pub no_subgroups: bool,
-}
-
-/// The resolved settings a context is built with.
-struct Settings {
-    no_immediates: bool,
-    no_subgroups: bool,
-    poison: bool,
-    /// `None`: from the adapter's type.
-    profile: Option<KernelProfile>,
-}
-
-/// One adapter as `rectiflow info` reports it.
-#[derive(Clone, Debug)]
-pub struct AdapterReport {
-    pub info: wgpu::AdapterInfo,
-    pub features: wgpu::Features,
-    pub limits: wgpu::Limits,
-    pub compute: bool,
-}
-
-impl AdapterReport {
-    /// One line: name, type, backend, driver.
-    pub fn summary(&self) -> String {
-        let i = &self.info;
-        format!(
-            "{} ({:?}, {:?}, driver {} {}){}",
-            i.name,
-            i.device_type,
-            i.backend,
-            i.driver,
-            i.driver_info,
-            if self.compute {
-                ""
-            } else {
-                " [no compute shaders]"
-            }
-        )
-    }
-}
 
 /// The GPU context handle. Cloning shares the same device, pools and recorder.
 #[derive(Clone)]
@@ -146,157 +55,70 @@ pub(crate) struct GpuInner {
     pool: BufferPool,
     pipelines: PipelineCache,
     recorder: Mutex<Recorder>,
-    /// A small buffer bound where a kernel's optional input is absent.
-    dummy: Arc<Storage>,
+    /// A small buffer bound where a kernel's optional input is absent (it reads nothing there).
+    absent: Arc<Storage>,
     /// Errors wgpu reported outside any error scope (only when we own the device).
     uncaptured: Arc<Mutex<Vec<String>>>,
 }
 
-fn parse_backend(name: &str) -> Result<wgpu::Backends> {
-    Ok(match name.to_ascii_lowercase().as_str() {
-        "vulkan" | "vk" => wgpu::Backends::VULKAN,
-        "metal" | "mtl" => wgpu::Backends::METAL,
-        "dx12" | "d3d12" => wgpu::Backends::DX12,
-        "gl" | "gles" | "opengl" => wgpu::Backends::GL,
-        other => {
-            return Err(Error::Config(format!(
-                "{ENV_BACKEND}={other:?} is not a backend; use vulkan, metal, dx12 or gl"
-            )))
-        }
-    })
-}
-
-fn env_nonempty(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
-}
-
-/// Rank adapters: hardware first, then virtual, then software.
-fn adapter_rank(t: wgpu::DeviceType) -> u32 {
-    match t {
-        wgpu::DeviceType::DiscreteGpu => 0,
-        wgpu::DeviceType::IntegratedGpu => 1,
-        wgpu::DeviceType::VirtualGpu => 2,
-        wgpu::DeviceType::Cpu => 3,
-        wgpu::DeviceType::Other => 4,
+kernel_params! {
+    /// `fill.wgsl`'s parameters.
+    struct FillParams {
+        /// 32-bit words to write.
+        n: u32,
+        /// The word written.
+        value: u32,
+        _pad: [u32; 2],
     }
 }
 
-/// The wgpu instance and the backends to search, from options and environment.
-fn instance_and_backends(opts: &GpuOptions) -> Result<(wgpu::Instance, wgpu::Backends)> {
-    let backends = match opts.backend.clone().or_else(|| env_nonempty(ENV_BACKEND)) {
-        Some(b) => parse_backend(&b)?,
-        // GL compute is too limited for these kernels; use it only when asked for.
-        None => wgpu::Backends::PRIMARY,
-    };
-    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
-    desc.backends = backends;
-    Ok((wgpu::Instance::new(desc), backends))
-}
-
-/// Every adapter wgpu can see on the selected backends (for `rectiflow info`).
-pub fn list_adapters(opts: &GpuOptions) -> Result<Vec<AdapterReport>> {
-    let (instance, backends) = instance_and_backends(opts)?;
-    let adapters = pollster::block_on(instance.enumerate_adapters(backends));
-    Ok(adapters.iter().map(report).collect())
-}
-
-fn report(a: &wgpu::Adapter) -> AdapterReport {
-    AdapterReport {
-        info: a.get_info(),
-        features: a.features(),
-        limits: a.limits(),
-        compute: a
-            .get_downlevel_capabilities()
-            .flags
-            .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS),
+kernels! {
+    crate::shaders::FILL, FillParams {
+        FILL = fill(ReadWrite);
     }
 }
+
+/// Words per workgroup of `fill.wgsl`: 256 invocations x 8 vec4s.
+const FILL_PER_GROUP: u64 = 256 * 8 * 4;
 
 impl Gpu {
     /// Create a context on the best adapter: a hardware GPU first, else a software one such as
     /// lavapipe. `RECTIFLOW_ADAPTER` (name substring) and `RECTIFLOW_BACKEND` narrow the choice.
+    /// An adapter short of a limit the kernels need is refused with an [`Error::Device`] naming
+    /// the limit and the value needed.
     pub fn new() -> Result<Gpu> {
         Self::with_options(&GpuOptions::default())
     }
 
     /// Like [`Gpu::new`], with explicit options (they take precedence over the environment).
     pub fn with_options(opts: &GpuOptions) -> Result<Gpu> {
-        let (instance, backends) = instance_and_backends(opts)?;
-        let adapters = pollster::block_on(instance.enumerate_adapters(backends));
-        let found: Vec<String> = adapters.iter().map(|a| report(a).summary()).collect();
-        let wanted = opts.adapter.clone().or_else(|| env_nonempty(ENV_ADAPTER));
-        let chosen = adapters
-            .into_iter()
-            .filter(|a| report(a).compute)
-            .filter(|a| match &wanted {
-                Some(w) => a.get_info().name.to_lowercase().contains(&w.to_lowercase()),
-                None => true,
-            })
-            .min_by_key(|a| adapter_rank(a.get_info().device_type));
-        let Some(adapter) = chosen else {
-            return Err(Error::NoAdapter { wanted, found });
-        };
-
-        let features = adapter.features() & WANTED_FEATURES;
-        let desc = wgpu::DeviceDescriptor {
-            label: Some("rectiflow"),
-            required_features: features,
-            // Compute kernels want the largest bindings and workgroups the adapter allows.
-            required_limits: adapter.limits(),
-            memory_hints: wgpu::MemoryHints::Performance,
-            ..Default::default()
-        };
-        let (device, queue) = pollster::block_on(adapter.request_device(&desc))
-            .map_err(|e| Error::Device(format!("{} refused: {e}", adapter.get_info().name)))?;
-
-        // Without this handler wgpu panics on an error outside a scope; keep it for `flush`.
-        let uncaptured = Arc::new(Mutex::new(Vec::new()));
-        let sink = uncaptured.clone();
-        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
-            sink.lock().unwrap().push(e.to_string());
-        }));
-        let flag = |name| env_nonempty(name).is_some_and(|v| v != "0");
-        let profile = match opts.profile {
-            Some(p) => Some(p),
-            None => env_nonempty(ENV_PROFILE)
-                .map(|name| KernelProfile::parse(&name))
-                .transpose()?,
-        };
-        let settings = Settings {
-            no_immediates: opts.no_immediates || flag(ENV_NO_IMMEDIATES),
-            no_subgroups: opts.no_subgroups || flag(ENV_NO_SUBGROUPS),
-            poison: opts.poison || flag(ENV_POISON),
-            profile,
-        };
+        let o = adapter::open(opts)?;
         Ok(Self::build(
-            device,
-            queue,
-            adapter.get_info(),
-            uncaptured,
-            settings,
+            o.device,
+            o.queue,
+            o.info,
+            o.uncaptured,
+            o.settings,
         ))
     }
 
     /// Adopt a device and queue that the host application already owns (the embedding path).
     ///
     /// The kernels use whatever optional features the device was created with (`SHADER_F16`,
-    /// `IMMEDIATES`, ...). rectiflow does not install an uncaptured-error handler on a borrowed
-    /// device; its own work runs inside error scopes.
-    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Gpu {
+    /// `IMMEDIATES`, ...). A device whose limits fall short of what the kernels need (see
+    /// [`requirements`]; wgpu's default limits are enough) is refused with an [`Error::Device`]
+    /// naming the limit and the value needed. rectiflow does not install an uncaptured-error
+    /// handler on a borrowed device; its own work runs inside error scopes.
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Result<Gpu> {
         let info = device.adapter_info();
-        let settings = Settings {
-            no_immediates: false,
-            no_subgroups: false,
-            poison: false,
-            profile: None,
-        };
-        Self::build(
+        requirements::check(&device.limits(), &info.name)?;
+        Ok(Self::build(
             device,
             queue,
             info,
             Arc::new(Mutex::new(Vec::new())),
-            settings,
-        )
+            Settings::plain(),
+        ))
     }
 
     fn build(
@@ -323,7 +145,7 @@ impl Gpu {
             && info.subgroup_min_size == info.subgroup_max_size)
             .then_some(info.subgroup_min_size);
         let pool = BufferPool::new(device.clone());
-        let dummy = pool
+        let absent = pool
             .acquire(16, pool::STORAGE_USAGE, &limits)
             .expect("a 16-byte buffer always fits");
         let pipelines = PipelineCache::new(device.clone(), use_immediates);
@@ -342,7 +164,7 @@ impl Gpu {
                 pool,
                 pipelines,
                 recorder,
-                dummy,
+                absent,
                 uncaptured,
             }),
         }
@@ -401,15 +223,16 @@ impl Gpu {
             .acquire(bytes, pool::STORAGE_USAGE, &self.inner.limits)
     }
 
-    /// Record one kernel dispatch. `bindings` are (storage, byte offset, byte size) in the order
-    /// of the kernel's `@binding`s; `params` is the kernel's parameter struct; `groups` is the
-    /// number of workgroups, linear — it is split over x, y, z when it exceeds the per-dimension
-    /// limit, and every kernel folds its workgroup id back into one linear index.
-    pub(crate) fn dispatch<P: bytemuck::Pod>(
+    /// Record one dispatch of one of the engine's kernels. `bindings` follow the kernel's
+    /// `access` list (one each; [`Binding::Unused`] where the kernel uses none); `params` is the
+    /// kernel's parameter struct; `groups` is the number of workgroups, linear — it is split
+    /// over x, y, z when it exceeds the per-dimension limit, and every kernel folds its
+    /// workgroup id back into one linear index (the prelude's `workgroup_index`).
+    pub(crate) fn dispatch<P: KernelParams>(
         &self,
         kernel: &Kernel,
         overrides: &[(&'static str, f64)],
-        bindings: &[(&Arc<Storage>, u64, u64)],
+        bindings: &[Binding],
         params: &P,
         groups: u64,
     ) -> Result<()> {
@@ -417,34 +240,60 @@ impl Gpu {
         // read or written once.
         let bytes = bindings
             .iter()
-            .zip(kernel.access)
-            .filter(|(_, a)| **a != Access::Unused)
-            .map(|((_, _, size), _)| *size as f64)
+            .map(|b| match b {
+                Binding::Buffer { size, .. } => *size as f64,
+                _ => 0.0,
+            })
             .sum();
         let cost = Cost { flops: 0.0, bytes };
         self.dispatch_costed(kernel, overrides, bindings, params, groups, cost)
     }
 
     /// [`Gpu::dispatch`] with the work the dispatch does, for profiles.
-    pub(crate) fn dispatch_costed<P: bytemuck::Pod>(
+    pub(crate) fn dispatch_costed<P: KernelParams>(
         &self,
         kernel: &Kernel,
         overrides: &[(&'static str, f64)],
-        bindings: &[(&Arc<Storage>, u64, u64)],
+        bindings: &[Binding],
         params: &P,
         groups: u64,
         cost: Cost,
     ) -> Result<()> {
-        let bytes = bytemuck::bytes_of(params);
+        debug_assert_eq!(
+            kernel.params.map(|l| l.name),
+            Some(P::LAYOUT.name),
+            "the parameters of {}",
+            kernel.entry
+        );
+        self.record(
+            kernel,
+            overrides,
+            bindings,
+            bytemuck::bytes_of(params),
+            groups,
+            cost,
+        )
+    }
+
+    /// Record a dispatch with its parameters as bytes (a user's kernel; see `ops::launch`).
+    pub(crate) fn record(
+        &self,
+        kernel: &Kernel,
+        overrides: &[(&'static str, f64)],
+        bindings: &[Binding],
+        params: &[u8],
+        groups: u64,
+        cost: Cost,
+    ) -> Result<()> {
         assert!(
-            bytes.len() <= PARAMS_BYTES,
+            params.len() <= PARAMS_BYTES,
             "params of {} exceed {PARAMS_BYTES} bytes",
             kernel.entry
         );
-        assert_eq!(
-            bindings.len(),
-            kernel.access.len(),
-            "binding count of {}",
+        assert!(
+            bindings.len() == kernel.access.len()
+                && bindings.iter().zip(kernel.access).all(|(b, a)| b.fits(*a)),
+            "the bindings of {} do not follow its access list",
             kernel.entry
         );
         if groups == 0 {
@@ -469,13 +318,43 @@ impl Gpu {
         rec.dispatch(
             pipeline,
             bind_group,
-            bytes,
+            params,
             grid,
             (kernel.shader.name, kernel.entry),
             cost,
             self.inner.use_immediates,
         );
         Ok(())
+    }
+
+    /// Record a fill of a storage range with one 32-bit word (`f32::to_bits` of a value, or a
+    /// poison pattern); `size` is a multiple of 4 bytes.
+    pub(crate) fn fill(&self, target: Binding, word: u32) -> Result<()> {
+        let Binding::Buffer { size, .. } = target else {
+            return Ok(());
+        };
+        let n = size / 4;
+        let p = FillParams {
+            n: n as u32,
+            value: word,
+            _pad: [0; 2],
+        };
+        self.dispatch(&FILL, &[], &[target], &p, n.div_ceil(FILL_PER_GROUP))
+    }
+
+    /// What an optional input a kernel reads is bound to when the caller has none (the kernel
+    /// is told so through its parameters or override constants and reads nothing there).
+    pub(crate) fn absent(&self) -> Binding<'_> {
+        Binding::Buffer {
+            storage: &self.inner.absent,
+            offset: 0,
+            size: 4,
+        }
+    }
+
+    /// Whether two handles share one context.
+    pub fn same_context(&self, other: &Gpu) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
     }
 
     /// Dispatches recorded on this context so far (a training step's count is the difference).
@@ -524,31 +403,6 @@ impl Gpu {
         self.flush()?;
         let taken = self.inner.recorder.lock().unwrap().profile.take();
         Ok(taken.map(|(method, dispatches)| Profile { method, dispatches }))
-    }
-
-    /// Record a dispatch of your own kernel on tensors (bound at `@group(0)`, bindings `0..n` in
-    /// order). `params` is the kernel's `Params` struct (at most 128 bytes, declared in WGSL as
-    /// `@group(1) @binding(0) var<uniform> params: Params;`); `workgroups` is a linear count,
-    /// split over x, y and z where it exceeds the device limit, so the kernel must fold
-    /// `workgroup_id` back into `wid.x + wid.y * nwg.x + wid.z * nwg.x * nwg.y`.
-    pub fn launch<P: bytemuck::Pod>(
-        &self,
-        kernel: &Kernel,
-        overrides: &[(&'static str, f64)],
-        tensors: &[&crate::Tensor],
-        params: &P,
-        workgroups: u64,
-    ) -> Result<()> {
-        if tensors.len() != kernel.access.len() {
-            return Err(Error::Shape(format!(
-                "kernel `{}` binds {} buffers, {} tensors were given",
-                kernel.entry,
-                kernel.access.len(),
-                tensors.len()
-            )));
-        }
-        let bindings: Vec<_> = tensors.iter().map(|t| t.binding()).collect();
-        self.dispatch(kernel, overrides, &bindings, params, workgroups)
     }
 
     /// Record a buffer-to-buffer copy, ordered with the dispatches around it.
@@ -634,11 +488,6 @@ impl Gpu {
         staging.buffer().unmap();
         out.truncate(size as usize);
         Ok(out)
-    }
-
-    /// The shared placeholder buffer bound where an optional input is absent.
-    pub(crate) fn dummy(&self) -> &Arc<Storage> {
-        &self.inner.dummy
     }
 }
 

@@ -1,6 +1,7 @@
 //! The buffer pool: GPU buffers are reused by size class. A [`Storage`] returns its buffer to
 //! the pool when the last handle to it drops, so a training step that repeats allocates nothing
-//! after its first run. Counters say how well that works.
+//! after its first run. Counters say how well that works. A [`Storage`] may also wrap a host's
+//! buffer ([`Storage::foreign`]): bound like any other, never handed to the pool.
 
 use crate::error::{Error, Result};
 use std::collections::HashMap;
@@ -52,18 +53,29 @@ struct PoolState {
 pub(crate) struct BufferPool {
     device: wgpu::Device,
     state: Arc<Mutex<PoolState>>,
-    next_id: AtomicU64,
 }
 
-/// A pooled GPU buffer. Dropping the last handle hands the buffer back to its pool.
+/// Ids of buffers, unique in the process (bind groups are cached by them).
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A GPU buffer that tensors live in: from the pool (dropping the last handle hands it back)
+/// or a host's own (never handed to the pool; the host keeps it).
 pub(crate) struct Storage {
     buffer: wgpu::Buffer,
     id: u64,
-    key: Key,
-    pool: Arc<Mutex<PoolState>>,
+    /// The pool it returns to and its size class there; `None` for a host's buffer.
+    home: Option<(Key, Arc<Mutex<PoolState>>)>,
 }
 
 impl Storage {
+    /// Wrap a host's buffer. Its usage and size are the caller's to check.
+    pub fn foreign(buffer: wgpu::Buffer) -> Arc<Storage> {
+        Arc::new(Storage {
+            buffer,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            home: None,
+        })
+    }
     pub fn buffer(&self) -> &wgpu::Buffer {
         &self.buffer
     }
@@ -71,14 +83,21 @@ impl Storage {
     pub fn id(&self) -> u64 {
         self.id
     }
+    /// Whether the buffer belongs to the pool (else to the host).
+    pub fn is_pooled(&self) -> bool {
+        self.home.is_some()
+    }
 }
 
 impl Drop for Storage {
     fn drop(&mut self) {
-        let mut st = self.pool.lock().unwrap();
-        st.stats.bytes_live -= self.key.0;
+        let Some((key, pool)) = &self.home else {
+            return;
+        };
+        let mut st = pool.lock().unwrap();
+        st.stats.bytes_live -= key.0;
         st.free
-            .entry(self.key)
+            .entry(*key)
             .or_default()
             .push((self.id, self.buffer.clone()));
     }
@@ -92,7 +111,6 @@ impl BufferPool {
                 free: HashMap::new(),
                 stats: PoolStats::default(),
             })),
-            next_id: AtomicU64::new(1),
         }
     }
 
@@ -133,7 +151,7 @@ impl BufferPool {
                 });
                 st.stats.created += 1;
                 st.stats.bytes_owned += class;
-                (self.next_id.fetch_add(1, Ordering::Relaxed), buffer)
+                (NEXT_ID.fetch_add(1, Ordering::Relaxed), buffer)
             }
         };
         st.stats.bytes_live += class;
@@ -141,8 +159,7 @@ impl BufferPool {
         Ok(Arc::new(Storage {
             buffer,
             id,
-            key,
-            pool: self.state.clone(),
+            home: Some((key, self.state.clone())),
         }))
     }
 }

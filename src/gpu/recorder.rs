@@ -4,7 +4,7 @@
 //! bound with a dynamic offset per dispatch, so no dispatch creates a buffer. While profiling,
 //! each dispatch gets a pass of its own, timed (see `profile.rs`).
 
-use super::kernel::PipelineCache;
+use super::pipeline::PipelineCache;
 use super::profile::{Cost, DispatchTiming, ProfileMethod};
 use super::PARAMS_BYTES;
 use std::time::Instant;

@@ -6,78 +6,47 @@
 //! probabilities from it. The GPU profile stages blocks of keys in workgroup memory; the CPU
 //! profile reads them directly (every lane of a workgroup reads the same key).
 
-use super::ensure_f32;
+use super::{bind, ensure_f32};
 use crate::error::{ensure_shape, Result};
-use crate::gpu::{Access, Cost, Kernel, KernelProfile};
+use crate::gpu::{kernel_params, kernels, Cost, KernelProfile};
 use crate::shaders::{ATTENTION, ATTENTION_SUBGROUP};
 use crate::tensor::{DType, Tensor};
 
-static FORWARD: Kernel = Kernel {
-    shader: &ATTENTION,
-    entry: "attention",
-    access: &[
-        Access::Read,
-        Access::ReadWrite,
-        Access::ReadWrite,
-        Access::Read,
-    ],
-};
-const BACKWARD_ACCESS: &[Access] = &[
-    Access::Read,
-    Access::Read,
-    Access::Read,
-    Access::Read,
-    Access::ReadWrite,
-    Access::ReadWrite,
-];
-static BACKWARD_DELTA: Kernel = Kernel {
-    shader: &ATTENTION,
-    entry: "attention_backward_delta",
-    access: BACKWARD_ACCESS,
-};
-static BACKWARD_DQ: Kernel = Kernel {
-    shader: &ATTENTION,
-    entry: "attention_backward_dq",
-    access: BACKWARD_ACCESS,
-};
-static BACKWARD_DKV: Kernel = Kernel {
-    shader: &ATTENTION,
-    entry: "attention_backward_dkv",
-    access: BACKWARD_ACCESS,
-};
-static SUBGROUP_FORWARD: Kernel = Kernel {
-    shader: &ATTENTION_SUBGROUP,
-    entry: "attention_subgroup",
-    access: FORWARD.access,
-};
-static SUBGROUP_DQ: Kernel = Kernel {
-    shader: &ATTENTION_SUBGROUP,
-    entry: "attention_subgroup_dq",
-    access: BACKWARD_ACCESS,
-};
-static SUBGROUP_DKV: Kernel = Kernel {
-    shader: &ATTENTION_SUBGROUP,
-    entry: "attention_subgroup_dkv",
-    access: BACKWARD_ACCESS,
-};
+kernel_params! {
+    struct Params {
+        batch: u32,
+        tokens: u32,
+        heads: u32,
+        head_dim: u32,
+        /// `1 / sqrt(head_dim)`.
+        scale: f32,
+        /// Row blocks per (sample, head).
+        blocks: u32,
+        _pad: [u32; 2],
+    }
+}
+
+kernels! {
+    // Forward: qkv, o, lse. Backward: qkv, o, lse, d_o, dqkv, delta (written by the delta
+    // pass, or by the subgroup dQ on the way, and read by the others).
+    ATTENTION, Params {
+        FORWARD = attention(Read, ReadWrite, ReadWrite);
+        BACKWARD_DELTA = attention_backward_delta(Unused, Read, Unused, Read, Unused, ReadWrite);
+        BACKWARD_DQ = attention_backward_dq(Read, Unused, Read, Read, ReadWrite, Read);
+        BACKWARD_DKV = attention_backward_dkv(Read, Unused, Read, Read, ReadWrite, Read);
+    }
+    ATTENTION_SUBGROUP, Params {
+        SUBGROUP_FORWARD = attention_subgroup(Read, ReadWrite, ReadWrite);
+        SUBGROUP_DQ = attention_subgroup_dq(Read, Read, Read, Read, ReadWrite, ReadWrite);
+        SUBGROUP_DKV = attention_subgroup_dkv(Read, Unused, Read, Read, ReadWrite, Read);
+    }
+}
 /// Rows per workgroup, as in the shaders: 64 (attention.wgsl), one subgroup of 8
 /// (attention_subgroup.wgsl).
 const WG: usize = 64;
 const SUBGROUP_LANES: usize = 8;
 /// Largest head dimension the kernels hold in registers.
 pub const MAX_HEAD_DIM: usize = 128;
-
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    batch: u32,
-    tokens: u32,
-    heads: u32,
-    head_dim: u32,
-    scale: f32,
-    blocks: u32,
-    _pad: [u32; 2],
-}
 
 /// (batch, tokens, head_dim) after checking `qkv`'s shape.
 fn dims(qkv: &Tensor, heads: usize) -> Result<(usize, usize, usize)> {
@@ -148,12 +117,7 @@ pub fn attention(qkv: &Tensor, heads: usize) -> Result<(Tensor, Tensor)> {
     gpu.dispatch_costed(
         kernel,
         &overrides(qkv, d, subgroup),
-        &[
-            qkv.binding(),
-            o.binding(),
-            lse.binding(),
-            (gpu.dummy(), 0, 4),
-        ],
+        &[qkv.binding(), o.binding(), lse.binding()],
         &p,
         groups,
         Cost {
@@ -192,13 +156,13 @@ pub fn attention_backward(
     let delta = Tensor::uninit(gpu, &[b, heads, t], DType::F32)?;
     let subgroup = use_subgroup(qkv, d);
     let (p, groups) = params(b, t, heads, d, if subgroup { SUBGROUP_LANES } else { WG });
-    let bindings = [
-        qkv.binding(),
-        o.binding(),
-        lse.binding(),
-        d_o.binding(),
-        dqkv.binding(),
-        delta.binding(),
+    let given = [
+        Some(qkv),
+        Some(o),
+        Some(lse),
+        Some(d_o),
+        Some(&dqkv),
+        Some(&delta),
     ];
     let overrides = overrides(qkv, d, subgroup);
     // The usual count: the backward's five products, 2.5x the forward's two; dQ takes two of
@@ -211,10 +175,13 @@ pub fn attention_backward(
     let (dq, dkv) = if subgroup {
         (&SUBGROUP_DQ, &SUBGROUP_DKV)
     } else {
+        let bindings = bind(&BACKWARD_DELTA, gpu, given);
         gpu.dispatch(&BACKWARD_DELTA, &overrides, &bindings, &p, groups)?;
         (&BACKWARD_DQ, &BACKWARD_DKV)
     };
+    let bindings = bind(dq, gpu, given);
     gpu.dispatch_costed(dq, &overrides, &bindings, &p, groups, cost(1.0))?;
+    let bindings = bind(dkv, gpu, given);
     gpu.dispatch_costed(dkv, &overrides, &bindings, &p, groups, cost(1.5))?;
     Ok(dqkv)
 }

@@ -2,27 +2,22 @@
 
 use super::groups;
 use crate::error::{ensure_shape, Result};
-use crate::gpu::{Access, Kernel};
+use crate::gpu::{kernel_params, kernels, Kernel};
 use crate::shaders::CAST;
 use crate::tensor::{DType, Tensor};
 
-const ACCESS: &[Access] = &[Access::Read, Access::ReadWrite];
-static TO_F16: Kernel = Kernel {
-    shader: &CAST,
-    entry: "f32_to_f16",
-    access: ACCESS,
-};
-static TO_F32: Kernel = Kernel {
-    shader: &CAST,
-    entry: "f16_to_f32",
-    access: ACCESS,
-};
+kernel_params! {
+    struct Params {
+        n: u32,
+        _pad: [u32; 3],
+    }
+}
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    n: u32,
-    _pad: [u32; 3],
+kernels! {
+    CAST, Params {
+        TO_F16 = f32_to_f16(Read, ReadWrite);
+        TO_F32 = f16_to_f32(Read, ReadWrite);
+    }
 }
 
 fn cast(x: &Tensor, from: DType, to: DType, kernel: &Kernel) -> Result<Tensor> {

@@ -3,50 +3,30 @@
 
 use super::{ensure_f32, groups};
 use crate::error::{ensure_shape, Result};
-use crate::gpu::{Access, Kernel};
-use crate::shaders::ELEMENTWISE;
+use crate::gpu::{kernel_params, kernels, Binding};
+use crate::shaders::{elementwise_op as op, ELEMENTWISE};
 use crate::tensor::{DType, Tensor};
 
-const ACCESS: &[Access] = &[Access::Read, Access::Read, Access::ReadWrite];
-static UNARY: Kernel = Kernel {
-    shader: &ELEMENTWISE,
-    entry: "unary",
-    access: ACCESS,
-};
-static BINARY: Kernel = Kernel {
-    shader: &ELEMENTWISE,
-    entry: "binary",
-    access: ACCESS,
-};
-static AXPY: Kernel = Kernel {
-    shader: &ELEMENTWISE,
-    entry: "axpy",
-    access: ACCESS,
-};
-static FILL: Kernel = Kernel {
-    shader: &ELEMENTWISE,
-    entry: "fill",
-    access: ACCESS,
-};
+kernel_params! {
+    struct Params {
+        /// Element count.
+        n: u32,
+        /// Scale factor (scale, axpy, scale_by) or clamp bound.
+        alpha: f32,
+        _pad: [u32; 2],
+    }
+}
+
+kernels! {
+    ELEMENTWISE, Params {
+        UNARY = unary(Read, Unused, ReadWrite);
+        BINARY = binary(Read, Read, ReadWrite);
+        AXPY = axpy(Read, Unused, ReadWrite);
+    }
+}
+
 /// Elements per workgroup: 256 invocations x 8 vec4s each (as in the shader).
 const PER_GROUP: usize = 256 * 8 * 4;
-
-// Op codes, as in the shader.
-const OP_GELU: f64 = 0.0;
-const OP_SILU: f64 = 1.0;
-const OP_SCALE: f64 = 2.0;
-const OP_CLAMP: f64 = 3.0;
-const OP_ADD: f64 = 10.0;
-const OP_SUB: f64 = 11.0;
-const OP_MUL: f64 = 12.0;
-
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    n: u32,
-    alpha: f32,
-    _pad: [u32; 2],
-}
 
 fn params(n: usize, alpha: f32) -> Params {
     Params {
@@ -56,22 +36,21 @@ fn params(n: usize, alpha: f32) -> Params {
     }
 }
 
-fn unary(name: &str, x: &Tensor, op: f64, alpha: f32) -> Result<Tensor> {
+fn unary(name: &str, x: &Tensor, op: u32, alpha: f32) -> Result<Tensor> {
     ensure_f32(name, x)?;
     let gpu = x.gpu();
     let out = Tensor::uninit(gpu, x.shape(), DType::F32)?;
-    let d = gpu.dummy();
     gpu.dispatch(
         &UNARY,
-        &[("OP", op)],
-        &[x.binding(), (d, 0, 4), out.binding()],
+        &[("OP", op as f64)],
+        &[x.binding(), Binding::Unused, out.binding()],
         &params(x.numel(), alpha),
         groups(x.numel(), PER_GROUP),
     )?;
     Ok(out)
 }
 
-fn binary(name: &str, x: &Tensor, y: &Tensor, op: f64) -> Result<Tensor> {
+fn binary(name: &str, x: &Tensor, y: &Tensor, op: u32) -> Result<Tensor> {
     ensure_f32(name, x)?;
     ensure_f32(name, y)?;
     ensure_shape!(
@@ -84,7 +63,7 @@ fn binary(name: &str, x: &Tensor, y: &Tensor, op: f64) -> Result<Tensor> {
     let out = Tensor::uninit(gpu, x.shape(), DType::F32)?;
     gpu.dispatch(
         &BINARY,
-        &[("OP", op)],
+        &[("OP", op as f64)],
         &[x.binding(), y.binding(), out.binding()],
         &params(x.numel(), 0.0),
         groups(x.numel(), PER_GROUP),
@@ -94,31 +73,31 @@ fn binary(name: &str, x: &Tensor, y: &Tensor, op: f64) -> Result<Tensor> {
 
 /// `x + y`.
 pub fn add(x: &Tensor, y: &Tensor) -> Result<Tensor> {
-    binary("add", x, y, OP_ADD)
+    binary("add", x, y, op::ADD)
 }
 /// `x - y`.
 pub fn sub(x: &Tensor, y: &Tensor) -> Result<Tensor> {
-    binary("sub", x, y, OP_SUB)
+    binary("sub", x, y, op::SUB)
 }
 /// `x * y`, elementwise.
 pub fn mul(x: &Tensor, y: &Tensor) -> Result<Tensor> {
-    binary("mul", x, y, OP_MUL)
+    binary("mul", x, y, op::MUL)
 }
 /// `alpha * x`.
 pub fn scale(x: &Tensor, alpha: f32) -> Result<Tensor> {
-    unary("scale", x, OP_SCALE, alpha)
+    unary("scale", x, op::SCALE, alpha)
 }
 /// `x` clamped to `[-bound, bound]`.
 pub fn clamp(x: &Tensor, bound: f32) -> Result<Tensor> {
-    unary("clamp", x, OP_CLAMP, bound)
+    unary("clamp", x, op::CLAMP, bound)
 }
 /// GELU with the tanh approximation: `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
-    unary("gelu", x, OP_GELU, 0.0)
+    unary("gelu", x, op::GELU, 0.0)
 }
 /// SiLU: `x * sigmoid(x)`.
 pub fn silu(x: &Tensor) -> Result<Tensor> {
-    unary("silu", x, OP_SILU, 0.0)
+    unary("silu", x, op::SILU, 0.0)
 }
 
 /// `y += alpha * x`, in place.
@@ -136,38 +115,26 @@ pub fn axpy(alpha: f32, x: &Tensor, y: &Tensor) -> Result<()> {
     gpu.dispatch(
         &AXPY,
         &[],
-        &[x.binding(), (gpu.dummy(), 0, 4), y.binding()],
+        &[x.binding(), Binding::Unused, y.binding()],
         &params(x.numel(), alpha),
         groups(x.numel(), PER_GROUP),
     )
 }
 
-/// Set every element to `value`, in place.
+/// Set every element to `value`, in place (the GPU context's own fill kernel).
 pub fn fill(t: &Tensor, value: f32) -> Result<()> {
     ensure_f32("fill", t)?;
-    let gpu = t.gpu();
-    let d = gpu.dummy();
-    gpu.dispatch(
-        &FILL,
-        &[],
-        &[(d, 0, 4), (d, 0, 4), t.binding()],
-        &params(t.numel(), value),
-        groups(t.numel(), PER_GROUP),
-    )
+    t.gpu().fill(t.binding(), value.to_bits())
 }
-
-const OP_GELU_BACKWARD: f64 = 13.0;
-const OP_SILU_BACKWARD: f64 = 14.0;
-const OP_SCALE_BY: f64 = 15.0;
 
 /// Gradient of [`gelu`]: `dy * gelu'(x)`, where `x` is the forward input.
 pub fn gelu_backward(x: &Tensor, dy: &Tensor) -> Result<Tensor> {
-    binary("gelu_backward", x, dy, OP_GELU_BACKWARD)
+    binary("gelu_backward", x, dy, op::GELU_BACKWARD)
 }
 
 /// Gradient of [`silu`]: `dy * silu'(x)`.
 pub fn silu_backward(x: &Tensor, dy: &Tensor) -> Result<Tensor> {
-    binary("silu_backward", x, dy, OP_SILU_BACKWARD)
+    binary("silu_backward", x, dy, op::SILU_BACKWARD)
 }
 
 /// `alpha * x * s[0]`: scale by a one-element tensor without reading it back.
@@ -183,7 +150,7 @@ pub fn scale_by(x: &Tensor, s: &Tensor, alpha: f32) -> Result<Tensor> {
     let out = Tensor::uninit(gpu, x.shape(), DType::F32)?;
     gpu.dispatch(
         &BINARY,
-        &[("OP", OP_SCALE_BY)],
+        &[("OP", op::SCALE_BY as f64)],
         &[x.binding(), s.binding(), out.binding()],
         &params(x.numel(), alpha),
         groups(x.numel(), PER_GROUP),

@@ -3,42 +3,31 @@
 
 use super::ensure_f32;
 use crate::error::{ensure_shape, Result};
-use crate::gpu::{Access, Kernel};
+use crate::gpu::{kernel_params, kernels, Binding};
 use crate::shaders::EMBED;
 use crate::tensor::{DType, Tensor};
 
-const ACCESS: &[Access] = &[Access::Read, Access::Read, Access::ReadWrite];
-static TIMESTEP: Kernel = Kernel {
-    shader: &EMBED,
-    entry: "timestep",
-    access: ACCESS,
-};
-static TIMESTEP_BACKWARD: Kernel = Kernel {
-    shader: &EMBED,
-    entry: "timestep_backward",
-    access: ACCESS,
-};
-static LOOKUP: Kernel = Kernel {
-    shader: &EMBED,
-    entry: "lookup",
-    access: ACCESS,
-};
-static LOOKUP_BACKWARD: Kernel = Kernel {
-    shader: &EMBED,
-    entry: "lookup_backward",
-    access: ACCESS,
-};
 const WG: usize = 64;
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    batch: u32,
-    dim: u32,
-    rows: u32,
-    scale: f32,
-    max_period: f32,
-    _pad: [u32; 3],
+kernel_params! {
+    struct Params {
+        batch: u32,
+        dim: u32,
+        rows: u32,
+        scale: f32,
+        max_period: f32,
+        _pad: [u32; 3],
+    }
+}
+
+kernels! {
+    // t or labels, the table or dy, out.
+    EMBED, Params {
+        TIMESTEP = timestep(Read, Unused, ReadWrite);
+        TIMESTEP_BACKWARD = timestep_backward(Read, Read, ReadWrite);
+        LOOKUP = lookup(Read, Read, ReadWrite);
+        LOOKUP_BACKWARD = lookup_backward(Read, Read, ReadWrite);
+    }
 }
 
 impl Params {
@@ -81,7 +70,7 @@ pub fn timestep_embedding(t: &Tensor, dim: usize, scale: f32) -> Result<Tensor> 
     gpu.dispatch(
         &TIMESTEP,
         &[],
-        &[t.binding(), (gpu.dummy(), 0, 4), out.binding()],
+        &[t.binding(), Binding::Unused, out.binding()],
         &p,
         (b * dim).div_ceil(WG) as u64,
     )?;

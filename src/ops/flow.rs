@@ -1,99 +1,75 @@
-//! The flow kernels (`shaders/flow.wgsl`): Philox normals, the fused forward process (t, eps,
-//! `z_t`, target and label dropout in one pass), the fused weighted loss (loss, gradient with
-//! respect to the network output and per-sample losses in one pass), and the exact marginal
-//! velocity of a finite data set. The f64 reference is `crate::flow`; the RNG's is `crate::rng`.
+//! The flow kernels (`shaders/flow.wgsl`): the fused forward process (t, eps, `z_t`, target and
+//! label dropout in one pass), the fused weighted loss (per-sample losses and the gradient with
+//! respect to the network output in one pass), and the exact marginal velocity of a finite data
+//! set. Each takes the settings it computes with as arguments; the training objective they make
+//! up, with its defaults and checks, is `crate::train::FlowConfig`. The f64 reference is
+//! `crate::flow`.
 
 use super::ensure_f32;
 use crate::error::{ensure_shape, Error, Result};
 use crate::flow::schedule::ldm_log_alphabar;
 use crate::flow::{Prediction, Schedule, TimeSampler, Weighting};
-use crate::gpu::{Access, Kernel};
-use crate::shaders::FLOW;
+use crate::gpu::{kernel_params, kernels, Gpu};
+use crate::shaders::{self, FLOW};
 use crate::tensor::{DType, Tensor};
-use crate::Gpu;
 
-const OUTPUTS: &[Access] = &[
-    Access::Read,
-    Access::Read,
-    Access::Read,
-    Access::ReadWrite,
-    Access::ReadWrite,
-    Access::ReadWrite,
-    Access::ReadWrite,
-];
-static RANDOM_NORMAL: Kernel = Kernel {
-    shader: &FLOW,
-    entry: "random_normal",
-    access: OUTPUTS,
-};
-static FORWARD_PROCESS: Kernel = Kernel {
-    shader: &FLOW,
-    entry: "forward_process",
-    access: OUTPUTS,
-};
-static WEIGHTED_LOSS: Kernel = Kernel {
-    shader: &FLOW,
-    entry: "weighted_loss",
-    access: OUTPUTS,
-};
-static GATHER: Kernel = Kernel {
-    shader: &FLOW,
-    entry: "gather_batch",
-    access: OUTPUTS,
-};
-static ORACLE: Kernel = Kernel {
-    shader: &FLOW,
-    entry: "oracle_velocity",
-    access: &[
-        Access::Read,
-        Access::Read,
-        Access::Read,
-        Access::ReadWrite,
-        Access::Read,
-    ],
-};
-const WG: usize = 64;
-
-/// Random-number streams (the counter's third word).
-pub const STREAM_T: u32 = 0;
-pub const STREAM_EPS: u32 = 1;
-pub const STREAM_BATCH: u32 = 2;
-
-#[repr(C)]
-#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    batch: u32,
-    dim: u32,
-    step: u32,
-    stream: u32,
-    seed_lo: u32,
-    seed_hi: u32,
-    null_label: u32,
-    rows: u32,
-    t_min: f32,
-    t_max: f32,
-    shift: f32,
-    p_drop: f32,
-    sched_pm: f32,
-    sched_ps: f32,
-    samp_m: f32,
-    samp_s: f32,
-    w_pm: f32,
-    w_ps: f32,
-    _pad: [u32; 2],
+kernel_params! {
+    struct Params {
+        batch: u32,
+        dim: u32,
+        step: u32,
+        seed_lo: u32,
+        seed_hi: u32,
+        null_label: u32,
+        /// The oracle's data rows.
+        rows: u32,
+        t_min: f32,
+        t_max: f32,
+        /// Resolution shift of training t (1: none).
+        shift: f32,
+        /// Label dropout probability.
+        p_drop: f32,
+        /// The edm schedule's (PM, PS).
+        sched_pm: f32,
+        sched_ps: f32,
+        /// lognorm's m (mode's s), lognorm's s.
+        samp_m: f32,
+        samp_s: f32,
+        /// The edm weighting's (PM, PS).
+        w_pm: f32,
+        w_ps: f32,
+        _pad: [u32; 3],
+    }
 }
 
-/// Everything that defines a training objective.
+kernels! {
+    FLOW, Params {
+        // x0, labels, ldm, z, target, t, labels after dropout.
+        FORWARD_PROCESS =
+            forward_process(Read, Read, Read, ReadWrite, ReadWrite, ReadWrite, ReadWrite);
+        // output, target, ldm, t, gradient, per-sample losses.
+        WEIGHTED_LOSS = weighted_loss(Read, Read, Read, Read, ReadWrite, ReadWrite);
+        // z, t, ldm, data, velocity.
+        ORACLE = oracle_velocity(Read, Read, Read, Read, ReadWrite);
+    }
+}
+const WG: usize = 64;
+
+/// How a training batch is noised: the schedule, what the network predicts (its target), how
+/// `t` is drawn, and label dropout.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct FlowConfig {
+pub struct Process {
+    /// The noise schedule `(a_t, b_t)`.
     pub schedule: Schedule,
+    /// What the network predicts (the regression target).
     pub prediction: Prediction,
-    pub weighting: Weighting,
+    /// How training times are drawn.
     pub sampler: TimeSampler,
-    /// Training `t` is clamped to `[t_min, t_max]` (conversions divide by `a` or `b`).
+    /// `t` is clamped to `[t_min, t_max]` (conversions divide by `a` or `b`).
     pub t_min: f32,
+    /// See `t_min`.
     pub t_max: f32,
-    /// Resolution shift `alpha` applied to training `t` (1: none).
+    /// Resolution shift `alpha` applied to `t` (1: none).
     pub shift: f32,
     /// Probability of replacing a label by the null label (classifier-free guidance).
     pub label_dropout: f32,
@@ -101,20 +77,22 @@ pub struct FlowConfig {
     pub null_label: u32,
 }
 
-impl Default for FlowConfig {
-    /// SD3's best: rectified flow, velocity prediction, logit-normal(0, 1) times.
-    fn default() -> Self {
-        FlowConfig {
-            schedule: Schedule::RectifiedFlow,
-            prediction: Prediction::Velocity,
-            weighting: Weighting::Velocity,
-            sampler: TimeSampler::LogNormal { m: 0.0, s: 1.0 },
-            t_min: 1e-5,
-            t_max: 1.0 - 1e-5,
-            shift: 1.0,
-            label_dropout: 0.1,
-            null_label: 10,
+impl Process {
+    /// Refuse settings the kernel cannot use: `0 <= label_dropout < 1`,
+    /// `0 < t_min < t_max < 1`, `shift > 0`, and a valid time sampler.
+    pub fn validate(&self) -> Result<()> {
+        self.sampler.validate()?;
+        let valid = (0.0..1.0).contains(&self.label_dropout)
+            && self.t_min > 0.0
+            && self.t_min < self.t_max
+            && self.t_max < 1.0
+            && self.shift > 0.0;
+        if !valid {
+            return Err(Error::Config(format!(
+                "flow config {self:?}: need 0 <= label_dropout < 1, 0 < t_min < t_max < 1 and shift > 0"
+            )));
         }
+        Ok(())
     }
 }
 
@@ -140,201 +118,125 @@ pub struct WeightedLoss {
     pub per_sample: Tensor,
 }
 
-/// The flow kernels for one configuration.
+/// The flow kernels on one context: they share the LDM schedule's table, uploaded once.
 pub struct FlowKernels {
-    pub config: FlowConfig,
-    /// `log alphabar` of the LDM schedule, uploaded once.
+    /// `log alphabar` of the LDM schedule.
     ldm: Tensor,
 }
 
-fn code_schedule(s: &Schedule) -> f64 {
+fn schedule_code(s: &Schedule) -> u32 {
     match s {
-        Schedule::RectifiedFlow => 0.0,
-        Schedule::Cosine => 1.0,
-        Schedule::LdmLinear => 2.0,
-        Schedule::Edm { .. } => 3.0,
+        Schedule::RectifiedFlow => shaders::schedule::RF,
+        Schedule::Cosine => shaders::schedule::COSINE,
+        Schedule::LdmLinear => shaders::schedule::LDM_LINEAR,
+        Schedule::Edm { .. } => shaders::schedule::EDM,
     }
 }
 
-/// Placeholders for the read-write slots a kernel leaves unwritten (writable bindings must not
-/// alias, so each needs a buffer of its own; the pool makes them free after the first step).
-fn unused_outputs(gpu: &Gpu) -> Result<[Tensor; 3]> {
-    let one = || Tensor::uninit(gpu, &[1], DType::F32);
-    Ok([one()?, one()?, one()?])
+fn sampler_code(s: &TimeSampler) -> u32 {
+    match s {
+        TimeSampler::Uniform => shaders::time_sampler::UNIFORM,
+        TimeSampler::LogNormal { .. } => shaders::time_sampler::LOGNORM,
+        TimeSampler::Mode { .. } => shaders::time_sampler::MODE,
+        TimeSampler::CosMap => shaders::time_sampler::COSMAP,
+    }
 }
 
-impl FlowKernels {
-    pub fn new(gpu: &Gpu, config: FlowConfig) -> Result<FlowKernels> {
-        config.sampler.validate()?;
-        let valid = (0.0..1.0).contains(&config.label_dropout)
-            && config.t_min > 0.0
-            && config.t_min < config.t_max
-            && config.t_max < 1.0
-            && config.shift > 0.0;
-        if !valid {
-            return Err(Error::Config(format!(
-                "flow config {config:?}: need 0 <= label_dropout < 1, 0 < t_min < t_max < 1 and shift > 0"
-            )));
+fn prediction_code(p: &Prediction) -> u32 {
+    match p {
+        Prediction::Velocity => shaders::prediction::VELOCITY,
+        Prediction::Eps => shaders::prediction::EPS,
+        Prediction::V => shaders::prediction::V,
+        Prediction::X0 => shaders::prediction::X0,
+    }
+}
+
+fn weighting_code(w: &Weighting) -> u32 {
+    match w {
+        Weighting::Velocity => shaders::weighting::VELOCITY,
+        Weighting::Eps => shaders::weighting::EPS,
+        Weighting::V => shaders::weighting::V,
+        Weighting::X0 => shaders::weighting::X0,
+        Weighting::Edm { .. } => shaders::weighting::EDM,
+    }
+}
+
+/// The settings a dispatch computes with; what a kernel does not read stays at its default.
+#[derive(Clone, Copy)]
+struct Settings {
+    schedule: Schedule,
+    prediction: Prediction,
+    weighting: Weighting,
+    sampler: TimeSampler,
+}
+
+impl Settings {
+    fn of_schedule(schedule: Schedule) -> Settings {
+        Settings {
+            schedule,
+            prediction: Prediction::Velocity,
+            weighting: Weighting::Velocity,
+            sampler: TimeSampler::Uniform,
         }
-        let table: Vec<f32> = ldm_log_alphabar().iter().map(|&v| v as f32).collect();
-        let ldm = Tensor::from_slice(gpu, &[table.len()], &table)?;
-        Ok(FlowKernels { config, ldm })
     }
 
-    fn params(&self, batch: usize, dim: usize, seed: u64, step: u32) -> Params {
-        let c = &self.config;
-        let (sched_pm, sched_ps) = match c.schedule {
+    fn overrides(&self) -> [(&'static str, f64); 4] {
+        [
+            ("SCHEDULE", schedule_code(&self.schedule) as f64),
+            ("SAMPLER", sampler_code(&self.sampler) as f64),
+            ("PRED", prediction_code(&self.prediction) as f64),
+            ("WEIGHTING", weighting_code(&self.weighting) as f64),
+        ]
+    }
+
+    fn params(&self, batch: usize, dim: usize) -> Params {
+        let (sched_pm, sched_ps) = match self.schedule {
             Schedule::Edm { pm, ps } => (pm as f32, ps as f32),
             _ => (0.0, 1.0),
         };
-        let (samp_m, samp_s) = match c.sampler {
+        let (samp_m, samp_s) = match self.sampler {
             TimeSampler::LogNormal { m, s } => (m as f32, s as f32),
             TimeSampler::Mode { s } => (s as f32, 0.0),
             _ => (0.0, 0.0),
         };
-        let (w_pm, w_ps) = match c.weighting {
+        let (w_pm, w_ps) = match self.weighting {
             Weighting::Edm { pm, ps } => (pm as f32, ps as f32),
             _ => (0.0, 1.0),
         };
         Params {
             batch: batch as u32,
             dim: dim as u32,
-            step,
-            seed_lo: seed as u32,
-            seed_hi: (seed >> 32) as u32,
-            null_label: c.null_label,
-            t_min: c.t_min,
-            t_max: c.t_max,
-            shift: c.shift,
-            p_drop: c.label_dropout,
             sched_pm,
             sched_ps,
             samp_m,
             samp_s,
             w_pm,
             w_ps,
-            ..Default::default()
+            ..Params::default()
         }
     }
+}
 
-    fn overrides(&self) -> [(&'static str, f64); 4] {
-        let c = &self.config;
-        let sampler = match c.sampler {
-            TimeSampler::Uniform => 0.0,
-            TimeSampler::LogNormal { .. } => 1.0,
-            TimeSampler::Mode { .. } => 2.0,
-            TimeSampler::CosMap => 3.0,
-        };
-        let pred = match c.prediction {
-            Prediction::Velocity => 0.0,
-            Prediction::Eps => 1.0,
-            Prediction::V => 2.0,
-            Prediction::X0 => 3.0,
-        };
-        let weighting = match c.weighting {
-            Weighting::Velocity => 0.0,
-            Weighting::Eps => 1.0,
-            Weighting::V => 2.0,
-            Weighting::X0 => 3.0,
-            Weighting::Edm { .. } => 4.0,
-        };
-        [
-            ("SCHEDULE", code_schedule(&c.schedule)),
-            ("SAMPLER", sampler),
-            ("PRED", pred),
-            ("WEIGHTING", weighting),
-        ]
+impl FlowKernels {
+    /// The kernels on `gpu` (uploads the LDM table).
+    pub fn new(gpu: &Gpu) -> Result<FlowKernels> {
+        let table: Vec<f32> = ldm_log_alphabar().iter().map(|&v| v as f32).collect();
+        let ldm = Tensor::from_slice(gpu, &[table.len()], &table)?;
+        Ok(FlowKernels { ldm })
     }
 
-    /// Standard normals `[n]` from stream `stream` of (seed, step): element `i` uses counter
-    /// `(i, step, stream, 0)`.
-    pub fn random_normal(
-        &self,
-        gpu: &Gpu,
-        n: usize,
-        seed: u64,
-        step: u32,
-        stream: u32,
-    ) -> Result<Tensor> {
-        let out = Tensor::uninit(gpu, &[n], DType::F32)?;
-        let mut p = self.params(1, n, seed, step);
-        p.stream = stream;
-        let d = (gpu.dummy(), 0, 4);
-        let [s1, s2, s3] = unused_outputs(gpu)?;
-        gpu.dispatch(
-            &RANDOM_NORMAL,
-            &self.overrides(),
-            &[
-                d,
-                d,
-                self.ldm.binding(),
-                out.binding(),
-                s1.binding(),
-                s2.binding(),
-                s3.binding(),
-            ],
-            &p,
-            n.div_ceil(WG) as u64,
-        )?;
-        Ok(out)
-    }
-
-    /// A batch of `batch` rows of `data` `[N, D]` (and of `labels` `[N]`), drawn uniformly with
-    /// replacement on the GPU from stream 2 of (seed, step).
-    pub fn gather_batch(
-        &self,
-        data: &Tensor,
-        labels: &Tensor,
-        batch: usize,
-        seed: u64,
-        step: u32,
-    ) -> Result<(Tensor, Tensor)> {
-        ensure_f32("gather_batch", data)?;
-        ensure_shape!(
-            data.shape().len() == 2 && data.shape()[0] > 0,
-            "gather_batch takes data [N, D], got {:?}",
-            data.shape()
-        );
-        let (n, d) = (data.shape()[0], data.shape()[1]);
-        ensure_shape!(
-            labels.shape() == [n],
-            "gather_batch: labels must be [{n}], got {:?}",
-            labels.shape()
-        );
-        let gpu = data.gpu();
-        let x = Tensor::uninit(gpu, &[batch, d], DType::F32)?;
-        let l = Tensor::uninit(gpu, &[batch], DType::F32)?;
-        let [s1, s2, _] = unused_outputs(gpu)?;
-        let mut p = self.params(batch, d, seed, step);
-        p.rows = n as u32;
-        gpu.dispatch(
-            &GATHER,
-            &self.overrides(),
-            &[
-                data.binding(),
-                labels.binding(),
-                self.ldm.binding(),
-                x.binding(),
-                l.binding(),
-                s1.binding(),
-                s2.binding(),
-            ],
-            &p,
-            (batch * d).div_ceil(WG) as u64,
-        )?;
-        Ok((x, l))
-    }
-
-    /// Noise a batch `x0` `[B, D]` at step `step`: draws t (stream 0) and eps (stream 1), and
-    /// returns `z_t`, the target, `t` and the labels after dropout (`labels` `[B]`, f32 numbers;
-    /// without labels, the null label throughout).
+    /// Noise a batch `x0` `[B, D]` at step `step`: draws t (stream `T`) and eps (stream
+    /// `EPS`), and returns `z_t`, the target, `t` and the labels after dropout (`labels` `[B]`,
+    /// f32 numbers; without labels, the null label throughout).
     pub fn forward_process(
         &self,
         x0: &Tensor,
         labels: Option<&Tensor>,
+        process: &Process,
         seed: u64,
         step: u32,
     ) -> Result<Noised> {
+        process.validate()?;
         ensure_f32("forward_process", x0)?;
         ensure_shape!(
             x0.shape().len() == 2,
@@ -351,7 +253,7 @@ impl FlowKernels {
         }
         let gpu = x0.gpu();
         let none = (labels.is_none())
-            .then(|| Tensor::full(gpu, &[b], self.config.null_label as f32))
+            .then(|| Tensor::full(gpu, &[b], process.null_label as f32))
             .transpose()?;
         let labels = labels.or(none.as_ref()).expect("labels or the null label");
         let out = Noised {
@@ -360,10 +262,25 @@ impl FlowKernels {
             t: Tensor::uninit(gpu, &[b], DType::F32)?,
             labels: Tensor::uninit(gpu, &[b], DType::F32)?,
         };
-        let p = self.params(b, d, seed, step);
+        let settings = Settings {
+            prediction: process.prediction,
+            sampler: process.sampler,
+            ..Settings::of_schedule(process.schedule)
+        };
+        let p = Params {
+            step,
+            seed_lo: seed as u32,
+            seed_hi: (seed >> 32) as u32,
+            null_label: process.null_label,
+            t_min: process.t_min,
+            t_max: process.t_max,
+            shift: process.shift,
+            p_drop: process.label_dropout,
+            ..settings.params(b, d)
+        };
         gpu.dispatch(
             &FORWARD_PROCESS,
-            &self.overrides(),
+            &settings.overrides(),
             &[
                 x0.binding(),
                 labels.binding(),
@@ -379,9 +296,18 @@ impl FlowKernels {
         Ok(out)
     }
 
-    /// The weighted loss of a network output against the target at times `t`, its gradient with
-    /// respect to the output, and the per-sample losses, in one pass (plus the batch mean).
-    pub fn loss(&self, output: &Tensor, target: &Tensor, t: &Tensor) -> Result<WeightedLoss> {
+    /// The weighted loss of a network output against the target at times `t` under
+    /// (schedule, prediction, weighting), its gradient with respect to the output, and the
+    /// per-sample losses, in one pass (plus the batch mean).
+    pub fn loss(
+        &self,
+        output: &Tensor,
+        target: &Tensor,
+        t: &Tensor,
+        schedule: Schedule,
+        prediction: Prediction,
+        weighting: Weighting,
+    ) -> Result<WeightedLoss> {
         ensure_f32("flow loss", output)?;
         ensure_shape!(
             output.shape() == target.shape() && output.shape().len() == 2,
@@ -398,22 +324,23 @@ impl FlowKernels {
         let gpu = output.gpu();
         let grad = Tensor::uninit(gpu, &[b, d], DType::F32)?;
         let per_sample = Tensor::uninit(gpu, &[b], DType::F32)?;
-        // t takes the read-write slot the forward process writes it through (only read here).
-        let [labels_unused, _, _] = unused_outputs(gpu)?;
-        let p = self.params(b, d, 0, 0);
+        let settings = Settings {
+            prediction,
+            weighting,
+            ..Settings::of_schedule(schedule)
+        };
         gpu.dispatch(
             &WEIGHTED_LOSS,
-            &self.overrides(),
+            &settings.overrides(),
             &[
                 output.binding(),
                 target.binding(),
                 self.ldm.binding(),
+                t.binding(),
                 grad.binding(),
                 per_sample.binding(),
-                t.binding(),
-                labels_unused.binding(),
             ],
-            &p,
+            &settings.params(b, d),
             b.div_ceil(WG) as u64,
         )?;
         let loss = super::mean_rows(&per_sample.reshape(&[1, b])?)?;
@@ -425,8 +352,14 @@ impl FlowKernels {
     }
 
     /// The exact marginal velocity of the data set `data` `[K, D]` (equal weights) at `z`
-    /// `[B, D]`, `t` `[B]`, under this configuration's schedule.
-    pub fn oracle_velocity(&self, z: &Tensor, t: &Tensor, data: &Tensor) -> Result<Tensor> {
+    /// `[B, D]`, `t` `[B]`, under `schedule`.
+    pub fn oracle_velocity(
+        &self,
+        z: &Tensor,
+        t: &Tensor,
+        data: &Tensor,
+        schedule: Schedule,
+    ) -> Result<Tensor> {
         ensure_f32("oracle_velocity", z)?;
         ensure_shape!(
             z.shape().len() == 2 && data.shape().len() == 2 && z.shape()[1] == data.shape()[1],
@@ -438,17 +371,20 @@ impl FlowKernels {
         ensure_shape!(t.shape() == [b], "oracle_velocity: t must be [{b}]");
         let gpu = z.gpu();
         let v = Tensor::uninit(gpu, &[b, d], DType::F32)?;
-        let mut p = self.params(b, d, 0, 0);
-        p.rows = k as u32;
+        let settings = Settings::of_schedule(schedule);
+        let p = Params {
+            rows: k as u32,
+            ..settings.params(b, d)
+        };
         gpu.dispatch(
             &ORACLE,
-            &self.overrides(),
+            &settings.overrides(),
             &[
                 z.binding(),
                 t.binding(),
                 self.ldm.binding(),
-                v.binding(),
                 data.binding(),
+                v.binding(),
             ],
             &p,
             b.div_ceil(WG) as u64,

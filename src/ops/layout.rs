@@ -3,33 +3,32 @@
 
 use super::ensure_f32;
 use crate::error::{ensure_shape, Result};
-use crate::gpu::{Access, Kernel, KernelProfile};
+use crate::gpu::{kernel_params, kernels, Binding, KernelProfile};
 use crate::shaders::LAYOUT;
 use crate::tensor::{DType, Tensor};
 
-static TRANSPOSE_KERNEL: Kernel = Kernel {
-    shader: &LAYOUT,
-    entry: "transpose",
-    access: &[Access::Read, Access::ReadWrite],
-};
-static TRANSPOSE_DIRECT: Kernel = Kernel {
-    shader: &LAYOUT,
-    entry: "transpose_direct",
-    access: &[Access::Read, Access::ReadWrite],
-};
 const TILE: usize = 16;
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    batch: u32,
-    rows: u32,
-    cols: u32,
-    tiles_c: u32,
-    tiles_r: u32,
-    src_row0: u32,
-    dst_row0: u32,
-    _pad: u32,
+kernel_params! {
+    struct Params {
+        batch: u32,
+        rows: u32,
+        cols: u32,
+        tiles_c: u32,
+        tiles_r: u32,
+        src_row0: u32,
+        dst_row0: u32,
+        _pad: u32,
+    }
+}
+
+kernels! {
+    LAYOUT, Params {
+        TRANSPOSE_KERNEL = transpose(Read, ReadWrite);
+        TRANSPOSE_DIRECT = transpose_direct(Read, ReadWrite);
+        COPY_ROWS = copy_rows(Read, ReadWrite);
+        PATCHIFY = patchify(Read, ReadWrite);
+    }
 }
 
 /// Swap the last two dimensions.
@@ -78,17 +77,6 @@ pub fn transpose(x: &Tensor) -> Result<Tensor> {
     }
     Ok(out)
 }
-
-static COPY_ROWS: Kernel = Kernel {
-    shader: &LAYOUT,
-    entry: "copy_rows",
-    access: &[Access::Read, Access::ReadWrite],
-};
-static PATCHIFY: Kernel = Kernel {
-    shader: &LAYOUT,
-    entry: "patchify",
-    access: &[Access::Read, Access::ReadWrite],
-};
 
 /// `dst[b, dst_row0 + r, :] = src[b, src_row0 + r, :]` for `r < rows`.
 fn copy_rows(
@@ -229,10 +217,22 @@ pub fn copy_into(src: &Tensor, dst: &Tensor) -> Result<()> {
         dst.shape(),
         dst.dtype()
     );
-    let (s, so, n) = src.binding();
-    let (d, doff, _) = dst.binding();
-    if n > 0 {
-        src.gpu().copy(s, so, d, doff, n.div_ceil(4) * 4);
+    if let (
+        Binding::Buffer {
+            storage: s,
+            offset: so,
+            size: n,
+        },
+        Binding::Buffer {
+            storage: d,
+            offset: doff,
+            ..
+        },
+    ) = (src.binding(), dst.binding())
+    {
+        if n > 0 {
+            src.gpu().copy(s, so, d, doff, n.div_ceil(4) * 4);
+        }
     }
     Ok(())
 }

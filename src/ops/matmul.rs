@@ -7,36 +7,9 @@
 
 use super::ensure_f32;
 use crate::error::{ensure_shape, Error, Result};
-use crate::gpu::{Access, Cost, Gpu, Kernel, KernelProfile};
-use crate::shaders::{MATMUL, MATMUL_SUBGROUP};
+use crate::gpu::{kernel_params, kernels, Cost, Gpu, KernelProfile};
+use crate::shaders::{activation, MATMUL, MATMUL_SUBGROUP};
 use crate::tensor::{DType, Tensor};
-
-const ACCESS: &[Access] = &[Access::Read, Access::Read, Access::Read, Access::ReadWrite];
-static SCALAR: Kernel = Kernel {
-    shader: &MATMUL,
-    entry: "matmul",
-    access: ACCESS,
-};
-static VEC4: Kernel = Kernel {
-    shader: &MATMUL,
-    entry: "matmul_vec4",
-    access: ACCESS,
-};
-static LANES: Kernel = Kernel {
-    shader: &MATMUL,
-    entry: "matmul_lanes",
-    access: ACCESS,
-};
-static LANES_VEC4: Kernel = Kernel {
-    shader: &MATMUL,
-    entry: "matmul_lanes_vec4",
-    access: ACCESS,
-};
-static SUBGROUP: Kernel = Kernel {
-    shader: &MATMUL_SUBGROUP,
-    entry: "matmul_subgroup",
-    access: ACCESS,
-};
 
 /// Lanes per subgroup the subgroup kernel is written for (a CPU driver's SIMD width).
 const SUBGROUP_LANES: u32 = 8;
@@ -222,20 +195,33 @@ pub struct MatmulSpec<'a> {
     pub tiling: Option<MatmulTiling>,
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    batch: u32,
-    a_stride: u32,
-    b_stride: u32,
-    c_stride: u32,
-    tiles_m: u32,
-    tiles_n: u32,
-    alpha: f32,
-    _pad: [u32; 2],
+kernel_params! {
+    struct Params {
+        m: u32,
+        n: u32,
+        k: u32,
+        batch: u32,
+        a_stride: u32,
+        b_stride: u32,
+        c_stride: u32,
+        tiles_m: u32,
+        tiles_n: u32,
+        alpha: f32,
+        _pad: [u32; 2],
+    }
+}
+
+kernels! {
+    // a, b, bias (read only where HAS_BIAS), c.
+    MATMUL, Params {
+        SCALAR = matmul(Read, Read, Read, ReadWrite);
+        VEC4 = matmul_vec4(Read, Read, Read, ReadWrite);
+        LANES = matmul_lanes(Read, Read, Read, ReadWrite);
+        LANES_VEC4 = matmul_lanes_vec4(Read, Read, Read, ReadWrite);
+    }
+    MATMUL_SUBGROUP, Params {
+        SUBGROUP = matmul_subgroup(Read, Read, Read, ReadWrite);
+    }
 }
 
 /// Shapes of a matmul after checking: (batch dims, m, k, n, a batched, b batched).
@@ -406,16 +392,16 @@ fn record(
         && d.n.is_multiple_of(4)
         && aligned;
     let act = match spec.activation {
-        Activation::None => 0.0,
-        Activation::Gelu => 1.0,
-        Activation::Silu => 2.0,
+        Activation::None => activation::NONE,
+        Activation::Gelu => activation::GELU,
+        Activation::Silu => activation::SILU,
     };
     let b2 = |v: bool| if v { 1.0 } else { 0.0 };
     let epilogue = [
         ("TRANS_A", b2(spec.trans_a)),
         ("TRANS_B", b2(spec.trans_b)),
         ("HAS_BIAS", b2(spec.bias.is_some())),
-        ("ACT", act),
+        ("ACT", act as f64),
         ("ACCUMULATE", b2(accumulate)),
     ];
     // The subgroup kernel reads each operand, and writes C, as vec4s where it can.
@@ -438,8 +424,7 @@ fn record(
     };
     let overrides: Vec<(&'static str, f64)> = shape.iter().chain(&epilogue).copied().collect();
 
-    let dummy = (gpu.dummy(), 0, 4);
-    let bias = spec.bias.map(|t| t.binding()).unwrap_or(dummy);
+    let bias = spec.bias.map_or(gpu.absent(), |t| t.binding());
     let groups = (batch * tiles_m * tiles_n) as u64;
     let kernel = match (tiling.design, vec4) {
         (MatmulDesign::Subgroup, _) => &SUBGROUP,

@@ -1,16 +1,21 @@
-//! Ops: one Rust file per WGSL file. Each op checks shapes, allocates its output from the pool
-//! and records its dispatch; nothing here waits for the GPU.
+//! Ops: one Rust file per WGSL file. Each file declares its kernels once (entry points, the
+//! access of their bindings, their `Params` struct: `gpu::kernels!`, `gpu::kernel_params!`), and
+//! each op checks shapes, allocates its output from the pool and records its dispatch; nothing
+//! here waits for the GPU. The layer sits on tensors and the GPU context, below the tape.
 
 mod attention;
 mod cast;
 mod elementwise;
 mod embed;
 pub mod flow;
+mod gather;
+mod launch;
 mod layout;
 mod matmul;
 mod modulate;
 mod norm;
 mod optim;
+mod random;
 mod reduce;
 pub mod texture;
 
@@ -22,6 +27,8 @@ pub use elementwise::{
 pub use embed::{
     embedding, embedding_backward, timestep_embedding, timestep_embedding_backward, MAX_PERIOD,
 };
+pub use gather::gather_batch;
+pub use launch::launch;
 pub use layout::{
     concat_tokens, copy, copy_into, copy_tokens, patchify, split_tokens, transpose, unpatchify,
 };
@@ -37,10 +44,51 @@ pub use norm::{
     softmax, softmax_backward,
 };
 pub use optim::{adamw, grad_norm, AdamWStep};
+pub use random::random_normal;
 pub use reduce::{max_rows, mean_rows, sum_rows, sum_tokens, sum_tokens_into};
 
 use crate::error::{ensure_shape, Result};
+use crate::gpu::{Access, Binding, Gpu, Kernel};
 use crate::tensor::{DType, Tensor};
+
+/// Every kernel of the engine: the GPU context's own and each op file's (for the tests that
+/// check each against its WGSL, and for tools that list them).
+pub fn all_kernels() -> Vec<&'static Kernel> {
+    [
+        crate::gpu::KERNELS,
+        attention::KERNELS,
+        cast::KERNELS,
+        elementwise::KERNELS,
+        embed::KERNELS,
+        flow::KERNELS,
+        gather::KERNELS,
+        layout::KERNELS,
+        matmul::KERNELS,
+        modulate::KERNELS,
+        norm::KERNELS,
+        optim::KERNELS,
+        random::KERNELS,
+        reduce::KERNELS,
+        texture::KERNELS,
+    ]
+    .concat()
+}
+
+/// The bindings of `kernel` from what the caller has, slot by slot: nothing where the kernel
+/// uses nothing ([`Access::Unused`]), else the tensor given, or the context's absent-input
+/// buffer where an optional input it reads (told so by its parameters) is not given.
+pub(crate) fn bind<'a, const N: usize>(
+    kernel: &Kernel,
+    gpu: &'a Gpu,
+    given: [Option<&'a Tensor>; N],
+) -> [Binding<'a>; N] {
+    debug_assert_eq!(kernel.access.len(), N, "the bindings of {}", kernel.entry);
+    std::array::from_fn(|i| match (kernel.access[i], given[i]) {
+        (Access::Unused, _) => Binding::Unused,
+        (_, Some(t)) => t.binding(),
+        (_, None) => gpu.absent(),
+    })
+}
 
 /// Fail unless the tensor holds f32 (the dtype every compute kernel works in).
 pub(crate) fn ensure_f32(op: &str, t: &Tensor) -> Result<()> {

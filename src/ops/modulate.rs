@@ -1,102 +1,47 @@
 //! adaLN modulation and the gated residual (`shaders/modulate.wgsl`), forward and backward.
 //! Activations are `[B, T, C]`; the per-sample vectors are `[B, C]`, broadcast over tokens.
 
-use super::{ensure_f32, groups, reduce::sum_tokens};
+use super::{bind, ensure_f32, groups, reduce::sum_tokens};
 use crate::error::{ensure_shape, Result};
-use crate::gpu::{Access, Kernel};
-use crate::shaders::MODULATE;
+use crate::gpu::{kernel_params, kernels, Binding};
+use crate::shaders::{modulate_mode as mode, MODULATE};
 use crate::tensor::{DType, Tensor};
 
-static MODULATE_KERNEL: Kernel = Kernel {
-    shader: &MODULATE,
-    entry: "modulate",
-    access: &[
-        Access::Read,
-        Access::Read,
-        Access::Read,
-        Access::Read,
-        Access::ReadWrite,
-        Access::ReadWrite,
-    ],
-};
-const PER_GROUP: usize = 256 * 4;
+kernel_params! {
+    struct Params {
+        batch: u32,
+        tokens: u32,
+        cols: u32,
+        /// The in-place entries: K, chunks per sample in `ada`.
+        chunks: u32,
+        /// Shift (ln_modulate) or gate (ada_gate) chunk.
+        chunk_a: u32,
+        /// Scale chunk (ln_modulate).
+        chunk_b: u32,
+        eps: f32,
+        _pad: u32,
+    }
+}
 
-// Bindings of the in-place entries: x, ada, aux (h or stats), dy, out, out2 (stats or d_ada).
-static LN_MODULATE: Kernel = Kernel {
-    shader: &MODULATE,
-    entry: "ln_modulate",
-    access: &[
-        Access::Read,
-        Access::Read,
-        Access::Unused,
-        Access::Unused,
-        Access::ReadWrite,
-        Access::ReadWrite,
-    ],
-};
-static LN_MODULATE_BACKWARD_ROWS: Kernel = Kernel {
-    shader: &MODULATE,
-    entry: "ln_modulate_backward_rows",
-    access: &[
-        Access::Read,
-        Access::Read,
-        Access::Read,
-        Access::Read,
-        Access::ReadWrite,
-        Access::Unused,
-    ],
-};
-static LN_MODULATE_BACKWARD_COLS: Kernel = Kernel {
-    shader: &MODULATE,
-    entry: "ln_modulate_backward_cols",
-    access: &[
-        Access::Read,
-        Access::Unused,
-        Access::Read,
-        Access::Read,
-        Access::Unused,
-        Access::ReadWrite,
-    ],
-};
-static ADA_GATE: Kernel = Kernel {
-    shader: &MODULATE,
-    entry: "ada_gate",
-    access: &[
-        Access::Read,
-        Access::Read,
-        Access::Read,
-        Access::Unused,
-        Access::ReadWrite,
-        Access::Unused,
-    ],
-};
-static ADA_GATE_BACKWARD: Kernel = Kernel {
-    shader: &MODULATE,
-    entry: "ada_gate_backward",
-    access: &[
-        Access::Read,
-        Access::Read,
-        Access::Unused,
-        Access::Read,
-        Access::ReadWrite,
-        Access::ReadWrite,
-    ],
-};
+kernels! {
+    MODULATE, Params {
+        // The broadcast entries: x (or dy), h (or the saved input), the per-sample vector, shift,
+        // out, and the product to sum over tokens (backward only).
+        MODULATE_FORWARD = modulate(Read, Read, Read, Read, ReadWrite, Unused);
+        MODULATE_BACKWARD = modulate_backward(Read, Read, Read, Unused, ReadWrite, ReadWrite);
+        // The in-place entries: x, ada, aux (h or stats), dy, out, out2 (stats or d_ada).
+        LN_MODULATE = ln_modulate(Read, Read, Unused, Unused, ReadWrite, ReadWrite);
+        LN_MODULATE_BACKWARD_ROWS =
+            ln_modulate_backward_rows(Read, Read, Read, Read, ReadWrite, Unused);
+        LN_MODULATE_BACKWARD_COLS =
+            ln_modulate_backward_cols(Read, Unused, Read, Read, Unused, ReadWrite);
+        ADA_GATE = ada_gate(Read, Read, Read, Unused, ReadWrite, Unused);
+        ADA_GATE_BACKWARD = ada_gate_backward(Read, Read, Unused, Read, ReadWrite, ReadWrite);
+    }
+}
+const PER_GROUP: usize = 256 * 4;
 /// Rows (or (sample, column) pairs) per workgroup of the in-place entries.
 const ROWS_PER_GROUP: usize = 64;
-
-#[repr(C)]
-#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    batch: u32,
-    tokens: u32,
-    cols: u32,
-    chunks: u32,
-    chunk_a: u32,
-    chunk_b: u32,
-    eps: f32,
-    _pad: u32,
-}
 
 fn check(op: &str, x: &Tensor, vectors: &[&Tensor]) -> Result<(usize, usize, usize)> {
     ensure_f32(op, x)?;
@@ -115,9 +60,10 @@ fn check(op: &str, x: &Tensor, vectors: &[&Tensor]) -> Result<(usize, usize, usi
     Ok((s[0], s[1], s[2]))
 }
 
-/// Runs one mode; returns the output and (backward modes) the product to sum over tokens.
+/// Runs one mode of the broadcast entries; returns the output and (backward modes) the product
+/// to sum over tokens.
 fn run(
-    mode: f64,
+    mode: u32,
     x: &Tensor,
     h: Option<&Tensor>,
     s: &Tensor,
@@ -126,36 +72,46 @@ fn run(
 ) -> Result<(Tensor, Option<Tensor>)> {
     let gpu = x.gpu();
     let out = Tensor::uninit(gpu, x.shape(), DType::F32)?;
-    let backward = mode == 1.0 || mode == 3.0;
-    let prod = Tensor::uninit(gpu, if backward { x.shape() } else { &[1] }, DType::F32)?;
-    let dummy = (gpu.dummy(), 0, 4);
+    let backward = mode == mode::MODULATE_BACKWARD || mode == mode::GATE_BACKWARD;
     let p = Params {
         batch: b as u32,
         tokens: t as u32,
         cols: c as u32,
         ..Params::default()
     };
-    gpu.dispatch(
-        &MODULATE_KERNEL,
-        &[("MODE", mode)],
-        &[
+    let h = h.map_or(gpu.absent(), |h| h.binding());
+    let groups = groups(x.numel(), PER_GROUP);
+    let overrides = [("MODE", mode as f64)];
+    if backward {
+        let prod = Tensor::uninit(gpu, x.shape(), DType::F32)?;
+        let bindings = [
             x.binding(),
-            h.map_or(dummy, |h| h.binding()),
+            h,
             s.binding(),
-            shift.map_or(dummy, |v| v.binding()),
+            Binding::Unused,
             out.binding(),
             prod.binding(),
-        ],
-        &p,
-        groups(x.numel(), PER_GROUP),
-    )?;
-    Ok((out, backward.then_some(prod)))
+        ];
+        gpu.dispatch(&MODULATE_BACKWARD, &overrides, &bindings, &p, groups)?;
+        return Ok((out, Some(prod)));
+    }
+    let shift = shift.map_or(gpu.absent(), |v| v.binding());
+    let bindings = [
+        x.binding(),
+        h,
+        s.binding(),
+        shift,
+        out.binding(),
+        Binding::Unused,
+    ];
+    gpu.dispatch(&MODULATE_FORWARD, &overrides, &bindings, &p, groups)?;
+    Ok((out, None))
 }
 
 /// adaLN: `x * (1 + scale) + shift`, `scale` and `shift` per sample.
 pub fn modulate(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor> {
     let dims = check("modulate", x, &[scale, shift])?;
-    Ok(run(0.0, x, None, scale, Some(shift), dims)?.0)
+    Ok(run(mode::MODULATE, x, None, scale, Some(shift), dims)?.0)
 }
 
 /// Gradients of [`modulate`]: `(dx, dscale, dshift)`.
@@ -169,7 +125,7 @@ pub fn modulate_backward(
         dy.shape() == x.shape(),
         "modulate_backward: dy must match x"
     );
-    let (dx, prod) = run(1.0, dy, Some(x), scale, None, dims)?;
+    let (dx, prod) = run(mode::MODULATE_BACKWARD, dy, Some(x), scale, None, dims)?;
     Ok((
         dx,
         sum_tokens(&prod.expect("backward product"))?,
@@ -186,7 +142,7 @@ pub fn gate(x: &Tensor, h: &Tensor, gate: &Tensor) -> Result<Tensor> {
         h.shape(),
         x.shape()
     );
-    Ok(run(2.0, x, Some(h), gate, None, dims)?.0)
+    Ok(run(mode::GATE, x, Some(h), gate, None, dims)?.0)
 }
 
 /// Gradients of [`gate`] with respect to `h` and `gate` (that of `x` is `dy` itself):
@@ -194,7 +150,7 @@ pub fn gate(x: &Tensor, h: &Tensor, gate: &Tensor) -> Result<Tensor> {
 pub fn gate_backward(h: &Tensor, gate: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
     let dims = check("gate_backward", h, &[gate])?;
     ensure_shape!(dy.shape() == h.shape(), "gate_backward: dy must match h");
-    let (dh, prod) = run(3.0, dy, Some(h), gate, None, dims)?;
+    let (dh, prod) = run(mode::GATE_BACKWARD, dy, Some(h), gate, None, dims)?;
     Ok((dh, sum_tokens(&prod.expect("backward product"))?))
 }
 
@@ -252,18 +208,14 @@ pub fn ln_modulate(
     let rows = x.numel() / x.last_dim();
     let y = Tensor::uninit(gpu, x.shape(), DType::F32)?;
     let stats = Tensor::uninit(gpu, &[rows, 2], DType::F32)?;
-    let dummy = (gpu.dummy(), 0, 4);
     gpu.dispatch(
         &LN_MODULATE,
         &[],
-        &[
-            x.binding(),
-            ada.binding(),
-            dummy,
-            dummy,
-            y.binding(),
-            stats.binding(),
-        ],
+        &bind(
+            &LN_MODULATE,
+            gpu,
+            [Some(x), Some(ada), None, None, Some(&y), Some(&stats)],
+        ),
         &p,
         groups(rows, ROWS_PER_GROUP),
     )?;
@@ -295,32 +247,25 @@ pub fn ln_modulate_backward(
     );
     let gpu = x.gpu();
     let dx = Tensor::uninit(gpu, x.shape(), DType::F32)?;
-    let dummy = (gpu.dummy(), 0, 4);
     gpu.dispatch(
         &LN_MODULATE_BACKWARD_ROWS,
         &[],
-        &[
-            x.binding(),
-            ada.binding(),
-            stats.binding(),
-            dy.binding(),
-            dx.binding(),
-            dummy,
-        ],
+        &bind(
+            &LN_MODULATE_BACKWARD_ROWS,
+            gpu,
+            [Some(x), Some(ada), Some(stats), Some(dy), Some(&dx), None],
+        ),
         &p,
         groups(rows, ROWS_PER_GROUP),
     )?;
     gpu.dispatch(
         &LN_MODULATE_BACKWARD_COLS,
         &[],
-        &[
-            x.binding(),
-            ada.binding(),
-            stats.binding(),
-            dy.binding(),
-            dummy,
-            d_ada.binding(),
-        ],
+        &bind(
+            &LN_MODULATE_BACKWARD_COLS,
+            gpu,
+            [Some(x), Some(ada), Some(stats), Some(dy), None, Some(d_ada)],
+        ),
         &p,
         groups(ada.shape()[0] * x.last_dim(), ROWS_PER_GROUP),
     )?;
@@ -338,18 +283,14 @@ pub fn ada_gate(x: &Tensor, h: &Tensor, ada: &Tensor, chunk: usize) -> Result<Te
     );
     let gpu = x.gpu();
     let y = Tensor::uninit(gpu, x.shape(), DType::F32)?;
-    let dummy = (gpu.dummy(), 0, 4);
     gpu.dispatch(
         &ADA_GATE,
         &[],
-        &[
-            x.binding(),
-            ada.binding(),
-            h.binding(),
-            dummy,
-            y.binding(),
-            dummy,
-        ],
+        &bind(
+            &ADA_GATE,
+            gpu,
+            [Some(x), Some(ada), Some(h), None, Some(&y), None],
+        ),
         &p,
         groups(x.numel() / x.last_dim(), ROWS_PER_GROUP),
     )?;
@@ -376,18 +317,14 @@ pub fn ada_gate_backward(
     );
     let gpu = h.gpu();
     let dh = Tensor::uninit(gpu, h.shape(), DType::F32)?;
-    let dummy = (gpu.dummy(), 0, 4);
     gpu.dispatch(
         &ADA_GATE_BACKWARD,
         &[],
-        &[
-            h.binding(),
-            ada.binding(),
-            dummy,
-            dy.binding(),
-            dh.binding(),
-            d_ada.binding(),
-        ],
+        &bind(
+            &ADA_GATE_BACKWARD,
+            gpu,
+            [Some(h), Some(ada), None, Some(dy), Some(&dh), Some(d_ada)],
+        ),
         &p,
         groups(ada.shape()[0] * h.last_dim(), ROWS_PER_GROUP),
     )?;

@@ -3,90 +3,47 @@
 //! and softmax. Forward returns the per-row statistics the backward needs (`[rows, 2]`).
 
 use super::{
-    ensure_f32,
+    bind, ensure_f32,
     reduce::{sum_tokens, sum_tokens_into},
 };
 use crate::error::{ensure_shape, Result};
-use crate::gpu::{Access, Kernel};
+use crate::gpu::{kernel_params, kernels, Access, Kernel};
 use crate::shaders::NORM;
 use crate::tensor::{DType, Tensor};
 
-const FORWARD: &[Access] = &[
-    Access::Read,
-    Access::Read,
-    Access::Read,
-    Access::ReadWrite,
-    Access::ReadWrite,
-];
-const BACKWARD: &[Access] = &[
-    Access::Read,
-    Access::Read,
-    Access::Read,
-    Access::Read,
-    Access::ReadWrite,
-    Access::ReadWrite,
-];
-static LAYER_NORM: Kernel = Kernel {
-    shader: &NORM,
-    entry: "layer_norm",
-    access: FORWARD,
-};
-static LAYER_NORM_BACKWARD: Kernel = Kernel {
-    shader: &NORM,
-    entry: "layer_norm_backward",
-    access: BACKWARD,
-};
-static RMS_NORM: Kernel = Kernel {
-    shader: &NORM,
-    entry: "rms_norm",
-    access: FORWARD,
-};
-static RMS_NORM_BACKWARD: Kernel = Kernel {
-    shader: &NORM,
-    entry: "rms_norm_backward",
-    access: BACKWARD,
-};
-static SOFTMAX: Kernel = Kernel {
-    shader: &NORM,
-    entry: "softmax",
-    access: FORWARD,
-};
-static SOFTMAX_BACKWARD: Kernel = Kernel {
-    shader: &NORM,
-    entry: "softmax_backward",
-    access: BACKWARD,
-};
-static QK_NORM: Kernel = Kernel {
-    shader: &NORM,
-    entry: "qk_norm",
-    access: FORWARD,
-};
-static QK_NORM_BACKWARD: Kernel = Kernel {
-    shader: &NORM,
-    entry: "qk_norm_backward",
-    access: &[
-        Access::Read,
-        Access::Read,
-        Access::Read,
-        Access::Read,
-        Access::Read,
-        Access::ReadWrite,
-        Access::ReadWrite,
-        Access::ReadWrite,
-    ],
-};
-const WG: usize = 64;
-
-#[repr(C)]
-#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    rows: u32,
-    cols: u32,
-    eps: f32,
-    affine: u32,
-    heads: u32,
-    _pad: [u32; 3],
+kernel_params! {
+    struct Params {
+        rows: u32,
+        cols: u32,
+        eps: f32,
+        /// 1: LayerNorm has gamma and beta.
+        affine: u32,
+        /// QK-norm: heads per row.
+        heads: u32,
+        _pad: [u32; 3],
+    }
 }
+
+kernels! {
+    NORM, Params {
+        // Forward: x, gamma, beta, y, stats.
+        LAYER_NORM = layer_norm(Read, Read, Read, ReadWrite, ReadWrite);
+        RMS_NORM = rms_norm(Read, Read, Unused, ReadWrite, ReadWrite);
+        SOFTMAX = softmax(Read, Unused, Unused, ReadWrite, ReadWrite);
+        // Backward: x, dy, gamma, stats, dx, dy * xhat.
+        LAYER_NORM_BACKWARD = layer_norm_backward(Read, Read, Unused, Read, ReadWrite, Unused);
+        LAYER_NORM_BACKWARD_AFFINE =
+            layer_norm_backward_affine(Read, Read, Read, Read, ReadWrite, ReadWrite);
+        RMS_NORM_BACKWARD = rms_norm_backward(Read, Read, Read, Read, ReadWrite, ReadWrite);
+        SOFTMAX_BACKWARD = softmax_backward(Read, Read, Unused, Unused, ReadWrite, Unused);
+        // QK-norm: qkv, gq, gk, y, stats; backward: qkv, dy, gq, gk, stats, dx, and the
+        // products of queries and of keys.
+        QK_NORM = qk_norm(Read, Read, Read, ReadWrite, ReadWrite);
+        QK_NORM_BACKWARD =
+            qk_norm_backward(Read, Read, Read, Read, Read, ReadWrite, ReadWrite, ReadWrite);
+    }
+}
+const WG: usize = 64;
 
 /// (rows, cols) of a tensor normalised over its last dimension.
 fn rows_cols(op: &str, x: &Tensor) -> Result<(usize, usize)> {
@@ -120,7 +77,6 @@ fn forward(
     let gpu = x.gpu();
     let y = Tensor::uninit(gpu, x.shape(), DType::F32)?;
     let stats = Tensor::uninit(gpu, &[rows, 2], DType::F32)?;
-    let dummy = (gpu.dummy(), 0, 4);
     let p = Params {
         rows: rows as u32,
         cols: cols as u32,
@@ -128,31 +84,26 @@ fn forward(
         affine: gamma.is_some() as u32,
         ..Params::default()
     };
+    let given = [Some(x), gamma, beta, Some(&y), Some(&stats)];
     gpu.dispatch(
         kernel,
         &[],
-        &[
-            x.binding(),
-            gamma.map_or(dummy, |g| g.binding()),
-            beta.map_or(dummy, |b| b.binding()),
-            y.binding(),
-            stats.binding(),
-        ],
+        &bind(kernel, gpu, given),
         &p,
         rows.div_ceil(WG) as u64,
     )?;
     Ok((y, stats))
 }
 
-/// Runs a backward kernel; returns dx and the per-row products `dy * xhat`.
+/// Runs a backward kernel; returns dx and, where the kernel writes them, the per-row products
+/// `dy * xhat`.
 fn backward(
     kernel: &Kernel,
     x: &Tensor,
     dy: &Tensor,
     gamma: Option<&Tensor>,
     stats: Option<&Tensor>,
-    affine: bool,
-) -> Result<(Tensor, Tensor)> {
+) -> Result<(Tensor, Option<Tensor>)> {
     let (rows, cols) = rows_cols(kernel.entry, x)?;
     ensure_f32(kernel.entry, dy)?;
     ensure_shape!(
@@ -171,26 +122,19 @@ fn backward(
     }
     let gpu = x.gpu();
     let dx = Tensor::uninit(gpu, x.shape(), DType::F32)?;
-    let dy_xhat = Tensor::uninit(gpu, if affine { x.shape() } else { &[1] }, DType::F32)?;
-    let dummy = (gpu.dummy(), 0, 4);
+    let dy_xhat = (kernel.access[5] != Access::Unused)
+        .then(|| Tensor::uninit(gpu, x.shape(), DType::F32))
+        .transpose()?;
     let p = Params {
         rows: rows as u32,
         cols: cols as u32,
-        eps: 0.0,
-        affine: affine as u32,
         ..Params::default()
     };
+    let given = [Some(x), Some(dy), gamma, stats, Some(&dx), dy_xhat.as_ref()];
     gpu.dispatch(
         kernel,
         &[],
-        &[
-            x.binding(),
-            dy.binding(),
-            gamma.map_or(dummy, |g| g.binding()),
-            stats.map_or(dummy, |s| s.binding()),
-            dx.binding(),
-            dy_xhat.binding(),
-        ],
+        &bind(kernel, gpu, given),
         &p,
         rows.div_ceil(WG) as u64,
     )?;
@@ -232,16 +176,13 @@ pub fn layer_norm_backward(
     if let Some(g) = gamma {
         check_vector("layer_norm_backward", "gamma", g, x.last_dim())?;
     }
-    let (dx, dy_xhat) = backward(
-        &LAYER_NORM_BACKWARD,
-        x,
-        dy,
-        gamma,
-        Some(stats),
-        gamma.is_some(),
-    )?;
-    let affine = match gamma {
-        Some(_) => Some((sum_tokens(&as_rows(&dy_xhat)?)?, sum_tokens(&as_rows(dy)?)?)),
+    let kernel = match gamma {
+        Some(_) => &LAYER_NORM_BACKWARD_AFFINE,
+        None => &LAYER_NORM_BACKWARD,
+    };
+    let (dx, dy_xhat) = backward(kernel, x, dy, gamma, Some(stats))?;
+    let affine = match dy_xhat {
+        Some(dy_xhat) => Some((sum_tokens(&as_rows(&dy_xhat)?)?, sum_tokens(&as_rows(dy)?)?)),
         None => None,
     };
     Ok((dx, affine))
@@ -261,7 +202,8 @@ pub fn rms_norm_backward(
     dy: &Tensor,
 ) -> Result<(Tensor, Tensor)> {
     check_vector("rms_norm_backward", "gamma", gamma, x.last_dim())?;
-    let (dx, dy_xhat) = backward(&RMS_NORM_BACKWARD, x, dy, Some(gamma), Some(stats), true)?;
+    let (dx, dy_xhat) = backward(&RMS_NORM_BACKWARD, x, dy, Some(gamma), Some(stats))?;
+    let dy_xhat = dy_xhat.expect("rms_norm_backward writes dy * xhat");
     Ok((dx, sum_tokens(&as_rows(&dy_xhat)?)?))
 }
 
@@ -272,7 +214,7 @@ pub fn softmax(x: &Tensor) -> Result<Tensor> {
 
 /// Gradient of [`softmax`] from its output `y`: `y * (dy - sum(dy * y))`.
 pub fn softmax_backward(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
-    Ok(backward(&SOFTMAX_BACKWARD, y, dy, None, None, false)?.0)
+    Ok(backward(&SOFTMAX_BACKWARD, y, dy, None, None)?.0)
 }
 
 /// (rows, head dimension) of a qkv tensor `[.., 3 H D]` with `heads` heads and scales `[D]`.

@@ -3,50 +3,36 @@
 
 use super::ensure_f32;
 use crate::error::{ensure_shape, Result};
-use crate::gpu::{Access, Kernel};
+use crate::gpu::{kernel_params, kernels};
 use crate::shaders::OPTIM;
 use crate::tensor::{DType, Tensor};
 
-static NORM_PARTIAL: Kernel = Kernel {
-    shader: &OPTIM,
-    entry: "norm_partial",
-    access: &[Access::Read, Access::ReadWrite],
-};
-static NORM_FINISH: Kernel = Kernel {
-    shader: &OPTIM,
-    entry: "norm_finish",
-    access: &[Access::Read, Access::ReadWrite],
-};
-static ADAMW: Kernel = Kernel {
-    shader: &OPTIM,
-    entry: "adamw",
-    access: &[
-        Access::Read,
-        Access::Read,
-        Access::ReadWrite,
-        Access::ReadWrite,
-        Access::ReadWrite,
-        Access::ReadWrite,
-    ],
-};
 /// Workgroups of the first norm pass (each sums a grid-stride share).
 const PARTS: usize = 64;
 
-#[repr(C)]
-#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    n: u32,
-    lr: f32,
-    beta1: f32,
-    beta2: f32,
-    eps: f32,
-    weight_decay: f32,
-    bc1: f32,
-    bc2: f32,
-    ema_decay: f32,
-    max_norm: f32,
-    parts: u32,
-    _pad: u32,
+kernel_params! {
+    struct Params {
+        n: u32,
+        lr: f32,
+        beta1: f32,
+        beta2: f32,
+        eps: f32,
+        weight_decay: f32,
+        bc1: f32,
+        bc2: f32,
+        ema_decay: f32,
+        max_norm: f32,
+        parts: u32,
+        _pad: u32,
+    }
+}
+
+kernels! {
+    OPTIM, Params {
+        NORM_PARTIAL = norm_partial(Read, ReadWrite);
+        NORM_FINISH = norm_finish(Read, ReadWrite);
+        ADAMW = adamw(Read, Read, ReadWrite, ReadWrite, ReadWrite, ReadWrite);
+    }
 }
 
 /// AdamW hyper-parameters for one step.

@@ -3,31 +3,28 @@
 
 use super::ensure_f32;
 use crate::error::{ensure_shape, Result};
-use crate::gpu::{Access, Kernel, KernelProfile};
-use crate::shaders::REDUCE;
+use crate::gpu::{kernel_params, kernels, KernelProfile};
+use crate::shaders::{reduce_op, REDUCE};
 use crate::tensor::{DType, Tensor};
 
-static REDUCE_ROWS: Kernel = Kernel {
-    shader: &REDUCE,
-    entry: "reduce_rows",
-    access: &[Access::Read, Access::ReadWrite],
-};
-static REDUCE_ROWS_SERIAL: Kernel = Kernel {
-    shader: &REDUCE,
-    entry: "reduce_rows_serial",
-    access: &[Access::Read, Access::ReadWrite],
-};
-
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    rows: u32,
-    cols: u32,
-    tokens: u32,
-    _pad: u32,
+kernel_params! {
+    struct Params {
+        rows: u32,
+        cols: u32,
+        tokens: u32,
+        _pad: u32,
+    }
 }
 
-fn reduce(name: &str, x: &Tensor, op: f64) -> Result<Tensor> {
+kernels! {
+    REDUCE, Params {
+        REDUCE_ROWS = reduce_rows(Read, ReadWrite);
+        REDUCE_ROWS_SERIAL = reduce_rows_serial(Read, ReadWrite);
+        SUM_TOKENS = sum_tokens(Read, ReadWrite);
+    }
+}
+
+fn reduce(name: &str, x: &Tensor, op: u32) -> Result<Tensor> {
     ensure_f32(name, x)?;
     ensure_shape!(!x.shape().is_empty(), "{name} needs at least one dimension");
     let cols = x.last_dim();
@@ -52,7 +49,7 @@ fn reduce(name: &str, x: &Tensor, op: f64) -> Result<Tensor> {
         let groups = rows.div_ceil(64) as u64;
         gpu.dispatch(
             &REDUCE_ROWS_SERIAL,
-            &[("OP", op)],
+            &[("OP", op as f64)],
             &[x.binding(), out.binding()],
             &p,
             groups,
@@ -60,7 +57,7 @@ fn reduce(name: &str, x: &Tensor, op: f64) -> Result<Tensor> {
     } else {
         gpu.dispatch(
             &REDUCE_ROWS,
-            &[("OP", op)],
+            &[("OP", op as f64)],
             &[x.binding(), out.binding()],
             &p,
             rows as u64,
@@ -71,22 +68,16 @@ fn reduce(name: &str, x: &Tensor, op: f64) -> Result<Tensor> {
 
 /// Sum over the last dimension.
 pub fn sum_rows(x: &Tensor) -> Result<Tensor> {
-    reduce("sum_rows", x, 0.0)
+    reduce("sum_rows", x, reduce_op::SUM)
 }
 /// Mean over the last dimension.
 pub fn mean_rows(x: &Tensor) -> Result<Tensor> {
-    reduce("mean_rows", x, 1.0)
+    reduce("mean_rows", x, reduce_op::MEAN)
 }
 /// Maximum over the last dimension.
 pub fn max_rows(x: &Tensor) -> Result<Tensor> {
-    reduce("max_rows", x, 2.0)
+    reduce("max_rows", x, reduce_op::MAX)
 }
-
-static SUM_TOKENS: Kernel = Kernel {
-    shader: &REDUCE,
-    entry: "sum_tokens",
-    access: &[Access::Read, Access::ReadWrite],
-};
 
 /// Sum over the middle axis: `[B, T, C] -> [B, C]` (a `[T, C]` matrix sums to `[C]`: column
 /// sums, the gradient of a bias).

@@ -3,31 +3,45 @@
 //! `rgba32float`) or packed as RGBA8 words into a host-owned storage buffer, on the GPU, with no
 //! round trip through the CPU. One channel is drawn gray, three as RGB, four as RGBA.
 //!
-//! These kernels bind textures and host buffers, which the engine's buffer-only dispatch path
-//! does not, so [`ImageWriter`] keeps its own three pipelines and submits its own pass: first
-//! the engine's pending work ([`Gpu::flush`]), then the pass, in queue order.
+//! The kernels are recorded like every other (a storage-texture binding, a host's buffer
+//! wrapped without a copy) and submitted at once, with the engine's pending work before them in
+//! the same submission, so the host's next submission sees the pixels.
 #![warn(missing_docs)]
 
 use crate::error::{Error, Result};
+use crate::gpu::{kernel_params, kernels, Binding, Kernel, Storage};
 use crate::shaders::TEXTURE;
 use crate::tensor::{DType, Tensor};
 use crate::Gpu;
 
 const WG: u64 = 64;
 
-#[repr(C)]
-#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    n: u32,
-    channels: u32,
-    height: u32,
-    width: u32,
-    columns: u32,
-    origin_x: u32,
-    origin_y: u32,
-    row_words: u32,
-    word_offset: u32,
-    _pad: [u32; 3],
+kernel_params! {
+    struct Params {
+        /// Images.
+        n: u32,
+        channels: u32,
+        height: u32,
+        width: u32,
+        /// Images per row of the grid.
+        columns: u32,
+        origin_x: u32,
+        origin_y: u32,
+        /// Packed output: words per row of pixels.
+        row_words: u32,
+        /// Packed output: the first pixel's word.
+        word_offset: u32,
+        _pad: [u32; 3],
+    }
+}
+
+kernels! {
+    // samples, the rgba8unorm texture, the rgba32float texture, the packed buffer.
+    TEXTURE, Params {
+        TO_RGBA8 = to_rgba8(Read, WriteTexture(Rgba8Unorm), Unused, Unused);
+        TO_RGBA32F = to_rgba32f(Read, Unused, WriteTexture(Rgba32Float), Unused);
+        TO_PACKED_RGBA8 = to_packed_rgba8(Read, Unused, Unused, ReadWrite);
+    }
 }
 
 /// Where the images go in the picture: a grid of `columns` images per row whose top-left
@@ -65,135 +79,16 @@ impl Tiling {
     }
 }
 
-/// Draws sample tensors into host-owned textures and buffers. Make one per context and reuse
-/// it: it compiles its three kernels once.
+/// Draws sample tensors into host-owned textures and buffers. Cheap to make: its kernels go
+/// through the context's pipeline cache (compiled on first use).
 pub struct ImageWriter {
     gpu: Gpu,
-    rgba8: (wgpu::ComputePipeline, wgpu::BindGroupLayout),
-    rgba32: (wgpu::ComputePipeline, wgpu::BindGroupLayout),
-    packed: (wgpu::ComputePipeline, wgpu::BindGroupLayout),
-    params: wgpu::Buffer,
-    params_group: wgpu::BindGroup,
-}
-
-/// The output a kernel writes: binding 1, 2 or 3 of group 0.
-enum Output {
-    Texture(wgpu::TextureFormat),
-    Packed,
 }
 
 impl ImageWriter {
-    /// Compile the kernels on `gpu`'s device (its own or the host's).
+    /// A writer on `gpu`'s device (its own or the host's).
     pub fn new(gpu: &Gpu) -> Result<ImageWriter> {
-        let device = gpu.device();
-        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(TEXTURE.name),
-            source: wgpu::ShaderSource::Wgsl(TEXTURE.source.into()),
-        });
-        let params_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some("rectiflow texture params"),
-            entries: &[wgpu::BindGroupLayoutEntry {
-                binding: 0,
-                visibility: wgpu::ShaderStages::COMPUTE,
-                ty: wgpu::BindingType::Buffer {
-                    ty: wgpu::BufferBindingType::Uniform,
-                    has_dynamic_offset: false,
-                    min_binding_size: None,
-                },
-                count: None,
-            }],
-        });
-        let make = |entry: &str, output: Output| {
-            let samples = wgpu::BindGroupLayoutEntry {
-                binding: 0,
-                visibility: wgpu::ShaderStages::COMPUTE,
-                ty: wgpu::BindingType::Buffer {
-                    ty: wgpu::BufferBindingType::Storage { read_only: true },
-                    has_dynamic_offset: false,
-                    min_binding_size: None,
-                },
-                count: None,
-            };
-            let out = match output {
-                Output::Texture(format) => wgpu::BindGroupLayoutEntry {
-                    binding: if format == wgpu::TextureFormat::Rgba8Unorm {
-                        1
-                    } else {
-                        2
-                    },
-                    visibility: wgpu::ShaderStages::COMPUTE,
-                    ty: wgpu::BindingType::StorageTexture {
-                        access: wgpu::StorageTextureAccess::WriteOnly,
-                        format,
-                        view_dimension: wgpu::TextureViewDimension::D2,
-                    },
-                    count: None,
-                },
-                Output::Packed => wgpu::BindGroupLayoutEntry {
-                    binding: 3,
-                    visibility: wgpu::ShaderStages::COMPUTE,
-                    ty: wgpu::BindingType::Buffer {
-                        ty: wgpu::BufferBindingType::Storage { read_only: false },
-                        has_dynamic_offset: false,
-                        min_binding_size: None,
-                    },
-                    count: None,
-                },
-            };
-            let group0 = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                label: Some(entry),
-                entries: &[samples, out],
-            });
-            let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                label: Some(entry),
-                bind_group_layouts: &[Some(&group0), Some(&params_layout)],
-                immediate_size: 0,
-            });
-            let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(entry),
-                layout: Some(&layout),
-                module: &module,
-                entry_point: Some(entry),
-                compilation_options: Default::default(),
-                cache: None,
-            });
-            (pipeline, group0)
-        };
-        let rgba8 = make("to_rgba8", Output::Texture(wgpu::TextureFormat::Rgba8Unorm));
-        let rgba32 = make(
-            "to_rgba32f",
-            Output::Texture(wgpu::TextureFormat::Rgba32Float),
-        );
-        let packed = make("to_packed_rgba8", Output::Packed);
-        let params = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("rectiflow texture params"),
-            size: std::mem::size_of::<Params>() as u64,
-            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let params_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("rectiflow texture params"),
-            layout: &params_layout,
-            entries: &[wgpu::BindGroupEntry {
-                binding: 0,
-                resource: params.as_entire_binding(),
-            }],
-        });
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(Error::Kernel {
-                kernel: TEXTURE.name.into(),
-                message: e.to_string(),
-            });
-        }
-        Ok(ImageWriter {
-            gpu: gpu.clone(),
-            rgba8,
-            rgba32,
-            packed,
-            params,
-            params_group,
-        })
+        Ok(ImageWriter { gpu: gpu.clone() })
     }
 
     /// Draw `samples` `[n, C, H, W]` (f32, C = 1, 3 or 4) into `texture` (a 2-D `rgba8unorm` or
@@ -208,9 +103,10 @@ impl ImageWriter {
     ) -> Result<()> {
         let (n, c, h, w) = image_shape(samples)?;
         let (gw, gh) = extent(&tiling, n, h, w)?;
-        let (pipeline, layout, binding) = match texture.format() {
-            wgpu::TextureFormat::Rgba8Unorm => (&self.rgba8.0, &self.rgba8.1, 1),
-            wgpu::TextureFormat::Rgba32Float => (&self.rgba32.0, &self.rgba32.1, 2),
+        // The kernel for the format, and the binding its texture takes.
+        let (kernel, slot) = match texture.format() {
+            wgpu::TextureFormat::Rgba8Unorm => (&TO_RGBA8, 1),
+            wgpu::TextureFormat::Rgba32Float => (&TO_RGBA32F, 2),
             other => {
                 return Err(Error::Config(format!(
                     "a texture of format {other:?}: samples are drawn into rgba8unorm or \
@@ -252,14 +148,14 @@ impl ImageWriter {
             ..Default::default()
         });
         let params = self.params(n, c, h, w, tiling, 0, 0);
-        self.run(
-            samples,
-            pipeline,
-            layout,
-            binding,
-            wgpu::BindingResource::TextureView(&view),
-            params,
-        )
+        let mut bindings = [
+            samples.binding(),
+            Binding::Unused,
+            Binding::Unused,
+            Binding::Unused,
+        ];
+        bindings[slot] = Binding::Texture(&view);
+        self.run(kernel, &bindings, params)
     }
 
     /// Draw `samples` `[n, C, H, W]` packed as RGBA8 words (red in the lowest byte) into a
@@ -315,12 +211,14 @@ impl ImageWriter {
         let word_offset =
             u32::try_from(offset / 4).map_err(|_| Error::TooLarge(format!("offset {offset}")))?;
         let params = self.params(n, c, h, w, tiling, bytes_per_row / 4, word_offset);
-        let binding = wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-            buffer,
+        let host = Storage::foreign(buffer.clone());
+        let packed = Binding::Buffer {
+            storage: &host,
             offset: 0,
-            size: wgpu::BufferSize::new(end),
-        });
-        self.run(samples, &self.packed.0, &self.packed.1, 3, binding, params)
+            size: end,
+        };
+        let bindings = [samples.binding(), Binding::Unused, Binding::Unused, packed];
+        self.run(&TO_PACKED_RGBA8, &bindings, params)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -348,69 +246,13 @@ impl ImageWriter {
         }
     }
 
-    /// Submit the engine's pending work, then one pass of `pipeline` over every image pixel.
-    fn run(
-        &self,
-        samples: &Tensor,
-        pipeline: &wgpu::ComputePipeline,
-        layout: &wgpu::BindGroupLayout,
-        binding: u32,
-        output: wgpu::BindingResource,
-        params: Params,
-    ) -> Result<()> {
+    /// Record one pass of `kernel` over every image pixel and submit it, after the engine's
+    /// pending work, in one submission.
+    fn run(&self, kernel: &Kernel, bindings: &[Binding], params: Params) -> Result<()> {
         let pixels = params.n as u64 * params.height as u64 * params.width as u64;
-        let groups = pixels.div_ceil(WG);
-        let max = self.gpu.limits().max_compute_workgroups_per_dimension as u64;
-        let x = groups.min(max);
-        let y = groups.div_ceil(x.max(1));
-        if y > max {
-            return Err(Error::TooLarge(format!(
-                "{pixels} pixels need more workgroups than this device can launch"
-            )));
-        }
-        self.gpu.flush()?;
-        let device = self.gpu.device();
-        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let (storage, offset, size) = samples.binding();
-        let group0 = device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("rectiflow texture"),
-            layout,
-            entries: &[
-                wgpu::BindGroupEntry {
-                    binding: 0,
-                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                        buffer: storage.buffer(),
-                        offset,
-                        size: wgpu::BufferSize::new(size),
-                    }),
-                },
-                wgpu::BindGroupEntry {
-                    binding,
-                    resource: output,
-                },
-            ],
-        });
         self.gpu
-            .queue()
-            .write_buffer(&self.params, 0, bytemuck::bytes_of(&params));
-        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
-            label: Some("rectiflow texture"),
-        });
-        {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("rectiflow texture"),
-                timestamp_writes: None,
-            });
-            pass.set_pipeline(pipeline);
-            pass.set_bind_group(0, &group0, &[]);
-            pass.set_bind_group(1, &self.params_group, &[]);
-            pass.dispatch_workgroups(x as u32, y as u32, 1);
-        }
-        self.gpu.queue().submit([encoder.finish()]);
-        match pollster::block_on(scope.pop()) {
-            Some(e) => Err(Error::Gpu(format!("drawing samples: {e}"))),
-            None => Ok(()),
-        }
+            .dispatch(kernel, &[], bindings, &params, pixels.div_ceil(WG))?;
+        self.gpu.flush()
     }
 }
 

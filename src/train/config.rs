@@ -9,12 +9,12 @@
 //! the model against a device before anything is allocated.
 #![warn(missing_docs)]
 
+use super::objective::FlowConfig;
 use crate::data::{DataSpec, Dataset};
 use crate::error::{Error, Result};
 use crate::flow::{Prediction, Schedule, TimeSampler, Weighting};
 use crate::limits::Budget;
 use crate::nn::ModelConfig;
-use crate::ops::flow::FlowConfig;
 use crate::optim::AdamWConfig;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
@@ -201,7 +201,7 @@ impl TrainConfig {
             .unwrap_or_else(|| Weighting::natural(self.prediction))
     }
 
-    /// The flow kernels' configuration.
+    /// The training objective.
     pub fn flow(&self) -> FlowConfig {
         FlowConfig {
             schedule: self.schedule,

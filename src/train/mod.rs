@@ -15,10 +15,12 @@
 
 pub mod config;
 pub mod fit;
+pub mod objective;
 pub mod run;
 
 pub use config::{Footprint, ModelKind, TrainConfig, MAX_BATCH};
 pub use fit::{fit, FitOptions};
+pub use objective::{FlowConfig, Objective};
 pub use run::{Change, Event, Resumable, Run, RunEnd, RunOptions, StopHandle, Summary};
 
 use crate::autograd::Tape;
@@ -27,11 +29,11 @@ use crate::data::{Dataset, GpuDataset};
 use crate::error::{Error, Result};
 use crate::limits::Budget;
 use crate::nn::Model;
-use crate::ops::flow::FlowKernels;
 use crate::optim::AdamW;
-use crate::params::{Init, Params, ParamsBuilder};
+use crate::params::{Params, ParamsBuilder};
 use crate::tensor::{DType, Tensor};
 use crate::Gpu;
+use std::collections::HashMap;
 use std::path::Path;
 
 /// Read a checkpoint for use: the file checked ([`Checkpoint::load_within`], bounded by the host
@@ -113,22 +115,34 @@ pub fn open_checkpoint(path: &Path, budget: &Budget) -> Result<(Checkpoint, Trai
     Ok((ck, config))
 }
 
-/// The model of `config` with its parameters allocated but not initialised at random (zeros):
-/// for weights that are about to be overwritten from a checkpoint.
-pub(crate) fn model_for_loading(gpu: &Gpu, config: &TrainConfig) -> Result<(Model, Params)> {
-    let mut declared = ParamsBuilder::new();
-    let model = Model::build(&config.model, &mut declared)?;
-    // The same names and shapes in the same order give the same layout (and parameter ids).
-    let mut zeros = ParamsBuilder::new();
-    for spec in declared.specs() {
-        zeros.add(spec.name.clone(), &spec.shape, Init::Zeros);
-    }
-    debug_assert!(zeros
-        .specs()
+/// The model of `config` with its parameters holding the flat values of `weights` (per-name
+/// values, `what` in errors about the file at `path`): uploaded once, nothing initialised at
+/// random. With a gradient buffer for training (`train`), without one for inference.
+pub(crate) fn model_for_loading(
+    gpu: &Gpu,
+    config: &TrainConfig,
+    weights: &HashMap<String, Vec<f32>>,
+    what: &str,
+    path: &Path,
+    train: bool,
+) -> Result<(Model, Params)> {
+    let mut builder = ParamsBuilder::new();
+    let model = Model::build(&config.model, &mut builder)?;
+    let flat = join_flat(&builder, weights, what, path)?;
+    let params = if train {
+        builder.build_with_values(gpu, &flat)?
+    } else {
+        builder.build_for_inference(gpu, &flat)?
+    };
+    Ok((model, params))
+}
+
+/// A checkpoint's raw weights by name.
+pub(crate) fn raw_weights(ck: &Checkpoint) -> HashMap<String, Vec<f32>> {
+    ck.params
         .iter()
-        .zip(declared.specs())
-        .all(|(a, b)| a.offset == b.offset));
-    Ok((model, zeros.build(gpu, 0)?))
+        .map(|(name, (_, v))| (name.clone(), v.clone()))
+        .collect()
 }
 
 /// A model in training, with its data on the GPU (if it has a data set of its own).
@@ -141,8 +155,8 @@ pub struct Trainer {
     pub params: Params,
     /// AdamW's state: moments and the EMA of the weights.
     pub opt: AdamW,
-    /// The objective's kernels (forward process, weighted loss).
-    pub flow: FlowKernels,
+    /// The objective: its configuration and kernels (forward process, weighted loss).
+    pub flow: Objective,
     data: Option<GpuDataset>,
     /// Steps taken.
     pub step: u64,
@@ -169,7 +183,7 @@ impl Trainer {
     }
 
     fn fresh(gpu: &Gpu, config: TrainConfig) -> Result<Trainer> {
-        let flow = FlowKernels::new(gpu, config.flow())?;
+        let flow = Objective::new(gpu, config.flow())?;
         let mut builder = ParamsBuilder::new();
         let model = Model::build(&config.model, &mut builder)?;
         let params = builder.build(gpu, config.seed)?;
@@ -180,7 +194,7 @@ impl Trainer {
         config: TrainConfig,
         model: Model,
         params: Params,
-        flow: FlowKernels,
+        flow: Objective,
     ) -> Result<Trainer> {
         let opt = AdamW::new(&params, config.adamw())?;
         Ok(Trainer {
@@ -203,13 +217,27 @@ impl Trainer {
         if let Some(data) = data {
             check_data(&config, data)?;
         }
-        let flow = FlowKernels::new(gpu, config.flow())?;
-        let (model, params) = model_for_loading(gpu, &config)?;
-        let mut tr = Trainer::assemble(config, model, params, flow)?;
-        tr.restore(&ck, path)?;
+        let mut tr = Trainer::loaded(gpu, config, &ck, path)?;
         if let Some(data) = data {
             tr.attach(gpu, data)?;
         }
+        Ok(tr)
+    }
+
+    /// The trainer of an opened checkpoint (`open_checkpoint`): the weights uploaded once into
+    /// the model `config` describes, then the EMA, the moments and the step restored.
+    pub(crate) fn loaded(
+        gpu: &Gpu,
+        config: TrainConfig,
+        ck: &Checkpoint,
+        path: &Path,
+    ) -> Result<Trainer> {
+        let flow = Objective::new(gpu, config.flow())?;
+        let weights = raw_weights(ck);
+        let (model, params) = model_for_loading(gpu, &config, &weights, "values", path, true)?;
+        let mut tr = Trainer::assemble(config, model, params, flow)?;
+        tr.check_names(ck, path)?;
+        tr.restore_state(ck, path)?;
         Ok(tr)
     }
 
@@ -387,11 +415,15 @@ impl Trainer {
 
     /// Restore a checkpoint's weights, EMA, moments and step (the model must match).
     pub fn restore(&mut self, ck: &Checkpoint, path: &Path) -> Result<()> {
-        let values: std::collections::HashMap<String, Vec<f32>> = ck
-            .params
-            .iter()
-            .map(|(n, (_, v))| (n.clone(), v.clone()))
-            .collect();
+        self.check_names(ck, path)?;
+        self.params
+            .values()
+            .write(&join_flat(&self.params, &raw_weights(ck), "values", path)?)?;
+        self.restore_state(ck, path)
+    }
+
+    /// Refuse a checkpoint with a parameter this model does not have, or of another shape.
+    fn check_names(&self, ck: &Checkpoint, path: &Path) -> Result<()> {
         for (name, (shape, _)) in &ck.params {
             match self.params.id(name) {
                 Some(id) if self.params.spec(id).shape == *shape => {}
@@ -410,9 +442,11 @@ impl Trainer {
                 }
             }
         }
-        self.params
-            .values()
-            .write(&join_flat(&self.params, &values, "values", path)?)?;
+        Ok(())
+    }
+
+    /// The optimiser's state and the step from a checkpoint (the weights are the caller's).
+    fn restore_state(&mut self, ck: &Checkpoint, path: &Path) -> Result<()> {
         let ema = join_flat(&self.params, &ck.ema, "EMA", path)?;
         let m = join_flat(&self.params, &ck.adam_m, "AdamW first moment", path)?;
         let v = join_flat(&self.params, &ck.adam_v, "AdamW second moment", path)?;

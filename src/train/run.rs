@@ -18,12 +18,11 @@
 //! - progress: [`Event`]s to a callback.
 #![warn(missing_docs)]
 
-use super::{model_for_loading, open_checkpoint, TrainConfig, Trainer};
+use super::{open_checkpoint, TrainConfig, Trainer};
 use crate::checkpoint::Checkpoint;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::limits::Budget;
-use crate::ops::flow::FlowKernels;
 use crate::output::{write_atomically, write_samples};
 use crate::rundir::RunLock;
 use crate::sample::{check_sample_count, cycle_labels, sample, SampleOptions, GUIDANCE};
@@ -618,10 +617,7 @@ impl Resumable {
         if let Some(data) = data {
             super::check_data(&config, data)?;
         }
-        let flow = FlowKernels::new(gpu, config.flow())?;
-        let (model, params) = model_for_loading(gpu, &config)?;
-        let mut trainer = Trainer::assemble(config, model, params, flow)?;
-        trainer.restore(ck, &path)?;
+        let mut trainer = Trainer::loaded(gpu, config, ck, &path)?;
         if let Some(data) = data {
             trainer.attach(gpu, data)?;
         }

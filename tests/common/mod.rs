@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod reference;
+pub mod tiny;
 
 use rand::{Rng, SeedableRng};
 use rectiflow::gpu::{Gpu, GpuOptions, KernelProfile};

@@ -1,0 +1,146 @@
+//! The command line: `train`, `sample` and `eval` end to end on tiny runs, and existing runs
+//! protected.
+
+mod common;
+
+use common::tiny::temp_dir;
+use rectiflow::checkpoint::Checkpoint;
+use rectiflow::output::npy_header;
+
+#[test]
+fn the_command_line_trains_samples_and_protects_existing_runs() {
+    let bin = env!("CARGO_BIN_EXE_rectiflow");
+    let dir = temp_dir("cli");
+    let out = dir.join("run");
+    let train = |extra: &[&str]| {
+        let steps = if extra.contains(&"--resume") {
+            "30"
+        } else {
+            "20"
+        };
+        let mut args = vec![
+            "train",
+            "--data",
+            "toy:moons",
+            "--model",
+            "mlp",
+            "--steps",
+            steps,
+            "--batch",
+            "32",
+            "--width",
+            "16",
+            "--depth",
+            "1",
+            "--quiet",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        std::process::Command::new(bin)
+            .args(&args)
+            .output()
+            .unwrap()
+    };
+    let r = train(&[]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    for f in [
+        "config.json",
+        "checkpoint.safetensors",
+        "metrics.json",
+        "samples.png",
+        "samples.npy",
+        "labels.npy",
+    ] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    let before = std::fs::read(out.join("checkpoint.safetensors")).unwrap();
+    // A second run into the same directory is refused and leaves it untouched.
+    let r = train(&[]);
+    assert!(!r.status.success());
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("--resume"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert_eq!(
+        std::fs::read(out.join("checkpoint.safetensors")).unwrap(),
+        before
+    );
+    // Resume to more steps.
+    let r = train(&["--resume"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(
+        Checkpoint::load(&out.join("checkpoint.safetensors"))
+            .unwrap()
+            .step,
+        30
+    );
+    // Bad settings fail before anything is written.
+    let r = std::process::Command::new(bin)
+        .args([
+            "train",
+            "--t-sampler",
+            "mode:5",
+            "--out",
+            dir.join("bad").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!r.status.success() && String::from_utf8_lossy(&r.stderr).contains("mode:5"));
+    assert!(!dir.join("bad").exists());
+    // A diverging run stops with the step named and writes no checkpoint.
+    let blown = dir.join("blown");
+    let r = std::process::Command::new(bin)
+        .args([
+            "train",
+            "--data",
+            "toy:moons",
+            "--model",
+            "mlp",
+            "--width",
+            "16",
+            "--depth",
+            "1",
+            "--steps",
+            "40",
+            "--batch",
+            "32",
+            "--lr",
+            "1e30",
+            "--warmup",
+            "0",
+            "--log-every",
+            "5",
+            "--quiet",
+            "--out",
+            blown.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        !r.status.success() && err.contains("the loss became") && err.contains("at step"),
+        "{err}"
+    );
+    assert!(!blown.join("checkpoint.safetensors").exists());
+    // Sample from the checkpoint.
+    let png = dir.join("s").join("grid.png");
+    let r = std::process::Command::new(bin)
+        .args([
+            "sample",
+            "--checkpoint",
+            out.join("checkpoint.safetensors").to_str().unwrap(),
+            "--n",
+            "50",
+            "--steps",
+            "3",
+            "--out",
+            png.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let npy = std::fs::read(dir.join("s").join("samples.npy")).unwrap();
+    assert_eq!(npy.len(), npy_header("<f4", &[50, 2]).len() + 50 * 2 * 4);
+}

@@ -171,3 +171,72 @@ fn the_sampling_forward_equals_the_training_forward() {
         }
     }
 }
+
+/// A checkpoint in the older MM-DiT layout (a full last context block) loads as the same
+/// network: made here from a current checkpoint by giving the last context stream four more
+/// adaLN chunks and an output projection and MLP (values that, as before, reach no output),
+/// its samples equal the original's.
+#[test]
+fn an_older_mmdit_checkpoint_loads_as_the_same_network() {
+    use rectiflow::checkpoint::Checkpoint;
+    use rectiflow::data::{self, DataSpec};
+    use rectiflow::train::{ModelKind, TrainConfig, Trainer};
+    use rectiflow::{Pipeline, Weights};
+    let gpu = rectiflow::Gpu::new().unwrap();
+    let digits = data::digits().unwrap();
+    let mut model = ModelKind::Mmdit.config(&digits.shape, 10);
+    (model.width, model.depth, model.heads) = (16, 2, 2);
+    let w = model.width;
+    let config = TrainConfig {
+        batch: 8,
+        ..TrainConfig::new(DataSpec::Digits, model)
+    };
+    let mut tr = Trainer::new(&gpu, config, &digits).unwrap();
+    for _ in 0..3 {
+        tr.step().unwrap();
+    }
+    let dir = std::env::temp_dir().join(format!("rectiflow-models-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (now_path, old_path) = (dir.join("now.safetensors"), dir.join("old.safetensors"));
+    tr.save(&now_path).unwrap();
+    let mut ck = Checkpoint::load(&now_path).unwrap();
+    let last = "joint_blocks.1.context_block";
+    let fill = |n: usize, v: f32| vec![v; n];
+    for (suffix, rows) in [
+        ("adaLN_modulation.1.weight", w),
+        ("adaLN_modulation.1.bias", 1),
+    ] {
+        let name = format!("{last}.{suffix}");
+        let (shape, values) = ck.params.get_mut(&name).unwrap();
+        assert_eq!(shape[0], 2 * w, "{name} is pre-only today");
+        shape[0] = 6 * w;
+        values.extend(fill(4 * w * rows, 0.25));
+        for map in [&mut ck.ema, &mut ck.adam_m, &mut ck.adam_v] {
+            map.get_mut(&name).unwrap().extend(fill(4 * w * rows, 0.5));
+        }
+    }
+    for (suffix, shape) in [
+        ("attn.proj.weight", vec![w, w]),
+        ("attn.proj.bias", vec![w]),
+        ("mlp.fc1.weight", vec![4 * w, w]),
+        ("mlp.fc1.bias", vec![4 * w]),
+        ("mlp.fc2.weight", vec![w, 4 * w]),
+        ("mlp.fc2.bias", vec![w]),
+    ] {
+        let name = format!("{last}.{suffix}");
+        let n: usize = shape.iter().product();
+        ck.params.insert(name.clone(), (shape, fill(n, 0.1)));
+        for map in [&mut ck.ema, &mut ck.adam_m, &mut ck.adam_v] {
+            map.insert(name.clone(), fill(n, 0.1));
+        }
+    }
+    ck.save(&old_path).unwrap();
+    let now = Pipeline::load(&gpu, &now_path, Weights::Raw).unwrap();
+    let old = Pipeline::load(&gpu, &old_path, Weights::Raw).unwrap();
+    let opts = now.options(now.labels(10));
+    assert_eq!(
+        old.sample(&opts).unwrap().to_vec().unwrap(),
+        now.sample(&opts).unwrap().to_vec().unwrap()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -33,7 +33,7 @@ pub struct TrainArgs {
     /// uniform | lognorm:M,S | mode:S | cosmap [default: lognorm:0,1]
     #[arg(long)]
     t_sampler: Option<String>,
-    /// Training steps, at least 1 (default: 600 for images, 1500 for points).
+    /// Training steps, at least 1 (default: 1600 for images, 1500 for points).
     #[arg(long)]
     steps: Option<u64>,
     /// Batch size (default: 64 for images, 256 for points).

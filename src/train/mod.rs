@@ -36,12 +36,49 @@ use crate::Gpu;
 use std::collections::HashMap;
 use std::path::Path;
 
+/// An MM-DiT checkpoint written before the last block's context stream became pre-only (SD3's
+/// layout) carries that stream's output projection, MLP and four more adaLN chunks: drop them
+/// (they reached no output) and keep the shift and scale rows, in the weights, their EMA and
+/// the AdamW moments alike, so that the checkpoint loads as the same network.
+fn upgrade_mmdit(ck: &mut Checkpoint, model: &crate::nn::ModelConfig) {
+    use crate::nn::mmdit::{Mmdit, Upgrade};
+    let names: Vec<String> = ck.params.keys().cloned().collect();
+    for name in names {
+        match Mmdit::upgrade(model, &name) {
+            Upgrade::Keep => {}
+            Upgrade::Drop => {
+                ck.params.remove(&name);
+                ck.ema.remove(&name);
+                ck.adam_m.remove(&name);
+                ck.adam_v.remove(&name);
+            }
+            Upgrade::FirstRows(rows) => {
+                let Some((shape, values)) = ck.params.get_mut(&name) else {
+                    continue;
+                };
+                if shape.first().is_none_or(|&r| r <= rows) {
+                    continue; // already today's layout
+                }
+                let per_row: usize = shape[1..].iter().product();
+                let keep = rows * per_row;
+                shape[0] = rows;
+                values.truncate(keep);
+                for map in [&mut ck.ema, &mut ck.adam_m, &mut ck.adam_v] {
+                    if let Some(v) = map.get_mut(&name) {
+                        v.truncate(keep);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Read a checkpoint for use: the file checked ([`Checkpoint::load_within`], bounded by the host
 /// budget), its configuration parsed, validated and sized against `budget`, and its tensors
 /// matched by name and shape to the model that configuration describes — all before anything
 /// the size of the model is allocated.
 pub fn open_checkpoint(path: &Path, budget: &Budget) -> Result<(Checkpoint, TrainConfig)> {
-    let ck = Checkpoint::load_within(path, budget.host_bytes / 2)?;
+    let mut ck = Checkpoint::load_within(path, budget.host_bytes / 2)?;
     let config = TrainConfig::from_json(&ck.config).map_err(|e| {
         Error::Config(format!(
             "{}: the checkpoint's configuration: {}",
@@ -61,6 +98,9 @@ pub fn open_checkpoint(path: &Path, budget: &Budget) -> Result<(Checkpoint, Trai
         other => other,
     };
     config.check_fits(budget).map_err(at)?;
+    if config.model.kind == "mmdit" {
+        upgrade_mmdit(&mut ck, &config.model);
+    }
     let layout = config.model.layout().map_err(at)?;
     let mismatch = |why: String| {
         Error::Checkpoint(format!(

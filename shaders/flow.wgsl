@@ -24,7 +24,7 @@ struct Params {
     p_drop: f32,      // label dropout probability
     sched_pm: f32,    // edm schedule
     sched_ps: f32,
-    samp_m: f32,      // lognorm m / mode s
+    samp_m: f32,      // lognorm m / mode s / ushape a / grid k
     samp_s: f32,      // lognorm s
     w_pm: f32,        // edm weighting
     w_ps: f32,
@@ -37,7 +37,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read> ldm: array<f32>;
 
 // forward_process
-@group(0) @binding(0) var<storage, read> x0: array<f32>;                // [B, D]
+@group(0) @binding(0) var<storage, read> x0: array<f32>;                // [B, D]; PAIRED: [B, 2, D]
 @group(0) @binding(1) var<storage, read> labels: array<f32>;            // [B]
 @group(0) @binding(3) var<storage, read_write> z: array<f32>;           // [B, D]
 @group(0) @binding(4) var<storage, read_write> regression: array<f32>;  // [B, D], the target
@@ -61,6 +61,9 @@ override SCHEDULE: u32 = 0u;
 override SAMPLER: u32 = 0u;
 override PRED: u32 = 0u;
 override WEIGHTING: u32 = 0u;
+// forward_process: 1 when each row of x0 holds an example and its own noise (a reflow pair),
+// [x0_hat | eps], instead of drawing eps.
+override PAIRED: u32 = 0u;
 
 const WG: u32 = 64u;
 
@@ -142,6 +145,15 @@ fn sample_t(w: vec4<u32>) -> f32 {
             t = 1.0 - u - params.samp_m * (c * c - 1.0 + u);
         }
         case SAMPLER_COSMAP: { t = 1.0 - 1.0 / (tan(0.5 * PI * u) + 1.0); }
+        case SAMPLER_USHAPE: {
+            let a = params.samp_m;
+            let x = (2.0 * u - 1.0) * sinh(0.5 * a);
+            t = 0.5 + log(x + sqrt(x * x + 1.0)) / a;   // asinh
+        }
+        case SAMPLER_GRID: {
+            let k = params.samp_m;
+            t = 1.0 - min(floor(u * k), k - 1.0) / k;
+        }
         default: { t = u; }
     }
     let a = params.shift;
@@ -196,7 +208,7 @@ fn output_weight(t: f32) -> f32 {
 // ---- kernels ----
 
 // Per element of the batch [B, D]: t for its sample (STREAM_T, counter = sample), eps
-// (STREAM_EPS, counter = element), z_t = a x0 + b eps and the training target; the first element
+// (STREAM_EPS, counter = element; or the pair's own noise, PAIRED), z_t = a x0 + b eps and the training target; the first element
 // of each sample also writes t and the label after dropout (word w of the sample's counter).
 @compute @workgroup_size(WG)
 fn forward_process(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
@@ -206,11 +218,20 @@ fn forward_process(@builtin(local_invocation_index) lid: u32, @builtin(workgroup
     let sample = e / params.dim;
     let wt = words(STREAM_T, sample);
     let t = sample_t(wt);
-    let we = words(STREAM_EPS, e);
-    let eps = normal(we.x, we.y);
+    var x: f32;
+    var eps: f32;
+    if (PAIRED == 1u) {
+        let row = sample * 2u * params.dim + e % params.dim;
+        x = x0[row];
+        eps = x0[row + params.dim];
+    } else {
+        let we = words(STREAM_EPS, e);
+        x = x0[e];
+        eps = normal(we.x, we.y);
+    }
     let c = coefficients(t);
-    z[e] = c.x * x0[e] + c.y * eps;
-    regression[e] = regression_target(c, x0[e], eps);
+    z[e] = c.x * x + c.y * eps;
+    regression[e] = regression_target(c, x, eps);
     if (e % params.dim == 0u) {
         t_out[sample] = t;
         labels_out[sample] = select(labels[sample], f32(params.null_label), unit_uniform(wt.w) < params.p_drop);

@@ -133,7 +133,7 @@ impl Checkpoint {
                 path.display()
             ))
         };
-        let bytes = read_bounded(path, max_bytes, &bad)?;
+        let bytes = read_bounded(path, max_bytes, "checkpoint", &bad)?;
         let (_, meta) =
             safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("{e}")))?;
         let tensors =
@@ -190,18 +190,23 @@ impl Checkpoint {
     }
 }
 
-/// The bytes of a checkpoint file, read only once its kind and sizes are known to be sane.
-fn read_bounded(path: &Path, max_bytes: u64, bad: &dyn Fn(String) -> Error) -> Result<Vec<u8>> {
+/// The bytes of a safetensors file (a `what`: a checkpoint, reflow pairs), read only once its
+/// kind and sizes are known to be sane.
+pub(crate) fn read_bounded(
+    path: &Path,
+    max_bytes: u64,
+    what: &str,
+    bad: &dyn Fn(String) -> Error,
+) -> Result<Vec<u8>> {
     let cannot =
-        |e: std::io::Error| Error::Io(format!("cannot read checkpoint {}: {e}", path.display()));
+        |e: std::io::Error| Error::Io(format!("cannot read {what} {}: {e}", path.display()));
     let mut file = std::fs::File::open(path).map_err(cannot)?;
     let meta = file.metadata().map_err(cannot)?;
     if !meta.is_file() {
-        return Err(bad(
+        return Err(bad(format!(
             "it is not a regular file (a device, a pipe or a directory); give the path of a \
-             checkpoint.safetensors written by rectiflow train"
-                .into(),
-        ));
+             {what} written by rectiflow"
+        )));
     }
     let len = meta.len();
     if len < 8 {
@@ -211,7 +216,7 @@ fn read_bounded(path: &Path, max_bytes: u64, bad: &dyn Fn(String) -> Error) -> R
     }
     if len > max_bytes {
         return Err(Error::TooLarge(format!(
-            "checkpoint {} has {}, more than the {} budget for a checkpoint",
+            "{what} {} has {}, more than the {} budget for a {what}",
             path.display(),
             show_bytes(len),
             show_bytes(max_bytes)

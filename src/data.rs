@@ -79,7 +79,7 @@ impl Toy {
 pub const TOY_POINTS: usize = 100_000;
 
 /// Which data a run trains on. Its text form is what `--data` takes and what `config.json`
-/// stores: `digits`, `toy:NAME`, `idx:IMAGES[,LABELS]` or `host:NAME`.
+/// stores: `digits`, `toy:NAME`, `idx:IMAGES[,LABELS]`, `host:NAME` or `pairs:PATH`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum DataSpec {
     /// The UCI 8x8 digits embedded in the binary (1797 images, 10 classes).
@@ -96,10 +96,13 @@ pub enum DataSpec {
     /// Batches the host program brings itself ([`crate::train::Trainer::step_on`]); there is
     /// nothing to load, and the name only identifies the run's data.
     Host(String),
+    /// Reflow pairs ([`crate::pairs`]): examples coupled with the noise a flow took to them.
+    Pairs(PathBuf),
 }
 
 impl DataSpec {
-    /// Parse the text form (`digits`, `toy:NAME`, `idx:IMAGES[,LABELS]`, `host:NAME`).
+    /// Parse the text form (`digits`, `toy:NAME`, `idx:IMAGES[,LABELS]`, `host:NAME`,
+    /// `pairs:PATH`).
     pub fn parse(spec: &str) -> Result<DataSpec> {
         if spec == "digits" {
             Ok(DataSpec::Digits)
@@ -116,21 +119,24 @@ impl DataSpec {
             })
         } else if let Some(name) = spec.strip_prefix("host:").filter(|n| !n.is_empty()) {
             Ok(DataSpec::Host(name.into()))
+        } else if let Some(path) = spec.strip_prefix("pairs:").filter(|p| !p.is_empty()) {
+            Ok(DataSpec::Pairs(path.into()))
         } else {
             Err(Error::Config(format!(
-                "unknown data {spec:?}: use digits, toy:NAME ({}), idx:IMAGES[,LABELS] or \
-                 host:NAME (batches the program brings itself)",
+                "unknown data {spec:?}: use digits, toy:NAME ({}), idx:IMAGES[,LABELS], \
+                 host:NAME (batches the program brings itself) or pairs:PATH (reflow pairs)",
                 TOYS.join(", ")
             )))
         }
     }
 
-    /// Whether the examples are images (`None` for host data, whose shape the model says).
+    /// Whether the examples are images (`None` for host data, whose shape the model says, and
+    /// for pairs, whose file says).
     pub fn is_image(&self) -> Option<bool> {
         match self {
             DataSpec::Digits | DataSpec::Idx { .. } => Some(true),
             DataSpec::Toy(_) => Some(false),
-            DataSpec::Host(_) => None,
+            DataSpec::Host(_) | DataSpec::Pairs(_) => None,
         }
     }
 
@@ -160,6 +166,20 @@ impl DataSpec {
                 "the data host:{name} is brought by the program that trained on it (batch by \
                  batch); there is no data set to load"
             ))),
+            DataSpec::Pairs(path) => {
+                let pairs = crate::pairs::Pairs::load(path)?;
+                // Uploaded as one buffer of examples and noise side by side.
+                let bytes = (pairs.noise.len() as u64).saturating_mul(8);
+                if bytes > max_bytes {
+                    return Err(Error::TooLarge(format!(
+                        "the pairs in {} take {} on the device, more than the {} allowed",
+                        path.display(),
+                        show_bytes(bytes),
+                        show_bytes(max_bytes)
+                    )));
+                }
+                Ok(pairs.to_dataset(&self.to_string()))
+            }
         }
     }
 }
@@ -177,6 +197,7 @@ impl fmt::Display for DataSpec {
                 }
             }
             DataSpec::Host(name) => write!(f, "host:{name}"),
+            DataSpec::Pairs(path) => write!(f, "pairs:{}", path.display()),
         }
     }
 }
@@ -214,6 +235,9 @@ pub struct Dataset {
     pub labels: Option<Vec<u32>>,
     /// Number of classes (0 when unlabelled).
     pub classes: usize,
+    /// `[N * dim]`: the noise each example is coupled with (reflow pairs: the example is where
+    /// the flow took this noise), or `None` for data trained on fresh noise.
+    pub noise: Option<Vec<f32>>,
 }
 
 impl Dataset {
@@ -310,6 +334,10 @@ impl Dataset {
         let part = |range: std::ops::Range<usize>| Dataset {
             x: self.x[range.start * d..range.end * d].to_vec(),
             labels: self.labels.as_ref().map(|l| l[range.clone()].to_vec()),
+            noise: self
+                .noise
+                .as_ref()
+                .map(|n| n[range.start * d..range.end * d].to_vec()),
             ..self.clone()
         };
         (part(0..keep), part(keep..self.len()))
@@ -345,6 +373,7 @@ pub fn digits() -> Result<Dataset> {
         x,
         labels: Some(labels),
         classes: 10,
+        noise: None,
     })
 }
 
@@ -412,6 +441,7 @@ pub fn toy(name: &str, n: usize, seed: u64) -> Result<Dataset> {
         x,
         labels: None,
         classes: 0,
+        noise: None,
     })
 }
 
@@ -578,6 +608,7 @@ pub fn idx_within(images: &Path, labels: Option<&Path>, max_bytes: u64) -> Resul
         x,
         labels,
         classes,
+        noise: None,
     })
 }
 
@@ -585,11 +616,13 @@ pub fn idx_within(images: &Path, labels: Option<&Path>, max_bytes: u64) -> Resul
 /// batch is gathered on the GPU, uniformly with replacement, from the counter-based random
 /// stream 2 of `(seed, step)`, so a batch depends only on the data, the seed and the step.
 pub struct GpuDataset {
+    /// `[N, dim]`, or for reflow pairs `[N, 2 * dim]`: each example followed by its noise.
     x: Tensor,
     /// Class numbers as f32 (the form the networks and the flow kernels take); the null class
     /// for unlabelled data.
     labels: Tensor,
     shape: Vec<usize>,
+    paired: bool,
 }
 
 impl GpuDataset {
@@ -602,10 +635,33 @@ impl GpuDataset {
             Some(l) => l.iter().map(|&v| v as f32).collect(),
             None => vec![null_label as f32; data.len()],
         };
+        let (n, d) = (data.len(), data.dim());
+        let x = match &data.noise {
+            None => Tensor::from_slice(gpu, &[n, d], &data.x)?,
+            Some(noise) => {
+                if noise.len() != data.x.len() {
+                    return Err(Error::Data(format!(
+                        "{}: {} noise values for {} example values",
+                        data.name,
+                        noise.len(),
+                        data.x.len()
+                    )));
+                }
+                // One row per pair, so that one gather draws an example with its noise.
+                let rows: Vec<f32> = data
+                    .x
+                    .chunks_exact(d)
+                    .zip(noise.chunks_exact(d))
+                    .flat_map(|(x, e)| x.iter().chain(e).copied())
+                    .collect();
+                Tensor::from_slice(gpu, &[n, 2 * d], &rows)?
+            }
+        };
         Ok(GpuDataset {
-            x: Tensor::from_slice(gpu, &[data.len(), data.dim()], &data.x)?,
-            labels: Tensor::from_slice(gpu, &[data.len()], &labels)?,
+            x,
+            labels: Tensor::from_slice(gpu, &[n], &labels)?,
             shape: data.shape.clone(),
+            paired: data.noise.is_some(),
         })
     }
 
@@ -624,19 +680,31 @@ impl GpuDataset {
         &self.shape
     }
 
-    /// The examples, `[N, dim]`.
+    /// The examples, `[N, dim]` (for reflow pairs `[N, 2 * dim]`, each example followed by its
+    /// noise).
     pub fn examples(&self) -> &Tensor {
         &self.x
     }
 
-    /// A batch of `batch` examples `[batch, dim]` and their labels `[batch]` (f32 class numbers,
-    /// as `Model::forward` takes them), drawn for `(seed, step)`; recorded, not yet run.
+    /// Whether the examples come with their own noise (reflow pairs).
+    pub fn is_paired(&self) -> bool {
+        self.paired
+    }
+
+    /// A batch of `batch` examples `[batch, dim]` (for reflow pairs `[batch, 2, dim]`, each
+    /// example and its noise) and their labels `[batch]` (f32 class numbers, as
+    /// `Model::forward` takes them), drawn for `(seed, step)`; recorded, not yet run.
     pub fn batch(&self, batch: usize, seed: u64, step: u32) -> Result<(Tensor, Tensor)> {
         if batch == 0 {
             return Err(Error::Config(
                 "a batch of 0 examples: use at least 1".into(),
             ));
         }
-        crate::ops::gather_batch(&self.x, &self.labels, batch, seed, step)
+        let (x, labels) = crate::ops::gather_batch(&self.x, &self.labels, batch, seed, step)?;
+        if self.paired {
+            let d = self.x.shape()[1] / 2;
+            return Ok((x.reshape(&[batch, 2, d])?, labels));
+        }
+        Ok((x, labels))
     }
 }

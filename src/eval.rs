@@ -326,15 +326,18 @@ pub fn default_count(data: &Dataset) -> usize {
     }
 }
 
-/// The data set a pipeline was trained on, loaded (within the device's buffer and the host
+/// The data set a pipeline was trained on (for a reflow or a distillation, the data at the root of
+/// its pairs: [`crate::reflow::original_config`]), loaded (within the device's buffer and the host
 /// budget) and checked against the model: the same example shape and classes. `source` names
 /// the model in messages (its checkpoint, say).
 pub fn load_data(pipeline: &Pipeline, source: &str) -> Result<Dataset> {
     let config = pipeline.config();
     let budget = Budget::of(pipeline.gpu());
-    let mut data = config
+    // A reflow or a distillation models what its pairs' source flow was trained on.
+    let root = crate::reflow::original_config(config)?;
+    let mut data = root
         .data
-        .load_within(config.seed, budget.tensor_bytes.min(budget.host_bytes))?;
+        .load_within(root.seed, budget.tensor_bytes.min(budget.host_bytes))?;
     let (shape, classes) = (config.model.shape.clone(), config.model.classes);
     if data.labels.is_some() && classes > data.classes {
         // Trained with --classes beyond the largest label.
@@ -345,7 +348,7 @@ pub fn load_data(pipeline: &Pipeline, source: &str) -> Result<Dataset> {
             "{source}: its configuration names the data {} ({} examples of shape {:?}, {} classes), but \
              its model was built for examples of shape {:?} with {} classes; the checkpoint's \
              configuration does not match its weights, so no metric would mean anything",
-            config.data,
+            root.data,
             data.len(),
             data.shape,
             data.classes,
@@ -376,7 +379,8 @@ pub fn evaluate(pipeline: &Pipeline, data: &Dataset, opts: &SampleOptions) -> Re
             2 * EVAL_HELD_OUT
         )));
     }
-    let toy = matches!(pipeline.config().data, DataSpec::Toy(_));
+    let spec = crate::reflow::original_config(pipeline.config())?.data;
+    let toy = matches!(spec, DataSpec::Toy(_));
     if !(toy || data.is_image() && classes > 0) {
         return Err(Error::Config(
             "eval measures 2-D toys and labelled images; this data set has neither".into(),
@@ -398,7 +402,7 @@ pub fn evaluate(pipeline: &Pipeline, data: &Dataset, opts: &SampleOptions) -> Re
         value,
         real_vs_real: Some(floor),
     };
-    if let DataSpec::Toy(toy) = pipeline.config().data {
+    if let DataSpec::Toy(toy) = spec {
         let fresh = toy.sample(n, opts.seed + 1000)?;
         let other = toy.sample(n, opts.seed + 2000)?;
         metrics.push(row(

@@ -1,6 +1,7 @@
-//! The `rectiflow` command line: `train`, `sample`, `eval`, `info`, and their exit codes: 0 done,
-//! 1 refused or failed (the message says why), 2 unusable flags (clap), 128 + N when `train` was
-//! stopped by signal N after saving (130 SIGINT, 143 SIGTERM).
+//! The `rectiflow` command line: `train`, `sample`, `reflow`, `distill`, `eval`, `info`, `bench`,
+//! and their exit codes: 0 done, 1 refused or failed (the message says why), 2 unusable flags
+//! (clap), 128 + N when a training run was stopped by signal N after saving (130 SIGINT, 143
+//! SIGTERM).
 
 mod bench_cmd;
 mod cli;
@@ -26,6 +27,12 @@ enum Command {
     Train(Box<cli::TrainArgs>),
     /// Draw samples from a checkpoint: a PNG grid or scatter plot, samples.npy and labels.npy.
     Sample(cli::SampleArgs),
+    /// Straighten a trained flow: draw (noise, sample) pairs from a checkpoint, then train a
+    /// new flow, initialised from it, on the pairs' straight lines (2-rectified flow).
+    Reflow(Box<cli::ReflowCmd>),
+    /// Distil a trained flow into a K-step generator (K = 1: one network evaluation) trained on
+    /// pairs drawn from it.
+    Distill(Box<cli::DistillCmd>),
     /// Measure a checkpoint's samples: sliced W2 and MMD (2-D data) or classifier accuracy and
     /// Frechet distance (labelled images), each beside its real-vs-real floor.
     Eval(cli::EvalArgs),
@@ -41,6 +48,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Train(args) => cli::train(*args),
         Command::Sample(args) => cli::sample(args).map(|()| cli::RunEnd::Finished),
+        Command::Reflow(args) => cli::reflow(*args),
+        Command::Distill(args) => cli::distill(*args),
         Command::Eval(args) => cli::eval(args).map(|()| cli::RunEnd::Finished),
         Command::Info => info().map(|()| cli::RunEnd::Finished),
         Command::Bench(args) => bench_cmd::bench(args).map(|()| cli::RunEnd::Finished),

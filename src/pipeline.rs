@@ -11,9 +11,7 @@ use crate::error::{Error, Result};
 use crate::limits::Budget;
 use crate::nn::{Model, ModelConfig};
 use crate::params::{Params, ParamsBuilder};
-use crate::sample::{
-    check_sample_count, cycle_labels, NetworkField, SampleOptions, Sampler, GUIDANCE,
-};
+use crate::sample::{check_sample_count, cycle_labels, NetworkField, SampleOptions, Sampler};
 use crate::tensor::Tensor;
 use crate::train::{model_for_loading, open_checkpoint, raw_weights, TrainConfig, Trainer};
 use crate::Gpu;
@@ -113,6 +111,11 @@ impl Pipeline {
         ck.save(path.as_ref())
     }
 
+    /// The weights on the host by parameter name (as a checkpoint holds them).
+    pub fn weights_by_name(&self) -> Result<HashMap<String, Vec<f32>>> {
+        Ok(split_flat(&self.params, &self.params.values().to_vec()?))
+    }
+
     /// The configuration the model was trained with.
     pub fn config(&self) -> &TrainConfig {
         &self.config
@@ -166,12 +169,15 @@ impl Pipeline {
         cycle_labels(self.classes(), n)
     }
 
-    /// The command line's sampling settings for these labels: 20 Euler steps, guidance
-    /// [`GUIDANCE`] for a class-conditional model (1 otherwise), no shift, seed 0, and the x0
-    /// clamp of eps-prediction ([`TrainConfig::default_clip_x0`]).
+    /// The command line's sampling settings for these labels: Euler steps and guidance as the
+    /// configuration suggests ([`TrainConfig::default_sample_steps`]: 20, or `k` for a model
+    /// distilled for `k` steps; [`TrainConfig::default_guidance`]: [`crate::sample::GUIDANCE`] for a
+    /// class-conditional model trained with label dropout, else 1), no shift, seed 0, and the
+    /// x0 clamp of eps-prediction ([`TrainConfig::default_clip_x0`]).
     pub fn options(&self, labels: Vec<u32>) -> SampleOptions {
         SampleOptions {
-            cfg: if self.classes() > 0 { GUIDANCE } else { 1.0 },
+            steps: self.config.default_sample_steps(),
+            cfg: self.config.default_guidance(),
             clip_x0: self.config.default_clip_x0(),
             ..SampleOptions::new(labels)
         }

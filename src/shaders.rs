@@ -205,6 +205,8 @@ codes! {
         LOGNORM = 1,
         MODE = 2,
         COSMAP = 3,
+        USHAPE = 4,
+        GRID = 5,
     }
 }
 

@@ -170,6 +170,7 @@ fn gpu_time_samplers_match_their_densities() {
         TimeSampler::LogNormal { m: 0.0, s: 1.0 },
         TimeSampler::Mode { s: 1.29 },
         TimeSampler::CosMap,
+        TimeSampler::UShape { a: 4.0 },
     ] {
         let k = kernels(FlowConfig {
             sampler,

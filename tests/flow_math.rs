@@ -353,6 +353,8 @@ fn time_samplers_match_their_densities() {
         TimeSampler::Mode { s: 1.29 },
         TimeSampler::Mode { s: -0.5 },
         TimeSampler::CosMap,
+        TimeSampler::UShape { a: 4.0 },
+        TimeSampler::UShape { a: 0.5 },
     ];
     for sampler in samplers {
         // Goodness of fit: 100k draws at a fixed seed, 40 bins, significance 0.001.
@@ -401,6 +403,12 @@ fn invalid_sampler_parameters_are_rejected_with_the_valid_range() {
         "lognorm:0,-1",
         "lognorm:x",
         "beta:2",
+        "ushape:0",
+        "ushape:-2",
+        "ushape:nan",
+        "grid:0",
+        "grid:1001",
+        "grid:1.5",
     ] {
         let err = TimeSampler::parse(bad).unwrap_err().to_string();
         assert!(err.contains(bad.split(':').next().unwrap()), "{bad}: {err}");
@@ -416,6 +424,14 @@ fn invalid_sampler_parameters_are_rejected_with_the_valid_range() {
     assert_eq!(
         TimeSampler::parse("lognorm:0,1").unwrap(),
         TimeSampler::LogNormal { m: 0.0, s: 1.0 }
+    );
+    assert_eq!(
+        TimeSampler::parse("ushape:4").unwrap(),
+        TimeSampler::UShape { a: 4.0 }
+    );
+    assert_eq!(
+        TimeSampler::parse("grid:4").unwrap(),
+        TimeSampler::Grid { k: 4 }
     );
     assert!(Schedule::parse("edm:-1.2,0").is_err() && Schedule::parse("linear").is_err());
     assert_eq!(

@@ -1,11 +1,14 @@
 //! The command line's commands: flags, their parsing into the library's typed settings (each
 //! checked before anything is written), progress bars and printing. The work itself is the
 //! library's: [`rectiflow::train::Run`] for `train`, [`rectiflow::Pipeline`] for `sample`,
-//! [`rectiflow::eval`] for `eval`.
+//! [`rectiflow::eval`] for `eval`, [`rectiflow::reflow`] and `train::Run` for `reflow` and
+//! `distill`.
 
+mod reflow;
 mod sample;
 mod train;
 
+pub use reflow::{distill, reflow, DistillCmd, ReflowCmd};
 pub use sample::{eval, sample, EvalArgs, SampleArgs};
 pub use train::{train, TrainArgs};
 

@@ -16,15 +16,16 @@ pub struct SamplingArgs {
     /// A checkpoint written by `rectiflow train` (RUN/checkpoint.safetensors).
     #[arg(long)]
     checkpoint: PathBuf,
-    /// Sampling steps.
-    #[arg(long, default_value_t = 20)]
-    steps: usize,
+    /// Sampling steps (default: 20; K for a model distilled for K steps).
+    #[arg(long)]
+    steps: Option<usize>,
     /// euler | heun
     #[arg(long, default_value = "euler")]
     solver: String,
-    /// Classifier-free guidance weight (1: none).
-    #[arg(long, default_value_t = 2.0, allow_negative_numbers = true)]
-    cfg: f32,
+    /// Classifier-free guidance weight (1: none; default: 2 for a class-conditional model
+    /// trained with label dropout, else 1).
+    #[arg(long, allow_negative_numbers = true)]
+    cfg: Option<f32>,
     /// Time-grid shift alpha (1: none).
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     shift: f64,
@@ -42,9 +43,9 @@ pub struct SamplingArgs {
 impl SamplingArgs {
     fn options(&self, labels: Vec<u32>, config: &TrainConfig) -> Result<SampleOptions> {
         let opts = SampleOptions {
-            steps: self.steps,
+            steps: self.steps.unwrap_or_else(|| config.default_sample_steps()),
             solver: Solver::parse(&self.solver)?,
-            cfg: self.cfg,
+            cfg: self.cfg.unwrap_or_else(|| config.default_guidance()),
             shift: self.shift,
             labels,
             seed: self.seed,
@@ -61,9 +62,9 @@ impl SamplingArgs {
     /// Check the flags before anything is loaded (the checkpoint's own settings come later).
     fn check(&self) -> Result<()> {
         SampleOptions {
-            steps: self.steps,
+            steps: self.steps.unwrap_or(rectiflow::sample::DEFAULT_STEPS),
             solver: Solver::parse(&self.solver)?,
-            cfg: self.cfg,
+            cfg: self.cfg.unwrap_or(1.0),
             shift: self.shift,
             labels: vec![0],
             seed: self.seed,
@@ -196,7 +197,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     }
     let json = serde_json::json!({
         "checkpoint": ckpt.display().to_string(),
-        "steps": a.sampling.steps, "solver": a.sampling.solver, "cfg": a.sampling.cfg, "n": n, "ema": a.sampling.ema,
+        "steps": opts.steps, "solver": opts.solver.name(), "cfg": opts.cfg, "n": n, "ema": a.sampling.ema,
         "metrics": report.metrics,
     });
     let path = a

@@ -225,9 +225,13 @@ pub fn train(a: TrainArgs) -> Result<RunEnd> {
         None => Run::create(&gpu, &out, config, Some(&data), a.overwrite, opts)?,
     };
     drop(data);
+    drive(&mut run, a.quiet)
+}
 
+/// Train `run` to its end with a progress bar (hidden when `quiet`), and say how it ended.
+pub(super) fn drive(run: &mut Run, quiet: bool) -> Result<RunEnd> {
     let steps = run.trainer().config.steps;
-    let bar = if a.quiet {
+    let bar = if quiet {
         ProgressBar::hidden()
     } else {
         ProgressBar::new(steps)

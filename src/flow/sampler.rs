@@ -21,7 +21,22 @@ pub enum TimeSampler {
     },
     /// `t = 1 - 1 / (tan(pi u / 2) + 1)`.
     CosMap,
+    /// U-shaped (Lee et al. 2024, for training a reflow): density proportional to
+    /// `cosh(a (t - 1/2))`, drawn as `t = 1/2 + asinh((2u - 1) sinh(a / 2)) / a`, `a > 0`.
+    UShape {
+        a: f64,
+    },
+    /// Discrete: the `k` starting times `1, 1 - 1/k, ..., 1/k` of a `k`-step uniform grid,
+    /// equally likely, `t = 1 - floor(u k) / k` (clamped to `t_max` like every draw). Trains a
+    /// `k`-step generator (distillation); `grid:1` is the one-step generator at `t = 1`. It has
+    /// no density: [`TimeSampler::density`] is 0 and [`TimeSampler::cdf`] a staircase.
+    Grid {
+        k: u32,
+    },
 }
+
+/// Most steps of a `grid:K` sampler.
+pub const MAX_GRID_STEPS: u32 = 1000;
 
 /// The largest valid `s` of the mode sampler.
 pub fn mode_s_max() -> f64 {
@@ -29,11 +44,12 @@ pub fn mode_s_max() -> f64 {
 }
 
 impl TimeSampler {
-    /// Parse `uniform`, `lognorm:M,S`, `mode:S` or `cosmap`.
+    /// Parse `uniform`, `lognorm:M,S`, `mode:S`, `cosmap`, `ushape:A` or `grid:K`.
     pub fn parse(text: &str) -> Result<TimeSampler> {
         let bad = || {
             Error::Config(format!(
-                "unknown time sampler {text:?}: use uniform, lognorm:M,S, mode:S or cosmap"
+                "unknown time sampler {text:?}: use uniform, lognorm:M,S, mode:S, cosmap, \
+                 ushape:A or grid:K"
             ))
         };
         let sampler = match text {
@@ -49,6 +65,14 @@ impl TimeSampler {
                 } else if let Some(s) = text.strip_prefix("mode:") {
                     TimeSampler::Mode {
                         s: s.trim().parse().map_err(|_| bad())?,
+                    }
+                } else if let Some(a) = text.strip_prefix("ushape:") {
+                    TimeSampler::UShape {
+                        a: a.trim().parse().map_err(|_| bad())?,
+                    }
+                } else if let Some(k) = text.strip_prefix("grid:") {
+                    TimeSampler::Grid {
+                        k: k.trim().parse().map_err(|_| bad())?,
                     }
                 } else {
                     return Err(bad());
@@ -69,6 +93,12 @@ impl TimeSampler {
                 "mode:{s}: S must lie in [-1, 2/(pi - 2) = {:.4}], where t(u) stays monotone and inside [0, 1]",
                 mode_s_max()
             ))),
+            TimeSampler::UShape { a } if !(a.is_finite() && a > 0.0 && a <= 50.0) => Err(Error::Config(format!(
+                "ushape:{a}: A must be a finite number in (0, 50] (Lee et al. use 4)"
+            ))),
+            TimeSampler::Grid { k } if !(1..=MAX_GRID_STEPS).contains(&k) => Err(Error::Config(format!(
+                "grid:{k}: K is the number of sampling steps to train for, 1..={MAX_GRID_STEPS}"
+            ))),
             _ => Ok(()),
         }
     }
@@ -80,6 +110,8 @@ impl TimeSampler {
             TimeSampler::LogNormal { m, s } => 1.0 / (1.0 + (-(m + s * n)).exp()),
             TimeSampler::Mode { s } => 1.0 - u - s * ((PI * u / 2.0).cos().powi(2) - 1.0 + u),
             TimeSampler::CosMap => 1.0 - 1.0 / ((PI * u / 2.0).tan() + 1.0),
+            TimeSampler::UShape { a } => 0.5 + ((2.0 * u - 1.0) * (a / 2.0).sinh()).asinh() / a,
+            TimeSampler::Grid { k } => 1.0 - (u * k as f64).floor().min(k as f64 - 1.0) / k as f64,
         }
     }
 
@@ -97,6 +129,8 @@ impl TimeSampler {
                 1.0 / (1.0 + s - s * PI / 2.0 * (PI * u).sin()).abs()
             }
             TimeSampler::CosMap => 2.0 / (PI - 2.0 * PI * t + 2.0 * PI * t * t),
+            TimeSampler::UShape { a } => a * (a * (t - 0.5)).cosh() / (2.0 * (a / 2.0).sinh()),
+            TimeSampler::Grid { .. } => 0.0,
         }
     }
 
@@ -109,6 +143,11 @@ impl TimeSampler {
             TimeSampler::Mode { s } => 1.0 - self.mode_inverse(t, s),
             // u(t) = (2 / pi) atan(t / (1 - t)), and t(u) increases.
             TimeSampler::CosMap => 2.0 / PI * (t / (1.0 - t)).atan(),
+            TimeSampler::UShape { a } => {
+                ((a * (t - 0.5)).sinh() + (a / 2.0).sinh()) / (2.0 * (a / 2.0).sinh())
+            }
+            // The grid points at or below t: i / k for i = 1..=floor(t k).
+            TimeSampler::Grid { k } => ((t * k as f64 + 1e-9).floor() / k as f64).clamp(0.0, 1.0),
         }
     }
 
@@ -127,12 +166,15 @@ impl TimeSampler {
         0.5 * (lo + hi)
     }
 
+    /// The text form [`TimeSampler::parse`] reads.
     pub fn name(&self) -> String {
         match self {
             TimeSampler::Uniform => "uniform".into(),
             TimeSampler::LogNormal { m, s } => format!("lognorm:{m},{s}"),
             TimeSampler::Mode { s } => format!("mode:{s}"),
             TimeSampler::CosMap => "cosmap".into(),
+            TimeSampler::UShape { a } => format!("ushape:{a}"),
+            TimeSampler::Grid { k } => format!("grid:{k}"),
         }
     }
 }

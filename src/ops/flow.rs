@@ -139,6 +139,8 @@ fn sampler_code(s: &TimeSampler) -> u32 {
         TimeSampler::LogNormal { .. } => shaders::time_sampler::LOGNORM,
         TimeSampler::Mode { .. } => shaders::time_sampler::MODE,
         TimeSampler::CosMap => shaders::time_sampler::COSMAP,
+        TimeSampler::UShape { .. } => shaders::time_sampler::USHAPE,
+        TimeSampler::Grid { .. } => shaders::time_sampler::GRID,
     }
 }
 
@@ -197,6 +199,8 @@ impl Settings {
         let (samp_m, samp_s) = match self.sampler {
             TimeSampler::LogNormal { m, s } => (m as f32, s as f32),
             TimeSampler::Mode { s } => (s as f32, 0.0),
+            TimeSampler::UShape { a } => (a as f32, 0.0),
+            TimeSampler::Grid { k } => (k as f32, 0.0),
             _ => (0.0, 0.0),
         };
         let (w_pm, w_ps) = match self.weighting {
@@ -236,14 +240,48 @@ impl FlowKernels {
         seed: u64,
         step: u32,
     ) -> Result<Noised> {
-        process.validate()?;
         ensure_f32("forward_process", x0)?;
         ensure_shape!(
             x0.shape().len() == 2,
             "forward_process takes x0 [B, D], got {:?}",
             x0.shape()
         );
-        let (b, d) = (x0.shape()[0], x0.shape()[1]);
+        self.noise(x0, x0.shape()[1], labels, process, seed, step, false)
+    }
+
+    /// [`FlowKernels::forward_process`] on coupled pairs (reflow): each row of `pairs`
+    /// `[B, 2, D]` holds an example and the noise it is paired with, `[x0_hat | eps]`; t is
+    /// drawn as usual, eps is the pair's own.
+    pub fn forward_process_pairs(
+        &self,
+        pairs: &Tensor,
+        labels: Option<&Tensor>,
+        process: &Process,
+        seed: u64,
+        step: u32,
+    ) -> Result<Noised> {
+        ensure_f32("forward_process_pairs", pairs)?;
+        ensure_shape!(
+            pairs.shape().len() == 3 && pairs.shape()[1] == 2,
+            "forward_process_pairs takes pairs [B, 2, D], got {:?}",
+            pairs.shape()
+        );
+        self.noise(pairs, pairs.shape()[2], labels, process, seed, step, true)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn noise(
+        &self,
+        x0: &Tensor,
+        d: usize,
+        labels: Option<&Tensor>,
+        process: &Process,
+        seed: u64,
+        step: u32,
+        paired: bool,
+    ) -> Result<Noised> {
+        process.validate()?;
+        let b = x0.shape()[0];
         if let Some(l) = labels {
             ensure_shape!(
                 l.shape() == [b],
@@ -278,9 +316,11 @@ impl FlowKernels {
             p_drop: process.label_dropout,
             ..settings.params(b, d)
         };
+        let mut overrides = settings.overrides().to_vec();
+        overrides.push(("PAIRED", paired as u32 as f64));
         gpu.dispatch(
             &FORWARD_PROCESS,
-            &settings.overrides(),
+            &overrides,
             &[
                 x0.binding(),
                 labels.binding(),

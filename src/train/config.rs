@@ -16,6 +16,7 @@ use crate::flow::{Prediction, Schedule, TimeSampler, Weighting};
 use crate::limits::Budget;
 use crate::nn::ModelConfig;
 use crate::optim::AdamWConfig;
+use crate::sample::{DEFAULT_STEPS, GUIDANCE};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 
@@ -228,6 +229,26 @@ impl TrainConfig {
             4.0
         };
         (self.prediction == Prediction::Eps).then_some(range)
+    }
+
+    /// The guidance weight samplers use by default: [`GUIDANCE`] for a class-conditional model
+    /// trained with label dropout (it has learned the unconditional velocity too), 1 otherwise
+    /// (a reflow of guided pairs trains without dropout: the guidance is in its pairs).
+    pub fn default_guidance(&self) -> f32 {
+        if self.model.classes > 0 && self.label_dropout > 0.0 {
+            GUIDANCE
+        } else {
+            1.0
+        }
+    }
+
+    /// Sampling steps by default: `k` for a model distilled for `k` steps (time sampler
+    /// `grid:K`), else [`DEFAULT_STEPS`].
+    pub fn default_sample_steps(&self) -> usize {
+        match self.t_sampler {
+            TimeSampler::Grid { k } => k as usize,
+            _ => DEFAULT_STEPS,
+        }
     }
 
     /// Check every setting against its range (a flag's name and its range in each message).

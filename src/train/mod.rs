@@ -185,6 +185,16 @@ pub(crate) fn raw_weights(ck: &Checkpoint) -> HashMap<String, Vec<f32>> {
         .collect()
 }
 
+/// Weights a new run starts from ([`Trainer::from_weights`]): by parameter name, as a checkpoint
+/// holds them, and the checkpoint they came from (named in errors).
+#[derive(Clone, Copy, Debug)]
+pub struct StartingWeights<'a> {
+    /// The values by parameter name.
+    pub weights: &'a HashMap<String, Vec<f32>>,
+    /// Where they came from.
+    pub source: &'a Path,
+}
+
 /// A model in training, with its data on the GPU (if it has a data set of its own).
 pub struct Trainer {
     /// The run's configuration.
@@ -249,6 +259,26 @@ impl Trainer {
         })
     }
 
+    /// A new run of `config` on `data` whose weights start from `start` (a checkpoint's
+    /// weights by name), with fresh optimiser state and the EMA starting at them: a reflow or a
+    /// distillation starts from the flow that made its pairs. The names and shapes must be those
+    /// of the model `config` describes.
+    pub fn from_weights(
+        gpu: &Gpu,
+        config: TrainConfig,
+        data: &Dataset,
+        start: StartingWeights,
+    ) -> Result<Trainer> {
+        config.check_fits(&Budget::of(gpu))?;
+        check_data(&config, data)?;
+        let flow = Objective::new(gpu, config.flow())?;
+        let (model, params) =
+            model_for_loading(gpu, &config, start.weights, "values", start.source, true)?;
+        let mut tr = Trainer::assemble(config, model, params, flow)?;
+        tr.attach(gpu, data)?;
+        Ok(tr)
+    }
+
     /// Continue the run of the checkpoint at `path` (weights, EMA, moments and step restored,
     /// nothing initialised at random), on `data` if given (it must match the configuration)
     /// or on the batches the program brings.
@@ -305,6 +335,11 @@ impl Trainer {
         };
         let (x0, labels) = data.batch(self.config.batch, self.config.seed, self.step as u32)?;
         self.step_with(&x0, Some(&labels))
+    }
+
+    /// Whether the trainer's data set holds reflow pairs (each example with its own noise).
+    pub fn trains_on_pairs(&self) -> bool {
+        self.data.as_ref().is_some_and(GpuDataset::is_paired)
     }
 
     /// Record one training step on a batch the program brings and submit it (without waiting):
@@ -365,11 +400,16 @@ impl Trainer {
         self.step_with(&x0, labels.as_ref())
     }
 
-    /// One step on `x0` `[B, dim]` with labels `[B]` (f32 class numbers; `None`: the null class).
+    /// One step on `x0` `[B, dim]` (or reflow pairs `[B, 2, dim]`) with labels `[B]` (f32 class
+    /// numbers; `None`: the null class).
     fn step_with(&mut self, x0: &Tensor, labels: Option<&Tensor>) -> Result<()> {
         let (seed, step) = (self.config.seed, self.step as u32);
         self.params.zero_grads()?;
-        let noised = self.flow.forward_process(x0, labels, seed, step)?;
+        let noised = if x0.shape().len() == 3 {
+            self.flow.forward_process_pairs(x0, labels, seed, step)?
+        } else {
+            self.flow.forward_process(x0, labels, seed, step)?
+        };
         let mut tape = Tape::new();
         let z = tape.constant(noised.z);
         let t = tape.constant(noised.t.clone());

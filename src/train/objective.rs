@@ -103,6 +103,19 @@ impl Objective {
             .forward_process(x0, labels, &self.config.process(), seed, step)
     }
 
+    /// [`Objective::forward_process`] on reflow pairs `[B, 2, D]` (each row an example and its
+    /// own noise: t is drawn, eps is the pair's).
+    pub fn forward_process_pairs(
+        &self,
+        pairs: &Tensor,
+        labels: Option<&Tensor>,
+        seed: u64,
+        step: u32,
+    ) -> Result<Noised> {
+        self.kernels
+            .forward_process_pairs(pairs, labels, &self.config.process(), seed, step)
+    }
+
     /// The weighted loss of a network output against the target at times `t`, its gradient with
     /// respect to the output, and the per-sample losses, in one pass (plus the batch mean).
     pub fn loss(&self, output: &Tensor, target: &Tensor, t: &Tensor) -> Result<WeightedLoss> {

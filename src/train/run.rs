@@ -18,14 +18,14 @@
 //! - progress: [`Event`]s to a callback.
 #![warn(missing_docs)]
 
-use super::{open_checkpoint, TrainConfig, Trainer};
+use super::{open_checkpoint, StartingWeights, TrainConfig, Trainer};
 use crate::checkpoint::Checkpoint;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::limits::Budget;
 use crate::output::{write_atomically, write_samples};
 use crate::rundir::RunLock;
-use crate::sample::{check_sample_count, cycle_labels, sample, SampleOptions, GUIDANCE};
+use crate::sample::{check_sample_count, cycle_labels, sample, SampleOptions};
 use crate::Gpu;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -280,15 +280,42 @@ impl Run {
         overwrite: bool,
         opts: RunOptions,
     ) -> Result<Run> {
+        Run::create_with(gpu, dir, config, overwrite, opts, |config| match data {
+            Some(data) => Trainer::new(gpu, config, data),
+            None => Trainer::without_data(gpu, config),
+        })
+    }
+
+    /// [`Run::create`] on `data` for a model whose weights start from `start` with fresh
+    /// optimiser state: the run of a reflow or a distillation ([`crate::reflow`]).
+    pub fn create_from_weights(
+        gpu: &Gpu,
+        dir: &Path,
+        config: TrainConfig,
+        data: &Dataset,
+        start: StartingWeights,
+        overwrite: bool,
+        opts: RunOptions,
+    ) -> Result<Run> {
+        Run::create_with(gpu, dir, config, overwrite, opts, |config| {
+            Trainer::from_weights(gpu, config, data, start)
+        })
+    }
+
+    fn create_with(
+        gpu: &Gpu,
+        dir: &Path,
+        config: TrainConfig,
+        overwrite: bool,
+        opts: RunOptions,
+        make: impl FnOnce(TrainConfig) -> Result<Trainer>,
+    ) -> Result<Run> {
         check_new(dir, overwrite)?;
         let budget = Budget::of(gpu);
         config.check_fits(&budget)?;
         let grid_n = opts.grid_samples(&config);
         check_sample_count(&config.model, grid_n, &budget)?;
-        let trainer = match data {
-            Some(data) => Trainer::new(gpu, config, data)?,
-            None => Trainer::without_data(gpu, config)?,
-        };
+        let trainer = make(config)?;
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::Io(format!("cannot create {}: {e}", dir.display())))?;
         let lock = RunLock::acquire(dir)?;
@@ -652,8 +679,9 @@ fn due(s: u64, every: u64) -> bool {
 }
 
 /// Draw a run's sample grid into `png` (with samples.npy and labels.npy beside it): `n`
-/// samples of the EMA weights, 20 Euler steps, guidance [`GUIDANCE`] for a class-conditional
-/// model, labels `i % classes`. Samples that are not finite are refused (as the sentence in the
+/// samples of the EMA weights, Euler steps and guidance as the configuration suggests
+/// ([`TrainConfig::default_sample_steps`], [`TrainConfig::default_guidance`]), labels
+/// `i % classes`. Samples that are not finite are refused (as the sentence in the
 /// inner `Err`) and nothing is written.
 fn sample_grid(
     tr: &Trainer,
@@ -666,7 +694,8 @@ fn sample_grid(
     let classes = tr.config.model.classes;
     let labels = cycle_labels(classes, n);
     let opts = SampleOptions {
-        cfg: if classes > 0 { GUIDANCE } else { 1.0 },
+        steps: tr.config.default_sample_steps(),
+        cfg: tr.config.default_guidance(),
         seed,
         clip_x0: tr.config.default_clip_x0(),
         ..SampleOptions::new(labels.clone())

@@ -1,0 +1,278 @@
+//! `rectiflow reflow` and `rectiflow distill`: pairs drawn from a checkpoint into the new run's
+//! directory ([`rectiflow::reflow::generate_pairs`], resumable), then a [`Run`] on them whose
+//! weights start from the checkpoint's ([`Run::create_from_weights`]), driven like `train`.
+
+use super::train::drive;
+use super::RunEnd;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use rectiflow::data::DataSpec;
+use rectiflow::flow::TimeSampler;
+use rectiflow::reflow::{generate_pairs, PairSettings, PAIRS_FILE};
+use rectiflow::rundir::RunLock;
+use rectiflow::sample::{SampleOptions, Solver};
+use rectiflow::train::run::check_new;
+use rectiflow::train::{Run, RunOptions, StartingWeights, TrainConfig};
+use rectiflow::{Error, Gpu, Pipeline, Result, Weights};
+use std::path::{Path, PathBuf};
+
+/// The flags `reflow` and `distill` share.
+#[derive(Args, Debug)]
+pub struct ReflowArgs {
+    /// The flow to straighten or distil: a checkpoint of `rectiflow train` (or of a reflow).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Run directory (default: the checkpoint's run directory with -reflow or -distill added).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Pairs to draw (default: 20000 for points, 5000 for images).
+    #[arg(long)]
+    pairs: Option<usize>,
+    /// Pairs drawn at once, and kept in the file after each such chunk (default: 5000 for
+    /// points, 500 for images); a killed generation continues at its last complete chunk.
+    #[arg(long)]
+    pair_chunk: Option<usize>,
+    /// The solver that integrates the flow to make the pairs: euler | heun.
+    #[arg(long, default_value = "heun")]
+    pair_solver: String,
+    /// Steps of that solver.
+    #[arg(long, default_value_t = 50)]
+    pair_steps: usize,
+    /// Guidance weight of the pairs (default: the checkpoint's own, 2 for a class-conditional
+    /// model trained with label dropout, else 1). The new flow learns the guided flow.
+    #[arg(long, allow_negative_numbers = true)]
+    pair_cfg: Option<f32>,
+    /// Draw the pairs from the raw weights rather than their EMA, and start from them.
+    #[arg(long)]
+    raw: bool,
+    /// Training steps (default: half the checkpoint's).
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Batch size (default: the checkpoint's).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Peak learning rate (default: the checkpoint's).
+    #[arg(long, allow_negative_numbers = true)]
+    lr: Option<f32>,
+    /// Learning-rate warm-up steps (default: the checkpoint's).
+    #[arg(long)]
+    warmup: Option<u64>,
+    /// EMA decay in [0, 1) (default: the checkpoint's).
+    #[arg(long, allow_negative_numbers = true)]
+    ema_decay: Option<f32>,
+    /// Label dropout [default: 0: the pairs carry the guidance, and the new flow samples
+    /// without it]
+    #[arg(long, allow_negative_numbers = true)]
+    label_dropout: Option<f32>,
+    /// Seed of the pairs' noise and of the training run (default: the checkpoint's).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Continue the training run in --out from its last checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Replace the run in --out (and pairs there made with other settings).
+    #[arg(long)]
+    overwrite: bool,
+    /// Read the loss every N steps (0: at checkpoints and the end only).
+    #[arg(long, default_value_t = 50)]
+    log_every: u64,
+    /// Write a checkpoint every N steps (0: at the end and when interrupted only).
+    #[arg(long, default_value_t = 500)]
+    checkpoint_every: u64,
+    /// Write a sample grid every N steps (0: only the final one).
+    #[arg(long, default_value_t = 1000)]
+    sample_every: u64,
+    /// Hide the progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ReflowCmd {
+    #[command(flatten)]
+    common: ReflowArgs,
+    /// Time sampler of the new flow's training: uniform | lognorm:M,S | mode:S | cosmap |
+    /// ushape:A [default: uniform]
+    #[arg(long)]
+    t_sampler: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct DistillCmd {
+    #[command(flatten)]
+    common: ReflowArgs,
+    /// Train a generator for K Euler steps (1: one network evaluation per sample).
+    #[arg(long, default_value_t = 1)]
+    k: u32,
+}
+
+pub fn reflow(a: ReflowCmd) -> Result<RunEnd> {
+    let sampler = match &a.t_sampler {
+        Some(text) => TimeSampler::parse(text)?,
+        None => TimeSampler::Uniform,
+    };
+    run(a.common, sampler, "reflow")
+}
+
+pub fn distill(a: DistillCmd) -> Result<RunEnd> {
+    let sampler = TimeSampler::Grid { k: a.k };
+    sampler.validate()?;
+    run(a.common, sampler, "distill")
+}
+
+fn run(a: ReflowArgs, t_sampler: TimeSampler, what: &str) -> Result<RunEnd> {
+    if a.resume && a.overwrite {
+        return Err(Error::Config(
+            "--resume continues the run in --out and --overwrite replaces it: choose one".into(),
+        ));
+    }
+    if a.steps == Some(0) {
+        return Err(Error::Config("--steps 0: train at least 1 step".into()));
+    }
+    if a.pairs == Some(0) {
+        return Err(Error::Config("--pairs 0: draw at least 1 pair".into()));
+    }
+    let pair_solver = Solver::parse(&a.pair_solver)?;
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| default_out(&a.checkpoint, what));
+    if !a.resume {
+        check_new(&out, a.overwrite)?;
+    }
+    let opts = RunOptions {
+        log_every: a.log_every,
+        checkpoint_every: a.checkpoint_every,
+        sample_every: a.sample_every,
+        grid_samples: None,
+        catch_signals: true,
+    };
+    let gpu = Gpu::new()?;
+    if a.resume {
+        let resumable = Run::open(&gpu, &out)?;
+        let mut config = resumable.config().clone();
+        if let Some(steps) = a.steps {
+            config.steps = steps;
+        }
+        let data = config.data.load(config.seed)?;
+        let mut run = resumable.resume(&gpu, config, Some(&data), false, opts)?;
+        drop(data);
+        return drive(&mut run, a.quiet);
+    }
+
+    // The source: checked, and its configuration read, before anything is written.
+    let weights = if a.raw { Weights::Raw } else { Weights::Ema };
+    let source = Pipeline::load(&gpu, &a.checkpoint, weights)?;
+    let base = source.config().clone();
+    let image = base.model.shape.len() == 3;
+    let seed = a.seed.unwrap_or(base.seed);
+    let settings = PairSettings {
+        source: a.checkpoint.display().to_string(),
+        source_step: source.step(),
+        source_config: base.to_json(),
+        weights,
+        pairs: a.pairs.unwrap_or(if image { 5000 } else { 20000 }),
+        chunk: a.pair_chunk.unwrap_or(if image { 500 } else { 5000 }),
+        sample: SampleOptions {
+            steps: a.pair_steps,
+            solver: pair_solver,
+            cfg: a.pair_cfg.unwrap_or_else(|| base.default_guidance()),
+            seed,
+            clip_x0: base.default_clip_x0(),
+            ..SampleOptions::new(Vec::new())
+        },
+    };
+    settings.validate()?;
+    SampleOptions {
+        labels: vec![0],
+        ..settings.sample.clone()
+    }
+    .validate()?;
+    let pairs_path = out.join(PAIRS_FILE);
+    let config = TrainConfig {
+        data: DataSpec::Pairs(pairs_path.clone()),
+        t_sampler,
+        steps: a.steps.unwrap_or((base.steps / 2).max(1)),
+        batch: a.batch.unwrap_or(base.batch),
+        lr: a.lr.unwrap_or(base.lr),
+        warmup: a.warmup.unwrap_or(base.warmup),
+        ema_decay: a.ema_decay.unwrap_or(base.ema_decay),
+        label_dropout: a.label_dropout.unwrap_or(0.0),
+        seed,
+        ..base.clone()
+    };
+    config.validate()?;
+
+    std::fs::create_dir_all(&out)
+        .map_err(|e| Error::Io(format!("cannot create {}: {e}", out.display())))?;
+    let lock = RunLock::acquire(&out)?;
+    // Decided again under the lock: another run may have started here since the first look.
+    check_new(&out, a.overwrite)?;
+    if a.overwrite && pairs_path.exists() {
+        let keep = rectiflow::pairs::Pairs::load(&pairs_path)
+            .is_ok_and(|p| settings.continues(&p.settings));
+        if !keep {
+            std::fs::remove_file(&pairs_path)
+                .map_err(|e| Error::Io(format!("cannot remove {}: {e}", pairs_path.display())))?;
+        }
+    }
+    let bar = if a.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(settings.pairs as u64)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("pairs {bar:30} {pos}/{len} {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let start = std::time::Instant::now();
+    let pairs = generate_pairs(&source, &settings, &pairs_path, |done, _| {
+        bar.set_position(done as u64)
+    });
+    let pairs = match pairs {
+        Ok(p) => p,
+        Err(e) => {
+            bar.abandon();
+            return Err(e);
+        }
+    };
+    bar.finish_and_clear();
+    eprintln!(
+        "{} pairs in {} ({:.1} s this time; {} {} steps, guidance {})",
+        pairs.len(),
+        pairs_path.display(),
+        start.elapsed().as_secs_f64(),
+        settings.sample.solver.name(),
+        settings.sample.steps,
+        settings.sample.cfg
+    );
+    let data = pairs.to_dataset(&config.data.to_string());
+    drop(pairs);
+    let start_weights = source.weights_by_name()?;
+    drop(source);
+    drop(lock);
+    let mut run = Run::create_from_weights(
+        &gpu,
+        &out,
+        config,
+        &data,
+        StartingWeights {
+            weights: &start_weights,
+            source: &a.checkpoint,
+        },
+        a.overwrite,
+        opts,
+    )?;
+    drop(data);
+    drive(&mut run, a.quiet)
+}
+
+/// `runs/NAME-reflow` beside the checkpoint's run directory `runs/NAME`.
+fn default_out(checkpoint: &Path, what: &str) -> PathBuf {
+    let dir = checkpoint.parent().unwrap_or(Path::new("."));
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "run".into());
+    dir.with_file_name(format!("{name}-{what}"))
+}

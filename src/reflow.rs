@@ -1,0 +1,205 @@
+//! Reflow and distillation (docs/flow-math.md, "Reflow and distillation"): the coupled pairs
+//! `(eps, x0_hat, label)` a trained flow makes — noise, and where integrating the flow from it
+//! lands — kept in a run directory as `pairs.safetensors`, and the new run that trains on them,
+//! initialised from the flow that made them. A reflow trains on the pairs' straight lines
+//! (`z_t = (1 - t) x0_hat + t eps`, target `eps - x0_hat`); a distillation does the same at
+//! the starting times of a `k`-step grid only (time sampler `grid:K`), so that `k` Euler steps
+//! land on `x0_hat`.
+//!
+//! Pairs are drawn in chunks of a fixed size, chunk `c`'s noise from the sampler's stream at
+//! step `c` of the seed, and the file is rewritten atomically after each chunk: a generation
+//! killed at any moment continues where it stopped and makes the same pairs as one that was
+//! not. What made the pairs (source checkpoint, its step and configuration, the sampler's
+//! settings) is in the file's metadata; pairs made otherwise are never mixed.
+#![warn(missing_docs)]
+
+use crate::data::DataSpec;
+use crate::error::{Error, Result};
+use crate::ops;
+use crate::pairs::Pairs;
+use crate::pipeline::{Pipeline, Weights};
+use crate::sample::{SampleOptions, NOISE_STREAM};
+use crate::train::TrainConfig;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// The pairs' file in a reflow or distillation run directory.
+pub const PAIRS_FILE: &str = "pairs.safetensors";
+
+/// Most pairs one file holds.
+pub const MAX_PAIRS: usize = 10_000_000;
+
+/// What made a set of pairs. Two generations with equal settings make the same pairs, so a
+/// generation continues a file only when these match.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PairSettings {
+    /// The checkpoint the pairs were drawn from (as given).
+    pub source: String,
+    /// Its training step.
+    pub source_step: u64,
+    /// Its configuration (JSON).
+    pub source_config: String,
+    /// Which of its weights.
+    pub weights: Weights,
+    /// Pairs in all.
+    pub pairs: usize,
+    /// Pairs per chunk (one sampler run, one rewrite of the file).
+    pub chunk: usize,
+    /// How the flow was integrated (its `labels` are unused: pair `i` gets label `i % K`).
+    pub sample: SampleOptions,
+}
+
+impl PairSettings {
+    /// Check the counts (the sampler's options are checked when it starts).
+    pub fn validate(&self) -> Result<()> {
+        if !(1..=MAX_PAIRS).contains(&self.pairs) {
+            return Err(Error::Config(format!(
+                "--pairs {}: draw 1..={MAX_PAIRS} pairs",
+                self.pairs
+            )));
+        }
+        if self.chunk == 0 {
+            return Err(Error::Config("a chunk of 0 pairs: use at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// The JSON text a pairs file keeps.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("the settings serialise")
+    }
+
+    /// Whether the pairs made with the settings `made` (a pairs file's JSON) are the first
+    /// pairs these settings make: everything but the number of pairs equal.
+    pub fn continues(&self, made: &str) -> bool {
+        serde_json::from_str::<PairSettings>(made).is_ok_and(|m| {
+            PairSettings {
+                pairs: self.pairs,
+                ..m
+            } == *self
+        })
+    }
+}
+
+/// Draw the pairs `settings` asks for from `source` into `path`, continuing the pairs already
+/// there (made with the same settings; other pairs are refused, naming what differs), one chunk
+/// at a time, the file rewritten after each. `progress(done, total)` is called after every
+/// chunk. Returns every pair.
+pub fn generate_pairs(
+    source: &Pipeline,
+    settings: &PairSettings,
+    path: &Path,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Pairs> {
+    settings.validate()?;
+    let shape = source.example_shape().to_vec();
+    let classes = source.classes();
+    let mut pairs = if path.exists() {
+        let old = Pairs::load(path)?;
+        let made_with: Option<PairSettings> = serde_json::from_str(&old.settings).ok();
+        let matches = settings.continues(&old.settings);
+        if !matches || old.shape != shape || old.classes != classes {
+            let what = match &made_with {
+                Some(m) => format!(
+                    "source {} at step {}, {} pairs in chunks of {}",
+                    m.source, m.source_step, m.pairs, m.chunk
+                ),
+                None => "settings this version does not read".into(),
+            };
+            return Err(Error::Config(format!(
+                "{} holds pairs made with other settings ({what}); use another --out, or \
+                 --overwrite to draw them again",
+                path.display()
+            )));
+        }
+        Pairs {
+            settings: settings.to_json(),
+            ..old
+        }
+    } else {
+        Pairs::empty(settings.to_json(), &shape, classes)
+    };
+    let dim: usize = shape.iter().product();
+    let (total, chunk) = (settings.pairs, settings.chunk);
+    // Continue at the first chunk not complete; a partial last chunk is drawn again whole.
+    let mut start = pairs.len().min(total) / chunk * chunk;
+    pairs.noise.truncate(start * dim);
+    pairs.samples.truncate(start * dim);
+    pairs.labels.truncate(start);
+    progress(start, total);
+    while start < total {
+        let n = chunk.min(total - start);
+        let labels: Vec<u32> = (start..start + n)
+            .map(|i| if classes > 0 { (i % classes) as u32 } else { 0 })
+            .collect();
+        let opts = SampleOptions {
+            labels: labels.clone(),
+            ..settings.sample.clone()
+        };
+        let mut noise_shape = vec![n];
+        noise_shape.extend(&shape);
+        let step = u32::try_from(start / chunk).map_err(|_| {
+            Error::Config(format!(
+                "{total} pairs in chunks of {chunk}: too many chunks"
+            ))
+        })?;
+        let noise = ops::random_normal(
+            source.gpu(),
+            n * dim,
+            settings.sample.seed,
+            step,
+            NOISE_STREAM,
+        )?
+        .reshape(&noise_shape)?;
+        let samples = source.sampler_from_noise(&noise, &opts)?.finish()?;
+        let samples = samples.to_vec()?;
+        if let Some(i) = samples.iter().position(|v| !v.is_finite()) {
+            return Err(Error::NonFinite(format!(
+                "pair {} of the source flow is not finite ({} at element {i}); the {} pairs \
+                 before it are kept in {}",
+                start + i / dim,
+                samples[i],
+                start,
+                path.display()
+            )));
+        }
+        pairs.noise.extend(noise.to_vec()?);
+        pairs.samples.extend(samples);
+        pairs
+            .labels
+            .extend(labels.iter().map(|&l| if classes > 0 { l } else { 0 }));
+        pairs.save(path)?;
+        start += n;
+        progress(start, total);
+    }
+    Ok(pairs)
+}
+
+/// Longest chain of reflows [`original_config`] follows.
+const MAX_REFLOWS: usize = 32;
+
+/// The configuration of the run that trained on real data at the root of `config`'s chain of
+/// reflows: a flow trained on `pairs:` data was trained to model what the pairs' source flow
+/// modelled, and so on back (a `k`-rectified flow's pairs come from a `(k-1)`-rectified one).
+/// Its `data` and `seed` say what samples are measured against. `config` itself when it did
+/// not train on pairs.
+pub fn original_config(config: &TrainConfig) -> Result<TrainConfig> {
+    let mut current = config.clone();
+    for _ in 0..MAX_REFLOWS {
+        let DataSpec::Pairs(path) = &current.data else {
+            return Ok(current);
+        };
+        let pairs = Pairs::load(path)?;
+        let settings: PairSettings = serde_json::from_str(&pairs.settings).map_err(|e| {
+            Error::Data(format!(
+                "the pairs in {} do not say what made them ({e}); the data they model is unknown",
+                path.display()
+            ))
+        })?;
+        current = TrainConfig::from_json(&settings.source_config)?;
+    }
+    Err(Error::Data(format!(
+        "more than {MAX_REFLOWS} reflows lead back from the data {}; is a pairs file its own source?",
+        config.data
+    )))
+}

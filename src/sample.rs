@@ -4,7 +4,8 @@
 //! - **Time grid**: `t_i = shift(T_START (1 - i / steps), alpha)` for `i = 0..=steps`, with
 //!   [`T_START`] `= 1 - 1e-5` (where every schedule's conversions are finite) and the
 //!   resolution shift `shift(t, alpha) = alpha t / (1 + (alpha - 1) t)` (`alpha = 1`, the
-//!   default, is no shift).
+//!   default, is no shift); or Karras et al.'s `rho = 7` spacing of `sigma` (the default for the
+//!   `edm` schedule; [`SampleOptions::grid`], `crate::flow::grid`).
 //! - **Start**: `z = b(t_0) eps` with `eps` standard normal (the data's share `a(t_0) x0` is
 //!   negligible there). From a seed, `eps` is element `i` of Philox stream 7 at step 0 of that
 //!   seed: counter `(i, 0, 7, 0)`, the 64-bit seed as key (`crate::rng`, bit-identical on CPU
@@ -23,14 +24,15 @@
 //! A [`Sampler`] is the integration as an object the host drives: [`Sampler::start`] draws the
 //! noise, each [`Sampler::step`] records one ODE step and submits it (one submission, nothing
 //! read back), [`Sampler::finish`] runs what is left and hands back the samples. The velocity
-//! comes from any [`VelocityField`]: the network ([`NetworkField`]), the exact marginal velocity
+//! comes from any [`VelocityField`]: the network ([`NetworkField`], with EDM's preconditioning
+//! applied around it when it was trained with it), the exact marginal velocity
 //! of a data set ([`OracleField`]), or a closure of the host's ([`FnField`]). [`sample`] is the
 //! one-shot loop over a sampler.
 #![warn(missing_docs)]
 
 use crate::autograd::Tape;
 use crate::error::{ensure_shape, Error, Result};
-use crate::flow::{shift, Prediction, Schedule};
+use crate::flow::{Preconditioning, Prediction, Schedule, TimeGrid};
 use crate::limits::Budget;
 use crate::nn::{Model, ModelConfig};
 use crate::ops::{self, flow::FlowKernels};
@@ -89,6 +91,10 @@ pub struct SampleOptions {
     /// Predictions whose `x0_hat` divides by a small `a_t` (eps on `rf` or `cosine` near `t = 1`)
     /// otherwise amplify the network's error by `b / a`.
     pub clip_x0: Option<f32>,
+    /// The time grid; `None`: the one that suits the field's schedule
+    /// ([`TimeGrid::default_for`]: Karras for `edm`, uniform otherwise).
+    #[serde(default)]
+    pub grid: Option<TimeGrid>,
 }
 
 /// Most sampling steps (the time grid is one f64 per step).
@@ -113,6 +119,7 @@ impl SampleOptions {
             labels,
             seed: 0,
             clip_x0: None,
+            grid: None,
         }
     }
 
@@ -150,14 +157,11 @@ impl SampleOptions {
     }
 }
 
-/// Where sampling starts: just below 1, where every schedule's conversions are finite.
-pub const T_START: f64 = 1.0 - 1e-5;
+pub use crate::flow::grid::T_START;
 
-/// The time grid: `steps + 1` times from `shift(T_START, alpha)` down to 0.
+/// The uniform time grid: `steps + 1` times from `shift(T_START, alpha)` down to 0.
 pub fn time_grid(steps: usize, alpha: f64) -> Vec<f64> {
-    (0..=steps)
-        .map(|i| shift(T_START * (1.0 - i as f64 / steps as f64), alpha))
-        .collect()
+    TimeGrid::Uniform.times(&Schedule::RectifiedFlow, steps, alpha)
 }
 
 /// Labels `0, 1, ..., classes - 1, 0, 1, ...` for `n` samples (label `i % classes`: a grid
@@ -277,6 +281,7 @@ pub struct NetworkField<'a> {
     params: &'a Params,
     schedule: Schedule,
     prediction: Prediction,
+    preconditioning: Preconditioning,
     classes: usize,
 }
 
@@ -295,7 +300,18 @@ impl<'a> NetworkField<'a> {
             params,
             schedule,
             prediction,
+            preconditioning: Preconditioning::None,
             classes,
+        }
+    }
+
+    /// The same network trained with `preconditioning`: under EDM's it sees `c_in z` and
+    /// `c_noise`, and the field's output is the denoiser `D = c_skip z + c_out F` (an `x0`
+    /// prediction). The scalings are those of the step's time ([`FieldInput::time`]).
+    pub fn with_preconditioning(self, preconditioning: Preconditioning) -> NetworkField<'a> {
+        NetworkField {
+            preconditioning,
+            ..self
         }
     }
 }
@@ -312,6 +328,21 @@ impl VelocityField for NetworkField<'_> {
     }
     fn evaluate(&mut self, input: &FieldInput) -> Result<Tensor> {
         let mut tape = Tape::no_grad();
+        if self.preconditioning == Preconditioning::Edm {
+            self.preconditioning
+                .check(&self.schedule, self.prediction)?;
+            let c = crate::flow::EdmScaling::of(&self.schedule, input.time);
+            let t = tape.constant(Tensor::full(
+                input.z.gpu(),
+                &[input.rows()],
+                c.c_noise as f32,
+            )?);
+            let z = tape.constant(ops::scale(input.z, c.c_in as f32)?);
+            let f = self
+                .model
+                .forward(&mut tape, self.params, &z, &t, input.label_values)?;
+            return combine(c.c_out, f.value(), c.c_skip, input.z);
+        }
         let t = tape.constant(input.t.clone());
         let z = tape.constant(input.z.clone());
         Ok(self
@@ -524,7 +555,10 @@ impl<F: VelocityField> Sampler<F> {
         let values: Vec<f32> = labels.iter().map(|&l| l as f32).collect();
         let label_values = Tensor::from_slice(gpu, &[values.len()], &values)?;
         let schedule = field.schedule();
-        let times = time_grid(opts.steps, opts.shift);
+        let grid = opts
+            .grid
+            .unwrap_or_else(|| TimeGrid::default_for(&schedule));
+        let times = grid.times(&schedule, opts.steps, opts.shift);
         let z = ops::scale(eps, schedule.b(times[0]) as f32)?;
         Ok(Sampler {
             prediction: field.prediction(),
@@ -696,6 +730,10 @@ pub trait Trained {
     fn schedule(&self) -> Schedule;
     /// What the network predicts.
     fn prediction(&self) -> Prediction;
+    /// How its input and output are scaled (none unless said).
+    fn preconditioning(&self) -> Preconditioning {
+        Preconditioning::None
+    }
 }
 
 /// Draw samples `[n, dim]` from `model` with parameter values `params`, trained as `flow` says
@@ -715,7 +753,8 @@ pub fn sample(
         flow.schedule(),
         flow.prediction(),
         null_label as usize,
-    );
+    )
+    .with_preconditioning(flow.preconditioning());
     let gpu = params.values().gpu();
     let z = Sampler::start(gpu, field, &[dim], opts)?.finish()?;
     z.reshape(&[opts.labels.len(), dim])

@@ -539,6 +539,7 @@ fn toy_config(width: usize) -> TrainConfig {
         },
         schedule: Schedule::RectifiedFlow,
         prediction: Prediction::Velocity,
+        preconditioning: Default::default(),
         weighting: None,
         t_sampler: TimeSampler::Uniform,
         steps: 10,

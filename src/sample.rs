@@ -16,7 +16,9 @@
 //!   `z_s = a_s x0_hat + b_s eps_hat`, exact for every schedule's straight line (Euler for `rf`,
 //!   DDIM for variance-preserving schedules). With `clip_x0`, `x0_hat` is clamped to
 //!   `[-clip, clip]` first. Heun averages the velocities `v = a' x0_hat + b' eps_hat` at both
-//!   ends (one more evaluation per step, none on the last).
+//!   ends (one more evaluation per step, none on the last); under the `edm` schedule it averages
+//!   `dz/dsigma = eps_hat` over `sigma_s - sigma_t` instead (EDM's Heun: `b'` grows without
+//!   bound near `t = 1`, where a trapezoid in `t` diverges).
 //! - **Guidance**: `y = y_u + w (y_c - y_u)` from one doubled batch (conditional rows, then the
 //!   same rows with the null label). With `w = 1`, or when every label is the null class, the
 //!   unconditional half is not evaluated at all.
@@ -32,6 +34,7 @@
 
 use crate::autograd::Tape;
 use crate::error::{ensure_shape, Error, Result};
+use crate::flow::grid::heun_frame;
 use crate::flow::{Preconditioning, Prediction, Schedule, TimeGrid};
 use crate::limits::Budget;
 use crate::nn::{Model, ModelConfig};
@@ -605,16 +608,17 @@ impl<F: VelocityField> Sampler<F> {
             }
         };
         self.z = if self.solver == Solver::Heun && !last {
-            // Velocities at both ends: v = a' x0_hat + b' eps_hat.
-            let (_, _, da, db) = schedule.coefficients(t);
+            // Derivatives at both ends, in Heun's variable (`flow::grid::heun_frame`):
+            // dz/dt = a' x0_hat + b' eps_hat, or dz/dsigma = eps_hat under edm.
+            let (clock_t, da, db) = heun_frame(&schedule, t);
             let v_t = combine(da * p + db * r, &y, da * q + db * u, &z)?;
             let y2 = self.output(&euler, s)?;
             let [p2, q2, r2, u2] = affine(pred, &schedule, s);
-            let (_, _, da2, db2) = schedule.coefficients(s);
+            let (clock_s, da2, db2) = heun_frame(&schedule, s);
             let v_s = combine(da2 * p2 + db2 * r2, &y2, da2 * q2 + db2 * u2, &euler)?;
             let next = ops::copy(&z)?;
-            ops::axpy(0.5 * (s - t) as f32, &v_t, &next)?;
-            ops::axpy(0.5 * (s - t) as f32, &v_s, &next)?;
+            ops::axpy(0.5 * (clock_s - clock_t) as f32, &v_t, &next)?;
+            ops::axpy(0.5 * (clock_s - clock_t) as f32, &v_s, &next)?;
             next
         } else {
             euler

@@ -1,4 +1,5 @@
-//! Sampling time grids: `steps + 1` times from the start `t_0` (just below 1) down to 0.
+//! Sampling time grids: `steps + 1` times from the start `t_0` (just below 1) down to 0, and
+//! the variable Heun's method integrates in ([`heun_frame`]).
 //!
 //! - `uniform`: `t_i = shift(T_START (1 - i / steps), alpha)`, the default for every schedule
 //!   but `edm`.
@@ -128,4 +129,17 @@ pub fn time_of_noise_ratio(schedule: &Schedule, sigma: f64) -> f64 {
         }
     }
     0.5 * (lo + hi)
+}
+
+/// Heun's variable and the `(x0_hat, eps_hat)` weights of `z`'s derivative in it, at `t`:
+/// `(t, a', b')` (`dz/dt = a' x0_hat + b' eps_hat`), or for the variance-exploding `edm`
+/// schedule `(sigma, 0, 1)` (`dz/dsigma = eps_hat`, EDM's Heun). Both make the first-order step
+/// `z_s = a_s x0_hat + b_s eps_hat` exact on straight lines; the trapezoid in `t` diverges under
+/// `edm`, whose `b' = b Ps / pdf(PhiInv(t))` grows without bound near `t = 1`.
+pub fn heun_frame(schedule: &Schedule, t: f64) -> (f64, f64, f64) {
+    let (_, b, da, db) = schedule.coefficients(t);
+    match schedule {
+        Schedule::Edm { .. } => (b, 0.0, 1.0),
+        _ => (t, da, db),
+    }
 }

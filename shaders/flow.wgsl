@@ -6,7 +6,9 @@
 // Configuration by override constants, their values generated from src/shaders.rs: SCHEDULE
 // (SCHEDULE_RF, SCHEDULE_COSINE, SCHEDULE_LDM_LINEAR, SCHEDULE_EDM), SAMPLER (SAMPLER_UNIFORM,
 // SAMPLER_LOGNORM, SAMPLER_MODE, SAMPLER_COSMAP), PRED (PRED_VELOCITY, PRED_EPS, PRED_V, PRED_X0),
-// WEIGHTING (WEIGHTING_VELOCITY, ..., WEIGHTING_EDM; the first four equal the PRED codes).
+// WEIGHTING (WEIGHTING_VELOCITY, ..., WEIGHTING_EDM; the first four equal the PRED codes),
+// PRECOND (PRECOND_NONE, PRECOND_EDM: EDM's c_in, c_noise, c_skip, c_out around the network, for
+// the edm schedule and x0 prediction; src/flow/precondition.rs).
 // Each entry point binds only its own buffers; `ldm` (log alphabar of the LDM schedule, 1000
 // entries) is binding 2 of all three.
 
@@ -43,6 +45,7 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> regression: array<f32>;  // [B, D], the target
 @group(0) @binding(5) var<storage, read_write> t_out: array<f32>;       // [B]
 @group(0) @binding(6) var<storage, read_write> labels_out: array<f32>;  // [B], after dropout
+@group(0) @binding(7) var<storage, read_write> time_input: array<f32>;  // [B], the network's t
 
 // weighted_loss
 @group(0) @binding(0) var<storage, read> output: array<f32>;            // [B, D]
@@ -61,6 +64,7 @@ override SCHEDULE: u32 = 0u;
 override SAMPLER: u32 = 0u;
 override PRED: u32 = 0u;
 override WEIGHTING: u32 = 0u;
+override PRECOND: u32 = 0u;
 // forward_process: 1 when each row of x0 holds an example and its own noise (a reflow pair),
 // [x0_hat | eps], instead of drawing eps.
 override PAIRED: u32 = 0u;
@@ -172,8 +176,15 @@ fn regression_target(c: vec4<f32>, x: f32, eps: f32) -> f32 {
     }
 }
 
+// EDM's sigma_data.
+const SIGMA_DATA: f32 = 0.5;
+
 // c_out of eps_hat = c_out * output + c_z * z.
 fn eps_scale(c: vec4<f32>) -> f32 {
+    if (PRECOND == PRECOND_EDM) {
+        // eps_hat = (z - c_skip z - c_out F) / sigma: -c_out / sigma = -sd / sqrt(sigma^2 + sd^2).
+        return -SIGMA_DATA / sqrt(c.y * c.y + SIGMA_DATA * SIGMA_DATA);
+    }
     switch PRED {
         case PRED_EPS: { return 1.0; }
         case PRED_V: { return c.x / (c.x * c.x + c.y * c.y); }
@@ -183,9 +194,10 @@ fn eps_scale(c: vec4<f32>) -> f32 {
 }
 
 // W_t = -1/2 w_t lambda'_t c_out^2, the factor of ||output - target||^2. Exactly 1 when the
-// weighting is the prediction's own (the plain loss), which avoids the formula's cancellations.
+// weighting is the prediction's own (the plain loss) without preconditioning, which avoids the
+// formula's cancellations.
 fn output_weight(t: f32) -> f32 {
-    if (WEIGHTING == PRED) { return 1.0; }
+    if (WEIGHTING == PRED && PRECOND == PRECOND_NONE) { return 1.0; }
     let c = coefficients(t);
     let dl = dlambda(c);
     var w: f32;
@@ -208,8 +220,12 @@ fn output_weight(t: f32) -> f32 {
 // ---- kernels ----
 
 // Per element of the batch [B, D]: t for its sample (STREAM_T, counter = sample), eps
-// (STREAM_EPS, counter = element; or the pair's own noise, PAIRED), z_t = a x0 + b eps and the training target; the first element
-// of each sample also writes t and the label after dropout (word w of the sample's counter).
+// (STREAM_EPS, counter = element; or the pair's own noise, PAIRED), z_t = a x0 + b eps and the
+// training target; the first element
+// of each sample also writes t, the network's time input and the label after dropout (word w of
+// the sample's counter). Under EDM's preconditioning the network's input is c_in z_t, its time
+// input c_noise = ln(sigma) / 4 and its target (x0 - c_skip z_t) / c_out, computed as
+// (sigma x0 - sd^2 eps) / (sd sqrt(sigma^2 + sd^2)), which does not cancel at small sigma.
 @compute @workgroup_size(WG)
 fn forward_process(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
                    @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -230,10 +246,21 @@ fn forward_process(@builtin(local_invocation_index) lid: u32, @builtin(workgroup
         eps = normal(we.x, we.y);
     }
     let c = coefficients(t);
-    z[e] = c.x * x + c.y * eps;
-    regression[e] = regression_target(c, x, eps);
+    let zt = c.x * x + c.y * eps;
+    var time = t;
+    if (PRECOND == PRECOND_EDM) {
+        let sigma = c.y;
+        let norm = sqrt(sigma * sigma + SIGMA_DATA * SIGMA_DATA);
+        z[e] = zt / norm;
+        regression[e] = (sigma * x - SIGMA_DATA * SIGMA_DATA * eps) / (SIGMA_DATA * norm);
+        time = 0.25 * log(sigma);
+    } else {
+        z[e] = zt;
+        regression[e] = regression_target(c, x, eps);
+    }
     if (e % params.dim == 0u) {
         t_out[sample] = t;
+        time_input[sample] = time;
         labels_out[sample] = select(labels[sample], f32(params.null_label), unit_uniform(wt.w) < params.p_drop);
     }
 }

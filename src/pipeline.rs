@@ -162,6 +162,7 @@ impl Pipeline {
             self.config.prediction,
             self.classes(),
         )
+        .with_preconditioning(self.config.preconditioning)
     }
 
     /// Labels `i % classes` for `n` samples (all 0 for an unconditional model).

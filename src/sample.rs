@@ -4,7 +4,8 @@
 //! - **Time grid**: `t_i = shift(T_START (1 - i / steps), alpha)` for `i = 0..=steps`, with
 //!   [`T_START`] `= 1 - 1e-5` (where every schedule's conversions are finite) and the
 //!   resolution shift `shift(t, alpha) = alpha t / (1 + (alpha - 1) t)` (`alpha = 1`, the
-//!   default, is no shift).
+//!   default, is no shift); or Karras et al.'s `rho = 7` spacing of `sigma` (the default for the
+//!   `edm` schedule; [`SampleOptions::grid`], `crate::flow::grid`).
 //! - **Start**: `z = b(t_0) eps` with `eps` standard normal (the data's share `a(t_0) x0` is
 //!   negligible there). From a seed, `eps` is element `i` of Philox stream 7 at step 0 of that
 //!   seed: counter `(i, 0, 7, 0)`, the 64-bit seed as key (`crate::rng`, bit-identical on CPU
@@ -15,7 +16,9 @@
 //!   `z_s = a_s x0_hat + b_s eps_hat`, exact for every schedule's straight line (Euler for `rf`,
 //!   DDIM for variance-preserving schedules). With `clip_x0`, `x0_hat` is clamped to
 //!   `[-clip, clip]` first. Heun averages the velocities `v = a' x0_hat + b' eps_hat` at both
-//!   ends (one more evaluation per step, none on the last).
+//!   ends (one more evaluation per step, none on the last); under the `edm` schedule it averages
+//!   `dz/dsigma = eps_hat` over `sigma_s - sigma_t` instead (EDM's Heun: `b'` grows without
+//!   bound near `t = 1`, where a trapezoid in `t` diverges).
 //! - **Guidance**: `y = y_u + w (y_c - y_u)` from one doubled batch (conditional rows, then the
 //!   same rows with the null label). With `w = 1`, or when every label is the null class, the
 //!   unconditional half is not evaluated at all.
@@ -23,14 +26,16 @@
 //! A [`Sampler`] is the integration as an object the host drives: [`Sampler::start`] draws the
 //! noise, each [`Sampler::step`] records one ODE step and submits it (one submission, nothing
 //! read back), [`Sampler::finish`] runs what is left and hands back the samples. The velocity
-//! comes from any [`VelocityField`]: the network ([`NetworkField`]), the exact marginal velocity
+//! comes from any [`VelocityField`]: the network ([`NetworkField`], with EDM's preconditioning
+//! applied around it when it was trained with it), the exact marginal velocity
 //! of a data set ([`OracleField`]), or a closure of the host's ([`FnField`]). [`sample`] is the
 //! one-shot loop over a sampler.
 #![warn(missing_docs)]
 
 use crate::autograd::Tape;
 use crate::error::{ensure_shape, Error, Result};
-use crate::flow::{shift, Prediction, Schedule};
+use crate::flow::grid::heun_frame;
+use crate::flow::{Preconditioning, Prediction, Schedule, TimeGrid};
 use crate::limits::Budget;
 use crate::nn::{Model, ModelConfig};
 use crate::ops::{self, flow::FlowKernels};
@@ -89,6 +94,10 @@ pub struct SampleOptions {
     /// Predictions whose `x0_hat` divides by a small `a_t` (eps on `rf` or `cosine` near `t = 1`)
     /// otherwise amplify the network's error by `b / a`.
     pub clip_x0: Option<f32>,
+    /// The time grid; `None`: the one that suits the field's schedule
+    /// ([`TimeGrid::default_for`]: Karras for `edm`, uniform otherwise).
+    #[serde(default)]
+    pub grid: Option<TimeGrid>,
 }
 
 /// Most sampling steps (the time grid is one f64 per step).
@@ -113,6 +122,7 @@ impl SampleOptions {
             labels,
             seed: 0,
             clip_x0: None,
+            grid: None,
         }
     }
 
@@ -150,14 +160,11 @@ impl SampleOptions {
     }
 }
 
-/// Where sampling starts: just below 1, where every schedule's conversions are finite.
-pub const T_START: f64 = 1.0 - 1e-5;
+pub use crate::flow::grid::T_START;
 
-/// The time grid: `steps + 1` times from `shift(T_START, alpha)` down to 0.
+/// The uniform time grid: `steps + 1` times from `shift(T_START, alpha)` down to 0.
 pub fn time_grid(steps: usize, alpha: f64) -> Vec<f64> {
-    (0..=steps)
-        .map(|i| shift(T_START * (1.0 - i as f64 / steps as f64), alpha))
-        .collect()
+    TimeGrid::Uniform.times(&Schedule::RectifiedFlow, steps, alpha)
 }
 
 /// Labels `0, 1, ..., classes - 1, 0, 1, ...` for `n` samples (label `i % classes`: a grid
@@ -277,6 +284,7 @@ pub struct NetworkField<'a> {
     params: &'a Params,
     schedule: Schedule,
     prediction: Prediction,
+    preconditioning: Preconditioning,
     classes: usize,
 }
 
@@ -295,7 +303,18 @@ impl<'a> NetworkField<'a> {
             params,
             schedule,
             prediction,
+            preconditioning: Preconditioning::None,
             classes,
+        }
+    }
+
+    /// The same network trained with `preconditioning`: under EDM's it sees `c_in z` and
+    /// `c_noise`, and the field's output is the denoiser `D = c_skip z + c_out F` (an `x0`
+    /// prediction). The scalings are those of the step's time ([`FieldInput::time`]).
+    pub fn with_preconditioning(self, preconditioning: Preconditioning) -> NetworkField<'a> {
+        NetworkField {
+            preconditioning,
+            ..self
         }
     }
 }
@@ -312,6 +331,21 @@ impl VelocityField for NetworkField<'_> {
     }
     fn evaluate(&mut self, input: &FieldInput) -> Result<Tensor> {
         let mut tape = Tape::no_grad();
+        if self.preconditioning == Preconditioning::Edm {
+            self.preconditioning
+                .check(&self.schedule, self.prediction)?;
+            let c = crate::flow::EdmScaling::of(&self.schedule, input.time);
+            let t = tape.constant(Tensor::full(
+                input.z.gpu(),
+                &[input.rows()],
+                c.c_noise as f32,
+            )?);
+            let z = tape.constant(ops::scale(input.z, c.c_in as f32)?);
+            let f = self
+                .model
+                .forward(&mut tape, self.params, &z, &t, input.label_values)?;
+            return combine(c.c_out, f.value(), c.c_skip, input.z);
+        }
         let t = tape.constant(input.t.clone());
         let z = tape.constant(input.z.clone());
         Ok(self
@@ -524,7 +558,10 @@ impl<F: VelocityField> Sampler<F> {
         let values: Vec<f32> = labels.iter().map(|&l| l as f32).collect();
         let label_values = Tensor::from_slice(gpu, &[values.len()], &values)?;
         let schedule = field.schedule();
-        let times = time_grid(opts.steps, opts.shift);
+        let grid = opts
+            .grid
+            .unwrap_or_else(|| TimeGrid::default_for(&schedule));
+        let times = grid.times(&schedule, opts.steps, opts.shift);
         let z = ops::scale(eps, schedule.b(times[0]) as f32)?;
         Ok(Sampler {
             prediction: field.prediction(),
@@ -571,16 +608,17 @@ impl<F: VelocityField> Sampler<F> {
             }
         };
         self.z = if self.solver == Solver::Heun && !last {
-            // Velocities at both ends: v = a' x0_hat + b' eps_hat.
-            let (_, _, da, db) = schedule.coefficients(t);
+            // Derivatives at both ends, in Heun's variable (`flow::grid::heun_frame`):
+            // dz/dt = a' x0_hat + b' eps_hat, or dz/dsigma = eps_hat under edm.
+            let (clock_t, da, db) = heun_frame(&schedule, t);
             let v_t = combine(da * p + db * r, &y, da * q + db * u, &z)?;
             let y2 = self.output(&euler, s)?;
             let [p2, q2, r2, u2] = affine(pred, &schedule, s);
-            let (_, _, da2, db2) = schedule.coefficients(s);
+            let (clock_s, da2, db2) = heun_frame(&schedule, s);
             let v_s = combine(da2 * p2 + db2 * r2, &y2, da2 * q2 + db2 * u2, &euler)?;
             let next = ops::copy(&z)?;
-            ops::axpy(0.5 * (s - t) as f32, &v_t, &next)?;
-            ops::axpy(0.5 * (s - t) as f32, &v_s, &next)?;
+            ops::axpy(0.5 * (clock_s - clock_t) as f32, &v_t, &next)?;
+            ops::axpy(0.5 * (clock_s - clock_t) as f32, &v_s, &next)?;
             next
         } else {
             euler
@@ -696,6 +734,10 @@ pub trait Trained {
     fn schedule(&self) -> Schedule;
     /// What the network predicts.
     fn prediction(&self) -> Prediction;
+    /// How its input and output are scaled (none unless said).
+    fn preconditioning(&self) -> Preconditioning {
+        Preconditioning::None
+    }
 }
 
 /// Draw samples `[n, dim]` from `model` with parameter values `params`, trained as `flow` says
@@ -715,7 +757,8 @@ pub fn sample(
         flow.schedule(),
         flow.prediction(),
         null_label as usize,
-    );
+    )
+    .with_preconditioning(flow.preconditioning());
     let gpu = params.values().gpu();
     let z = Sampler::start(gpu, field, &[dim], opts)?.finish()?;
     z.reshape(&[opts.labels.len(), dim])

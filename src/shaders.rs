@@ -233,6 +233,14 @@ codes! {
 }
 
 codes! {
+    /// The network preconditionings of `flow.wgsl` (`PRECOND`).
+    pub mod precondition ("PRECOND_") {
+        NONE = 0,
+        EDM = 1,
+    }
+}
+
+codes! {
     /// The random-number streams (the counter's third word) of the generator's users.
     pub mod stream ("STREAM_") {
         /// Training times.
@@ -303,6 +311,7 @@ shader!(
         time_sampler::WGSL,
         prediction::WGSL,
         weighting::WGSL,
+        precondition::WGSL,
         stream::WGSL
     ]),
     with_libraries(&[&PHILOX])

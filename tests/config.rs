@@ -3,7 +3,7 @@
 //! unchanged; values that do not parse or are out of range are refused, naming them.
 
 use rectiflow::data::{DataSpec, Toy};
-use rectiflow::flow::{Prediction, Schedule, TimeSampler, Weighting};
+use rectiflow::flow::{Preconditioning, Prediction, Schedule, TimeSampler, Weighting};
 use rectiflow::train::{ModelKind, TrainConfig};
 use rectiflow::Solver;
 use std::path::PathBuf;
@@ -233,4 +233,46 @@ fn data_specs_and_model_kinds_parse_their_text_forms() {
         (p.steps, p.batch, p.model.width, p.model.depth),
         (1500, 256, 256, 3)
     );
+}
+
+#[test]
+fn preconditioning_is_recorded_and_old_edm_configurations_load_without_it() {
+    // An edm + x0 run written before the field existed trained the plain network: it loads so.
+    let old = OLD_CONFIG
+        .replace(r#""schedule": "rf""#, r#""schedule": "edm:-1.2,1.2""#)
+        .replace(r#""prediction": "eps""#, r#""prediction": "x0""#);
+    let c = TrainConfig::from_json(&old).unwrap();
+    assert_eq!(c.schedule, Schedule::Edm { pm: -1.2, ps: 1.2 });
+    assert_eq!(c.preconditioning, Preconditioning::None);
+    assert_eq!(c.flow().preconditioning, Preconditioning::None);
+    assert_eq!(c.weighting(), Weighting::X0);
+    assert_eq!(
+        c.to_json(),
+        old,
+        "no field is added to a configuration without one"
+    );
+    c.validate().unwrap();
+    // With EDM's preconditioning the field is written, read back, and in effect.
+    let pre = TrainConfig {
+        preconditioning: Preconditioning::Edm,
+        ..c.clone()
+    };
+    let text = pre.to_json();
+    assert!(text.contains(r#""preconditioning": "edm""#), "{text}");
+    let back = TrainConfig::from_json(&text).unwrap();
+    assert_eq!(back, pre);
+    assert_eq!(back.flow().preconditioning, Preconditioning::Edm);
+    // Its default weighting is the spec's edm row with the schedule's (Pm, Ps).
+    assert_eq!(back.weighting(), Weighting::Edm { pm: -1.2, ps: 1.2 });
+    // An unknown value is refused, naming it; a mismatched one by validate.
+    let e = TrainConfig::from_json(&text.replace(r#""edm""#, r#""karras""#))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("karras") && e.contains("none or edm"), "{e}");
+    let rf = TrainConfig {
+        schedule: Schedule::RectifiedFlow,
+        ..pre.clone()
+    };
+    let e = rf.validate().unwrap_err().to_string();
+    assert!(e.contains("edm schedule"), "{e}");
 }

@@ -1,5 +1,6 @@
 //! Every formula of docs/flow-math.md against an independent check: derivatives against finite
-//! differences, conversions round-tripping, each row of the loss table against its plain loss,
+//! differences, conversions round-tripping, each row of the loss table against its plain loss
+//! (the edm row with and without EDM's preconditioning),
 //! sampler histograms against their densities (chi-square), the shift and its inverse, and the
 //! marginal-velocity oracle (landing on data, lower-bounding the loss, satisfying the continuity
 //! equation).
@@ -8,7 +9,8 @@ use rand::{Rng, SeedableRng};
 use rectiflow::flow::loss::SIGMA_DATA;
 use rectiflow::flow::schedule::{normal_cdf, normal_quantile, LDM_STEPS};
 use rectiflow::flow::{
-    shift, unified_loss, unshift, Mixture, Prediction, Schedule, TimeSampler, Weighting,
+    shift, unified_loss, unshift, EdmScaling, Mixture, Preconditioning, Prediction, Schedule,
+    TimeSampler, Weighting,
 };
 
 const SCHEDULES: [Schedule; 4] = [
@@ -284,6 +286,45 @@ fn every_row_of_the_loss_table_equals_its_plain_loss() {
             &format!("edm row at t={t}"),
             weighted,
             edm * SIGMA_DATA.powi(2) / 2.0,
+            1e-8,
+        );
+    }
+    // EDM with its preconditioning: the raw output F, D = c_skip z + c_out F. The edm row equals
+    // EDM's loss lambda(sigma) ||D - x0||^2 = ||F - (x0 - c_skip z) / c_out||^2, times sd^2 / 2:
+    // the factor W_t of the F-MSE is that constant at every t (the density of lambda under
+    // uniform t cancels lambda'), and under the x0 weighting it is c_out^2 (||D - x0||^2).
+    let pre = Preconditioning::Edm;
+    for t in interior_times() {
+        let (x0, eps, f) = (0.4, -0.9, 0.25);
+        let (a, b, _, _) = s.coefficients(t);
+        let z = a * x0 + b * eps;
+        let (d, eps_hat) = pre.to_x0_eps(&s, Prediction::X0, f, z, t);
+        let weighted = unified_loss(&s, Weighting::Edm { pm, ps }, &[eps_hat], &[eps], t);
+        let sigma = b;
+        let lambda = (sigma.powi(2) + SIGMA_DATA.powi(2)) / (sigma * SIGMA_DATA).powi(2);
+        let edm = lambda * (d - x0).powi(2);
+        let target = pre.target(&s, Prediction::X0, x0, eps, t);
+        let c = EdmScaling::at(sigma);
+        close(
+            "D = c_skip z + c_out F",
+            d,
+            c.c_skip * z + c.c_out * f,
+            1e-12,
+        );
+        close("lambda c_out^2 = 1", lambda * c.c_out.powi(2), 1.0, 1e-12);
+        close("EDM loss is the F-MSE", edm, (f - target).powi(2), 1e-10);
+        let what = format!("preconditioned edm row at t={t}");
+        close(&what, weighted, edm * SIGMA_DATA.powi(2) / 2.0, 1e-8);
+        close(
+            "preconditioned edm output weight",
+            Weighting::Edm { pm, ps }.preconditioned_output_weight(&s, Prediction::X0, pre, t),
+            SIGMA_DATA.powi(2) / 2.0,
+            1e-8,
+        );
+        close(
+            "preconditioned x0 output weight",
+            Weighting::X0.preconditioned_output_weight(&s, Prediction::X0, pre, t),
+            c.c_out.powi(2),
             1e-8,
         );
     }

@@ -98,6 +98,7 @@ fn base_checkpoint() -> (Vec<u8>, TrainConfig) {
         },
         schedule: Schedule::RectifiedFlow,
         prediction: Prediction::Velocity,
+        preconditioning: Default::default(),
         weighting: None,
         t_sampler: TimeSampler::LogNormal { m: 0.0, s: 1.0 },
         steps: 100,

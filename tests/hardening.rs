@@ -179,6 +179,19 @@ fn bad_train_flags_are_refused_before_anything_is_written() {
         (vec!["--schedule", "edm:0,inf"], "edm:0,inf"),
         (vec!["--weighting", "edm:nan,1"], "edm:NaN,1"),
         (vec!["--t-sampler", "lognorm:0,inf"], "lognorm:0,inf"),
+        (vec!["--preconditioning", "karras"], "none or edm"),
+        (vec!["--preconditioning", "edm"], "edm schedule"),
+        (
+            vec![
+                "--schedule",
+                "edm",
+                "--pred",
+                "v",
+                "--preconditioning",
+                "edm",
+            ],
+            "--pred x0",
+        ),
         (vec!["--resume", "--overwrite"], "choose one"),
         (vec!["--allow-changes"], "--resume only"),
         // Sizes no device holds: refused from the configuration, before allocating.
@@ -215,7 +228,7 @@ fn bad_sampling_flags_are_refused() {
     let ckpt = mlp_run().join("checkpoint.safetensors");
     let dir = temp_dir("bad-sample-flags");
     let png = dir.join("s").join("x.png");
-    let cases: [(&[&str], &str); 11] = [
+    let cases: [(&[&str], &str); 12] = [
         (&["--cfg", "nan"], "--cfg NaN"),
         (&["--cfg", "inf"], "--cfg inf"),
         (&["--shift", "0"], "--shift 0"),
@@ -227,6 +240,7 @@ fn bad_sampling_flags_are_refused() {
         (&["--steps", "0"], "--steps 0"),
         (&["--steps", "1000000000000"], "--steps 1000000000000"),
         (&["--n", "0"], "--n 0"),
+        (&["--grid", "linear"], "uniform or karras"),
     ];
     for (flags, want) in cases {
         let mut args = vec![
@@ -539,6 +553,7 @@ fn toy_config(width: usize) -> TrainConfig {
         },
         schedule: Schedule::RectifiedFlow,
         prediction: Prediction::Velocity,
+        preconditioning: Default::default(),
         weighting: None,
         t_sampler: TimeSampler::Uniform,
         steps: 10,

@@ -54,6 +54,7 @@ fn sampling_with_a_fixed_seed_is_deterministic() {
             labels: vec![0, 1, 2, 3, 10],
             seed,
             clip_x0: None,
+            grid: None,
         };
         sample(&tr.model, &tr.params, &tr.flow, 64, 10, &opts)
             .unwrap()
@@ -76,6 +77,7 @@ fn sampling_with_a_fixed_seed_is_deterministic() {
         labels: vec![0, 1, 2, 3, 10],
         seed: 5,
         clip_x0: Some(0.1),
+        grid: None,
     };
     let clipped = sample(&tr.model, &tr.params, &tr.flow, 64, 10, &opts)
         .unwrap()

@@ -221,6 +221,7 @@ pub fn sample(gpu: &Gpu, opts: &Options) -> Result<SampleReport> {
         labels: (0..n).map(|i| (i % classes) as u32).collect(),
         seed: 0,
         clip_x0: None,
+        grid: None,
     };
     let dim = data.dim();
     let run = || -> Result<()> {

@@ -3,6 +3,7 @@
 
 use clap::Args;
 use rectiflow::eval::{default_count, evaluate, load_data};
+use rectiflow::flow::TimeGrid;
 use rectiflow::limits::Budget;
 use rectiflow::sample::check_sample_count;
 use rectiflow::{
@@ -29,6 +30,10 @@ pub struct SamplingArgs {
     /// Time-grid shift alpha (1: none).
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     shift: f64,
+    /// Time grid: uniform | karras (Karras et al.'s rho = 7 spacing of sigma). Default: karras
+    /// for the edm schedule, uniform for the others.
+    #[arg(long)]
+    grid: Option<String>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Use the EMA weights.
@@ -54,6 +59,7 @@ impl SamplingArgs {
                 Some(v) => Some(v),
                 None => config.default_clip_x0(),
             },
+            grid: self.grid.as_deref().map(TimeGrid::parse).transpose()?,
         };
         opts.validate()?;
         Ok(opts)
@@ -69,6 +75,7 @@ impl SamplingArgs {
             labels: vec![0],
             seed: self.seed,
             clip_x0: self.clip_x0.filter(|&v| v != 0.0),
+            grid: self.grid.as_deref().map(TimeGrid::parse).transpose()?,
         }
         .validate()
     }
@@ -198,6 +205,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     let json = serde_json::json!({
         "checkpoint": ckpt.display().to_string(),
         "steps": opts.steps, "solver": opts.solver.name(), "cfg": opts.cfg, "n": n, "ema": a.sampling.ema,
+        "grid": opts.grid.unwrap_or_else(|| TimeGrid::default_for(&pipe.config().schedule)).name(),
         "metrics": report.metrics,
     });
     let path = a

@@ -5,7 +5,7 @@ use super::RunEnd;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use rectiflow::data::DataSpec;
-use rectiflow::flow::{Prediction, Schedule, TimeSampler, Weighting};
+use rectiflow::flow::{Preconditioning, Prediction, Schedule, TimeSampler, Weighting};
 use rectiflow::limits::Budget;
 use rectiflow::train::run::check_new;
 use rectiflow::train::{Event, ModelKind, Run, RunOptions, TrainConfig};
@@ -21,16 +21,21 @@ pub struct TrainArgs {
     /// dit | mmdit | mlp (default: dit for images, mlp for points)
     #[arg(long)]
     model: Option<String>,
-    /// rf | cosine | ldm-linear | edm:PM,PS [default: rf]
+    /// rf | cosine | ldm-linear | edm:PM,PS | edm (= edm:-1.2,1.2) [default: rf]
     #[arg(long)]
     schedule: Option<String>,
     /// velocity | eps | v | x0 [default: velocity]
     #[arg(long)]
     pred: Option<String>,
+    /// none | edm: EDM's c_in, c_noise, c_skip, c_out around the network (edm schedule and x0
+    /// prediction only). Default: edm for --schedule edm with --pred x0, none otherwise.
+    #[arg(long)]
+    preconditioning: Option<String>,
     /// Loss weighting (velocity | eps | v | x0 | edm:PM,PS); default: the prediction's own.
     #[arg(long)]
     weighting: Option<String>,
-    /// uniform | lognorm:M,S | mode:S | cosmap [default: lognorm:0,1]
+    /// uniform | lognorm:M,S | mode:S | cosmap. Default: lognorm:0,1; uniform for the edm
+    /// schedule (whose PhiInv(t) then draws EDM's log-normal sigma).
     #[arg(long)]
     t_sampler: Option<String>,
     /// Training steps, at least 1 (default: 1600 for images, 1500 for points).
@@ -127,6 +132,7 @@ pub fn train(a: TrainArgs) -> Result<RunEnd> {
     let prediction = parsed(&a.pred, Prediction::parse)?;
     let weighting = parsed(&a.weighting, Weighting::parse)?;
     let t_sampler = parsed(&a.t_sampler, TimeSampler::parse)?;
+    let preconditioning = parsed(&a.preconditioning, Preconditioning::parse)?;
 
     let spec_given = data_flag.clone().unwrap_or(DataSpec::Digits);
     let out = a.out.clone().unwrap_or_else(|| {
@@ -170,6 +176,15 @@ pub fn train(a: TrainArgs) -> Result<RunEnd> {
     let pick = |given: Option<usize>, saved: Option<usize>, default: usize| {
         given.or(saved).unwrap_or(default)
     };
+    let schedule = schedule
+        .or(base.map(|b| b.schedule))
+        .unwrap_or(defaults.schedule);
+    let prediction = prediction
+        .or(base.map(|b| b.prediction))
+        .unwrap_or(defaults.prediction);
+    // The edm schedule's own defaults: uniform t (EDM's log-normal sigma) and, for x0
+    // prediction, EDM's preconditioning.
+    let edm = matches!(schedule, Schedule::Edm { .. });
     let config = TrainConfig {
         model: rectiflow::nn::ModelConfig {
             width: pick(a.width, base.map(|b| b.model.width), m.width),
@@ -178,16 +193,17 @@ pub fn train(a: TrainArgs) -> Result<RunEnd> {
             patch: pick(a.patch, base.map(|b| b.model.patch), m.patch),
             ..defaults.model.clone()
         },
-        schedule: schedule
-            .or(base.map(|b| b.schedule))
-            .unwrap_or(defaults.schedule),
-        prediction: prediction
-            .or(base.map(|b| b.prediction))
-            .unwrap_or(defaults.prediction),
+        schedule,
+        prediction,
+        preconditioning: preconditioning
+            .or(base.map(|b| b.preconditioning))
+            .unwrap_or_else(|| Preconditioning::default_for(&schedule, prediction)),
         weighting: weighting.or_else(|| base.and_then(|b| b.weighting)),
-        t_sampler: t_sampler
-            .or(base.map(|b| b.t_sampler))
-            .unwrap_or(defaults.t_sampler),
+        t_sampler: t_sampler.or(base.map(|b| b.t_sampler)).unwrap_or(if edm {
+            TimeSampler::Uniform
+        } else {
+            defaults.t_sampler
+        }),
         steps: a.steps.or(base.map(|b| b.steps)).unwrap_or(defaults.steps),
         batch: pick(a.batch, base.map(|b| b.batch), defaults.batch),
         lr: a.lr.or(base.map(|b| b.lr)).unwrap_or(defaults.lr),

@@ -8,6 +8,7 @@
 //! `W_t || output - target ||^2` with `W_t = -1/2 w_t lambda'_t c_out^2`: for a prediction trained
 //! with its own weighting `W_t = 1`, the plain regression loss.
 
+use super::precondition::Preconditioning;
 use super::prediction::Prediction;
 use super::schedule::Schedule;
 use crate::error::{Error, Result};
@@ -90,7 +91,19 @@ impl Weighting {
 
     /// The per-sample factor `W_t = -1/2 w_t lambda'_t c_out^2` of `||output - target||^2`.
     pub fn output_weight(&self, s: &Schedule, p: Prediction, t: f64) -> f64 {
-        let (c_out, _) = p.eps_coefficients(s, t);
+        self.preconditioned_output_weight(s, p, Preconditioning::None, t)
+    }
+
+    /// `W_t` of the raw output of a network with preconditioning `pre` (`c_out` is then the
+    /// raw output's share of `eps_hat`: `-c_out / sigma` under EDM's).
+    pub fn preconditioned_output_weight(
+        &self,
+        s: &Schedule,
+        p: Prediction,
+        pre: Preconditioning,
+        t: f64,
+    ) -> f64 {
+        let (c_out, _) = pre.eps_coefficients(s, p, t);
         -0.5 * self.weight(s, t) * s.dlambda(t) * c_out * c_out
     }
 }

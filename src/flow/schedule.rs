@@ -123,17 +123,18 @@ pub fn normal_quantile(p: f64) -> f64 {
 }
 
 impl Schedule {
-    /// Parse `rf`, `cosine`, `ldm-linear` or `edm:PM,PS`.
+    /// Parse `rf`, `cosine`, `ldm-linear`, `edm:PM,PS` or `edm` (EDM's own `edm:-1.2,1.2`).
     pub fn parse(s: &str) -> Result<Schedule> {
         let bad = || {
             Error::Config(format!(
-                "unknown schedule {s:?}: use rf, cosine, ldm-linear or edm:PM,PS (e.g. edm:-1.2,1.2)"
+                "unknown schedule {s:?}: use rf, cosine, ldm-linear, edm or edm:PM,PS (edm: edm:-1.2,1.2)"
             ))
         };
         Ok(match s {
             "rf" => Schedule::RectifiedFlow,
             "cosine" => Schedule::Cosine,
             "ldm-linear" => Schedule::LdmLinear,
+            "edm" => Schedule::Edm { pm: -1.2, ps: 1.2 },
             _ => {
                 let args = s.strip_prefix("edm:").ok_or_else(bad)?;
                 let (pm, ps) = args.split_once(',').ok_or_else(bad)?;

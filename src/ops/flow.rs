@@ -1,5 +1,6 @@
-//! The flow kernels (`shaders/flow.wgsl`): the fused forward process (t, eps, `z_t`, target and
-//! label dropout in one pass), the fused weighted loss (per-sample losses and the gradient with
+//! The flow kernels (`shaders/flow.wgsl`): the fused forward process (t, eps, the network's input
+//! and time input, target and label dropout in one pass; under EDM's preconditioning the input,
+//! time input and target are EDM's, `crate::flow::precondition`), the fused weighted loss (per-sample losses and the gradient with
 //! respect to the network output in one pass), and the exact marginal velocity of a finite data
 //! set. Each takes the settings it computes with as arguments; the training objective they make
 //! up, with its defaults and checks, is `crate::train::FlowConfig`. The f64 reference is
@@ -8,7 +9,7 @@
 use super::ensure_f32;
 use crate::error::{ensure_shape, Error, Result};
 use crate::flow::schedule::ldm_log_alphabar;
-use crate::flow::{Prediction, Schedule, TimeSampler, Weighting};
+use crate::flow::{Preconditioning, Prediction, Schedule, TimeSampler, Weighting};
 use crate::gpu::{kernel_params, kernels, Gpu};
 use crate::shaders::{self, FLOW};
 use crate::tensor::{DType, Tensor};
@@ -44,9 +45,10 @@ kernel_params! {
 
 kernels! {
     FLOW, Params {
-        // x0, labels, ldm, z, target, t, labels after dropout.
-        FORWARD_PROCESS =
-            forward_process(Read, Read, Read, ReadWrite, ReadWrite, ReadWrite, ReadWrite);
+        // x0, labels, ldm, z, target, t, labels after dropout, the network's time input.
+        FORWARD_PROCESS = forward_process(
+            Read, Read, Read, ReadWrite, ReadWrite, ReadWrite, ReadWrite, ReadWrite
+        );
         // output, target, ldm, t, gradient, per-sample losses.
         WEIGHTED_LOSS = weighted_loss(Read, Read, Read, Read, ReadWrite, ReadWrite);
         // z, t, ldm, data, velocity.
@@ -63,6 +65,8 @@ pub struct Process {
     pub schedule: Schedule,
     /// What the network predicts (the regression target).
     pub prediction: Prediction,
+    /// How the network's input, time input and output are scaled.
+    pub preconditioning: Preconditioning,
     /// How training times are drawn.
     pub sampler: TimeSampler,
     /// `t` is clamped to `[t_min, t_max]` (conversions divide by `a` or `b`).
@@ -79,9 +83,12 @@ pub struct Process {
 
 impl Process {
     /// Refuse settings the kernel cannot use: `0 <= label_dropout < 1`,
-    /// `0 < t_min < t_max < 1`, `shift > 0`, and a valid time sampler.
+    /// `0 < t_min < t_max < 1`, `shift > 0`, a valid time sampler, and a preconditioning that
+    /// fits the schedule and prediction.
     pub fn validate(&self) -> Result<()> {
         self.sampler.validate()?;
+        self.preconditioning
+            .check(&self.schedule, self.prediction)?;
         let valid = (0.0..1.0).contains(&self.label_dropout)
             && self.t_min > 0.0
             && self.t_min < self.t_max
@@ -98,12 +105,16 @@ impl Process {
 
 /// The outputs of [`FlowKernels::forward_process`].
 pub struct Noised {
-    /// `z_t = a_t x0 + b_t eps`, `[B, D]`.
+    /// The network's input, `[B, D]`: `z_t = a_t x0 + b_t eps` (`c_in z_t` under EDM's
+    /// preconditioning).
     pub z: Tensor,
     /// What the network should output, `[B, D]`.
     pub target: Tensor,
     /// `t` per sample, `[B]`.
     pub t: Tensor,
+    /// The network's time input per sample, `[B]`: `t` (`c_noise` under EDM's
+    /// preconditioning).
+    pub time_input: Tensor,
     /// Labels after dropout to the null label, `[B]`.
     pub labels: Tensor,
 }
@@ -153,6 +164,13 @@ fn prediction_code(p: &Prediction) -> u32 {
     }
 }
 
+fn precondition_code(p: &Preconditioning) -> u32 {
+    match p {
+        Preconditioning::None => shaders::precondition::NONE,
+        Preconditioning::Edm => shaders::precondition::EDM,
+    }
+}
+
 fn weighting_code(w: &Weighting) -> u32 {
     match w {
         Weighting::Velocity => shaders::weighting::VELOCITY,
@@ -168,6 +186,7 @@ fn weighting_code(w: &Weighting) -> u32 {
 struct Settings {
     schedule: Schedule,
     prediction: Prediction,
+    preconditioning: Preconditioning,
     weighting: Weighting,
     sampler: TimeSampler,
 }
@@ -177,17 +196,19 @@ impl Settings {
         Settings {
             schedule,
             prediction: Prediction::Velocity,
+            preconditioning: Preconditioning::None,
             weighting: Weighting::Velocity,
             sampler: TimeSampler::Uniform,
         }
     }
 
-    fn overrides(&self) -> [(&'static str, f64); 4] {
+    fn overrides(&self) -> [(&'static str, f64); 5] {
         [
             ("SCHEDULE", schedule_code(&self.schedule) as f64),
             ("SAMPLER", sampler_code(&self.sampler) as f64),
             ("PRED", prediction_code(&self.prediction) as f64),
             ("WEIGHTING", weighting_code(&self.weighting) as f64),
+            ("PRECOND", precondition_code(&self.preconditioning) as f64),
         ]
     }
 
@@ -230,8 +251,9 @@ impl FlowKernels {
     }
 
     /// Noise a batch `x0` `[B, D]` at step `step`: draws t (stream `T`) and eps (stream
-    /// `EPS`), and returns `z_t`, the target, `t` and the labels after dropout (`labels` `[B]`,
-    /// f32 numbers; without labels, the null label throughout).
+    /// `EPS`), and returns the network's input (`z_t`, or EDM's `c_in z_t`), the target, `t`, the
+    /// network's time input and the labels after dropout (`labels` `[B]`, f32 numbers; without
+    /// labels, the null label throughout).
     pub fn forward_process(
         &self,
         x0: &Tensor,
@@ -298,10 +320,12 @@ impl FlowKernels {
             z: Tensor::uninit(gpu, &[b, d], DType::F32)?,
             target: Tensor::uninit(gpu, &[b, d], DType::F32)?,
             t: Tensor::uninit(gpu, &[b], DType::F32)?,
+            time_input: Tensor::uninit(gpu, &[b], DType::F32)?,
             labels: Tensor::uninit(gpu, &[b], DType::F32)?,
         };
         let settings = Settings {
             prediction: process.prediction,
+            preconditioning: process.preconditioning,
             sampler: process.sampler,
             ..Settings::of_schedule(process.schedule)
         };
@@ -329,6 +353,7 @@ impl FlowKernels {
                 out.target.binding(),
                 out.t.binding(),
                 out.labels.binding(),
+                out.time_input.binding(),
             ],
             &p,
             (b * d).div_ceil(WG) as u64,
@@ -337,8 +362,9 @@ impl FlowKernels {
     }
 
     /// The weighted loss of a network output against the target at times `t` under
-    /// (schedule, prediction, weighting), its gradient with respect to the output, and the
-    /// per-sample losses, in one pass (plus the batch mean).
+    /// (schedule, prediction, preconditioning, weighting), its gradient with respect to the
+    /// output, and the per-sample losses, in one pass (plus the batch mean).
+    #[allow(clippy::too_many_arguments)]
     pub fn loss(
         &self,
         output: &Tensor,
@@ -346,8 +372,10 @@ impl FlowKernels {
         t: &Tensor,
         schedule: Schedule,
         prediction: Prediction,
+        preconditioning: Preconditioning,
         weighting: Weighting,
     ) -> Result<WeightedLoss> {
+        preconditioning.check(&schedule, prediction)?;
         ensure_f32("flow loss", output)?;
         ensure_shape!(
             output.shape() == target.shape() && output.shape().len() == 2,
@@ -366,6 +394,7 @@ impl FlowKernels {
         let per_sample = Tensor::uninit(gpu, &[b], DType::F32)?;
         let settings = Settings {
             prediction,
+            preconditioning,
             weighting,
             ..Settings::of_schedule(schedule)
         };

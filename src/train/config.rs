@@ -1,10 +1,13 @@
 //! The training run's typed configuration: [`TrainConfig`], the one the command line builds from
 //! its flags and a program builds in code, stored as JSON in `config.json` and in every
 //! checkpoint. The objective's settings are the flow math's own enums ([`Schedule`],
-//! [`Prediction`], [`Weighting`], [`TimeSampler`]) and the data a [`DataSpec`]; each is written
-//! to JSON in its text form (`"rf"`, `"edm:-1.2,1.2"`, `"lognorm:0,1"`, `"toy:moons"`), which is
-//! also what the flags take, so configurations written before these types existed load
-//! unchanged, and a value that does not parse is refused when the JSON is read, naming it.
+//! [`Prediction`], [`Preconditioning`], [`Weighting`], [`TimeSampler`]) and the data a
+//! [`DataSpec`]; each is written to JSON in its text form (`"rf"`, `"edm:-1.2,1.2"`,
+//! `"lognorm:0,1"`, `"toy:moons"`), which is also what the flags take, so configurations written
+//! before these types existed load unchanged, and a value that does not parse is refused when
+//! the JSON is read, naming it. The preconditioning is written only when there is one
+//! (`"preconditioning": "edm"`); a configuration without the field, as every one written before
+//! it existed, trained and samples without.
 //! [`TrainConfig::validate`] checks the numbers' ranges and [`TrainConfig::check_fits`] sizes
 //! the model against a device before anything is allocated.
 #![warn(missing_docs)]
@@ -12,7 +15,7 @@
 use super::objective::FlowConfig;
 use crate::data::{DataSpec, Dataset};
 use crate::error::{Error, Result};
-use crate::flow::{Prediction, Schedule, TimeSampler, Weighting};
+use crate::flow::{Preconditioning, Prediction, Schedule, TimeSampler, Weighting};
 use crate::limits::Budget;
 use crate::nn::ModelConfig;
 use crate::optim::AdamWConfig;
@@ -61,6 +64,11 @@ serde_as_text!(Schedule, |s| s.name(), Schedule::parse);
 serde_as_text!(Prediction, |p| p.name().to_string(), Prediction::parse);
 serde_as_text!(Weighting, weighting_name, Weighting::parse);
 serde_as_text!(TimeSampler, |t| t.name(), TimeSampler::parse);
+serde_as_text!(
+    Preconditioning,
+    |p| p.name().to_string(),
+    Preconditioning::parse
+);
 
 /// Which velocity network. Its text form (`mlp`, `dit`, `mmdit`) is what `--model` takes and
 /// what [`ModelConfig::kind`] holds.
@@ -141,7 +149,13 @@ pub struct TrainConfig {
     pub schedule: Schedule,
     /// What the network predicts.
     pub prediction: Prediction,
-    /// The loss weighting; `None`: the prediction's own (its plain MSE).
+    /// How the network's input, time input and output are scaled: EDM's (`edm` schedule, `x0`
+    /// prediction) or none. Absent from the JSON when none (configurations older than the
+    /// field trained without).
+    #[serde(default, skip_serializing_if = "Preconditioning::is_none")]
+    pub preconditioning: Preconditioning,
+    /// The loss weighting; `None`: the prediction's own (its plain MSE), or under EDM's
+    /// preconditioning the schedule's `edm:PM,PS` weighting (EDM's F-prediction loss).
     pub weighting: Option<Weighting>,
     /// How training draws `t`.
     pub t_sampler: TimeSampler,
@@ -175,6 +189,7 @@ impl TrainConfig {
             model,
             schedule: Schedule::RectifiedFlow,
             prediction: Prediction::Velocity,
+            preconditioning: Preconditioning::None,
             weighting: None,
             t_sampler: TimeSampler::LogNormal { m: 0.0, s: 1.0 },
             steps: if image { 1600 } else { 1500 },
@@ -196,10 +211,16 @@ impl TrainConfig {
         ))
     }
 
-    /// The loss weighting in effect (the prediction's own when none is set).
+    /// The loss weighting in effect when none is set: the prediction's own, or under EDM's
+    /// preconditioning the spec's edm row with the schedule's `(Pm, Ps)`, which with uniform
+    /// training times is EDM's loss `lambda(sigma) ||D - x0||^2`, i.e. `||F - F_target||^2`, times
+    /// the constant `sd^2 / 2` (docs/edm.md).
     pub fn weighting(&self) -> Weighting {
         self.weighting
-            .unwrap_or_else(|| Weighting::natural(self.prediction))
+            .unwrap_or_else(|| match (self.preconditioning, self.schedule) {
+                (Preconditioning::Edm, Schedule::Edm { pm, ps }) => Weighting::Edm { pm, ps },
+                _ => Weighting::natural(self.prediction),
+            })
     }
 
     /// The training objective.
@@ -207,6 +228,7 @@ impl TrainConfig {
         FlowConfig {
             schedule: self.schedule,
             prediction: self.prediction,
+            preconditioning: self.preconditioning,
             weighting: self.weighting(),
             sampler: self.t_sampler,
             label_dropout: if self.model.classes > 0 {
@@ -260,6 +282,8 @@ impl TrainConfig {
             Weighting::parse(&weighting_name(w))?;
         }
         self.t_sampler.validate()?;
+        self.preconditioning
+            .check(&self.schedule, self.prediction)?;
         let refuse = |m: String| Err(Error::Config(m));
         if self.steps == 0 {
             return refuse("--steps 0: train at least 1 step".into());

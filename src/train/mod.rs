@@ -412,7 +412,8 @@ impl Trainer {
         };
         let mut tape = Tape::new();
         let z = tape.constant(noised.z);
-        let t = tape.constant(noised.t.clone());
+        // The network's time input: t, or EDM's c_noise (the loss weighs by t itself).
+        let t = tape.constant(noised.time_input);
         let out = self
             .model
             .forward(&mut tape, &self.params, &z, &t, &noised.labels)?;

@@ -1,10 +1,10 @@
-//! The training objective: its configuration ([`FlowConfig`]: schedule, prediction, loss
-//! weighting, time sampler, label dropout; SD3's choices by default) and [`Objective`], that
+//! The training objective: its configuration ([`FlowConfig`]: schedule, prediction,
+//! preconditioning, loss weighting, time sampler, label dropout; SD3's choices by default) and [`Objective`], that
 //! configuration with the flow kernels it runs (`ops::flow`): the forward process that noises a
 //! batch, and the weighted loss with its gradient.
 
 use crate::error::Result;
-use crate::flow::{Prediction, Schedule, TimeSampler, Weighting};
+use crate::flow::{Preconditioning, Prediction, Schedule, TimeSampler, Weighting};
 use crate::ops::flow::{FlowKernels, Noised, Process, WeightedLoss};
 use crate::sample::Trained;
 use crate::tensor::Tensor;
@@ -17,6 +17,8 @@ pub struct FlowConfig {
     pub schedule: Schedule,
     /// What the network predicts.
     pub prediction: Prediction,
+    /// How the network's input, time input and output are scaled (EDM's for `edm` + `x0`).
+    pub preconditioning: Preconditioning,
     /// The loss weighting over time.
     pub weighting: Weighting,
     /// How training times are drawn.
@@ -39,6 +41,7 @@ impl Default for FlowConfig {
         FlowConfig {
             schedule: Schedule::RectifiedFlow,
             prediction: Prediction::Velocity,
+            preconditioning: Preconditioning::None,
             weighting: Weighting::Velocity,
             sampler: TimeSampler::LogNormal { m: 0.0, s: 1.0 },
             t_min: 1e-5,
@@ -56,6 +59,7 @@ impl FlowConfig {
         Process {
             schedule: self.schedule,
             prediction: self.prediction,
+            preconditioning: self.preconditioning,
             sampler: self.sampler,
             t_min: self.t_min,
             t_max: self.t_max,
@@ -66,7 +70,7 @@ impl FlowConfig {
     }
 
     /// Refuse what cannot be trained: `0 <= label_dropout < 1`, `0 < t_min < t_max < 1`,
-    /// `shift > 0`, and a valid time sampler.
+    /// `shift > 0`, a valid time sampler, and preconditioning only where it applies.
     pub fn validate(&self) -> Result<()> {
         self.process().validate()
     }
@@ -90,7 +94,7 @@ impl Objective {
     }
 
     /// Noise a batch `x0` `[B, D]` at step `step`: draws t and eps from the run's streams, and
-    /// returns `z_t`, the target, `t` and the labels after dropout (`labels` `[B]`, f32 numbers;
+    /// returns the network's input and time input, the target, `t` and the labels after dropout (`labels` `[B]`, f32 numbers;
     /// without labels, the null label throughout).
     pub fn forward_process(
         &self,
@@ -120,8 +124,15 @@ impl Objective {
     /// respect to the output, and the per-sample losses, in one pass (plus the batch mean).
     pub fn loss(&self, output: &Tensor, target: &Tensor, t: &Tensor) -> Result<WeightedLoss> {
         let c = &self.config;
-        self.kernels
-            .loss(output, target, t, c.schedule, c.prediction, c.weighting)
+        self.kernels.loss(
+            output,
+            target,
+            t,
+            c.schedule,
+            c.prediction,
+            c.preconditioning,
+            c.weighting,
+        )
     }
 
     /// The exact marginal velocity of the data set `data` `[K, D]` at `z` `[B, D]`, `t` `[B]`,
@@ -139,6 +150,9 @@ impl Trained for Objective {
     fn prediction(&self) -> Prediction {
         self.config.prediction
     }
+    fn preconditioning(&self) -> Preconditioning {
+        self.config.preconditioning
+    }
 }
 
 impl Trained for FlowConfig {
@@ -147,5 +161,8 @@ impl Trained for FlowConfig {
     }
     fn prediction(&self) -> Prediction {
         self.prediction
+    }
+    fn preconditioning(&self) -> Preconditioning {
+        self.preconditioning
     }
 }

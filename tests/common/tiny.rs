@@ -23,6 +23,7 @@ pub fn config(data: &Dataset, kind: &str, width: usize) -> TrainConfig {
         },
         schedule: Schedule::RectifiedFlow,
         prediction: Prediction::Velocity,
+        preconditioning: Default::default(),
         weighting: None,
         t_sampler: TimeSampler::Uniform,
         steps: 100,

@@ -227,7 +227,7 @@ fn data_specs_and_model_kinds_parse_their_text_forms() {
         .contains("dit, mmdit or mlp"));
     // The defaults of the command line.
     let c = TrainConfig::new(DataSpec::Digits, ModelKind::Dit.config(&[1, 8, 8], 10));
-    assert_eq!((c.steps, c.batch, c.lr, c.warmup), (600, 64, 2e-3, 100));
+    assert_eq!((c.steps, c.batch, c.lr, c.warmup), (1600, 64, 2e-3, 100));
     let p = TrainConfig::new(DataSpec::Toy(Toy::Moons), ModelKind::Mlp.config(&[2], 0));
     assert_eq!(
         (p.steps, p.batch, p.model.width, p.model.depth),

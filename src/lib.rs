@@ -95,6 +95,7 @@ pub mod optim;
 pub mod output;
 pub mod params;
 pub mod pipeline;
+pub mod rk45;
 pub mod rng;
 pub mod rundir;
 pub mod sample;

@@ -320,6 +320,7 @@ shader!(
 );
 shader!(CAST, "cast", requiring(wgpu::Features::SHADER_F16));
 shader!(TEXTURE, "texture");
+shader!(SOLVER, "solver");
 
 /// Every shader, for validation tests.
 pub static ALL: &[&Shader] = &[
@@ -340,4 +341,5 @@ pub static ALL: &[&Shader] = &[
     &GATHER,
     &FLOW,
     &TEXTURE,
+    &SOLVER,
 ];

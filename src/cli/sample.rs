@@ -19,9 +19,15 @@ pub struct SamplingArgs {
     /// Sampling steps.
     #[arg(long, default_value_t = 20)]
     steps: usize,
-    /// euler | heun
+    /// euler | heun | rk45 (adaptive Dormand-Prince 5(4); --steps is not used)
     #[arg(long, default_value = "euler")]
     solver: String,
+    /// rk45's relative tolerance.
+    #[arg(long, default_value_t = rectiflow::rk45::DEFAULT_RTOL, allow_negative_numbers = true)]
+    rtol: f64,
+    /// rk45's absolute tolerance.
+    #[arg(long, default_value_t = rectiflow::rk45::DEFAULT_ATOL, allow_negative_numbers = true)]
+    atol: f64,
     /// Classifier-free guidance weight (1: none).
     #[arg(long, default_value_t = 2.0, allow_negative_numbers = true)]
     cfg: f32,
@@ -53,6 +59,8 @@ impl SamplingArgs {
                 Some(v) => Some(v),
                 None => config.default_clip_x0(),
             },
+            rtol: self.rtol,
+            atol: self.atol,
         };
         opts.validate()?;
         Ok(opts)
@@ -68,6 +76,8 @@ impl SamplingArgs {
             labels: vec![0],
             seed: self.seed,
             clip_x0: self.clip_x0.filter(|&v| v != 0.0),
+            rtol: self.rtol,
+            atol: self.atol,
         }
         .validate()
     }
@@ -145,7 +155,12 @@ pub fn sample(a: SampleArgs) -> Result<()> {
         (None, _) => pipe.labels(n),
     };
     let opts = a.sampling.options(labels.clone(), pipe.config())?;
-    let z = pipe.sample(&opts)?.to_vec()?;
+    let started = std::time::Instant::now();
+    let mut sampler = pipe.sampler(&opts)?;
+    while sampler.step()? {}
+    let (steps, nfe) = (sampler.steps(), sampler.nfe());
+    let z = sampler.current()?.to_vec()?;
+    let seconds = started.elapsed().as_secs_f64();
     let bad = z.iter().filter(|v| !v.is_finite()).count();
     if bad > 0 {
         let why = format!(
@@ -159,6 +174,10 @@ pub fn sample(a: SampleArgs) -> Result<()> {
         "wrote {} samples to {} (and samples.npy, labels.npy beside it)",
         n,
         a.out.display()
+    );
+    println!(
+        "{} {steps} steps, {nfe} network evaluations (NFE), {seconds:.2} s",
+        opts.solver.name()
     );
     Ok(())
 }
@@ -196,7 +215,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     }
     let json = serde_json::json!({
         "checkpoint": ckpt.display().to_string(),
-        "steps": a.sampling.steps, "solver": a.sampling.solver, "cfg": a.sampling.cfg, "n": n, "ema": a.sampling.ema,
+        "steps": a.sampling.steps, "solver": a.sampling.solver, "rtol": a.sampling.rtol, "atol": a.sampling.atol, "cfg": a.sampling.cfg, "n": n, "ema": a.sampling.ema,
         "metrics": report.metrics,
     });
     let path = a

@@ -215,7 +215,7 @@ fn bad_sampling_flags_are_refused() {
     let ckpt = mlp_run().join("checkpoint.safetensors");
     let dir = temp_dir("bad-sample-flags");
     let png = dir.join("s").join("x.png");
-    let cases: [(&[&str], &str); 11] = [
+    let cases: [(&[&str], &str); 16] = [
         (&["--cfg", "nan"], "--cfg NaN"),
         (&["--cfg", "inf"], "--cfg inf"),
         (&["--shift", "0"], "--shift 0"),
@@ -227,6 +227,11 @@ fn bad_sampling_flags_are_refused() {
         (&["--steps", "0"], "--steps 0"),
         (&["--steps", "1000000000000"], "--steps 1000000000000"),
         (&["--n", "0"], "--n 0"),
+        (&["--solver", "rk4"], "euler, heun or rk45"),
+        (&["--solver", "rk45", "--rtol", "0"], "--rtol 0"),
+        (&["--rtol", "-1"], "--rtol -1"),
+        (&["--atol", "nan"], "--atol NaN"),
+        (&["--solver", "rk45", "--atol", "inf"], "--atol inf"),
     ];
     for (flags, want) in cases {
         let mut args = vec![
@@ -244,6 +249,7 @@ fn bad_sampling_flags_are_refused() {
         (&["--n", "1"][..], "--n 1"),
         (&["--cfg", "inf"][..], "--cfg inf"),
         (&["--shift", "-1"][..], "--shift -1"),
+        (&["--rtol", "0"][..], "--rtol 0"),
     ] {
         let json = dir.join("eval.json");
         let mut args = vec![

@@ -513,3 +513,42 @@ fn straightness_is_zero_for_straight_paths_and_matches_f64() {
     assert!(s2.record_straightness().is_err());
     assert!(s.step().unwrap());
 }
+
+#[test]
+fn eval_measures_the_straightness_of_a_network_along_rk45_paths() {
+    use rectiflow::data::Toy;
+    use rectiflow::eval::path_straightness;
+    use rectiflow::{Pipeline, Trainer, Weights};
+    let data = Toy::Moons.sample(2000, 1).unwrap();
+    let mut tr = Trainer::new(gpu(), common::tiny::config(&data, "mlp", 32), &data).unwrap();
+    for _ in 0..20 {
+        tr.step().unwrap();
+    }
+    let pipe = Pipeline::from_trainer(&tr, Weights::Raw).unwrap();
+    // Asked with Euler options: the paths are integrated with rk45 all the same.
+    let opts = SampleOptions {
+        rtol: 1e-4,
+        atol: 1e-4,
+        ..pipe.options(pipe.labels(50))
+    };
+    let st = path_straightness(&pipe, &opts, 12).unwrap();
+    let mut s = pipe
+        .sampler(&SampleOptions {
+            solver: Solver::Rk45,
+            rtol: 1e-4,
+            atol: 1e-4,
+            ..pipe.options(pipe.labels(12))
+        })
+        .unwrap();
+    s.record_straightness().unwrap();
+    while s.step().unwrap() {}
+    assert_eq!(
+        (st.value, st.samples, st.nfe, st.steps),
+        (s.straightness().unwrap(), 12, s.nfe(), s.steps())
+    );
+    // A barely trained network's field is nearly uniform, so its paths are nearly (not
+    // exactly) straight: S came out 9.6e-4.
+    assert!(st.value > 1e-5 && st.value < 0.1, "{st:?}");
+    // Fewer samples than asked for: all of them.
+    assert_eq!(path_straightness(&pipe, &opts, 500).unwrap().samples, 50);
+}

@@ -213,10 +213,16 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     if let Some(note) = &report.note {
         println!("({note})");
     }
+    let st = &report.straightness;
+    println!(
+        "(path straightness: along the rk45 paths of {} samples, {} steps, {} network \
+         evaluations; 0 for straight paths)",
+        st.samples, st.steps, st.nfe
+    );
     let json = serde_json::json!({
         "checkpoint": ckpt.display().to_string(),
         "steps": a.sampling.steps, "solver": a.sampling.solver, "rtol": a.sampling.rtol, "atol": a.sampling.atol, "cfg": a.sampling.cfg, "n": n, "ema": a.sampling.ema,
-        "metrics": report.metrics,
+        "metrics": report.metrics, "straightness": report.straightness,
     });
     let path = a
         .json

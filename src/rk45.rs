@@ -3,6 +3,8 @@
 //! standard step-size controller; and the path-straightness sums recorded along its
 //! trajectory.
 //!
+//! - **Field**: the sampler's velocity `v = a' x0_hat + b' eps_hat` (guided; with the x0 clamp,
+//!   the velocity of the straight path from `clamp(x0_hat)` through `z`).
 //! - **Step** from `t` down by `h`: stages `k_i = v(z + dt sum_j A_ij k_j, t + C_i dt)` with
 //!   `dt = -h`, the fifth-order solution `z_new = z + dt sum_j B_j k_j` (whose velocity is the
 //!   next step's `k_1`), and the error `e = dt sum_j (B_j - B*_j) k_j`. Each stage's combination
@@ -16,7 +18,7 @@
 //!   Euler step with the velocity already evaluated there (no further evaluation) covers
 //!   `[0, T_END]`. The field is never evaluated at `t = 0`, where the conversions of several
 //!   predictions, and the exact velocity of a finite data set, divide by `b_0 = 0`.
-//! - **Straightness** (see [`PathSums`]): with `v_k` the velocities at the accepted times and
+//! - **Straightness**: with `v_k` the velocities at the accepted times and
 //!   `d = (z_start - z_0) / t_start` the chord's velocity (for `rf` from noise, `z_1 - z_0`),
 //!   `S = mean over elements of sum_k w_k (v_k - d)^2 / sum_k w_k`, the trapezoid rule over each
 //!   accepted step (`w = h / 2` at both ends) plus `T_END` at `T_END` for the last Euler step.

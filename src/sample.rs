@@ -16,6 +16,9 @@
 //!   DDIM for variance-preserving schedules). With `clip_x0`, `x0_hat` is clamped to
 //!   `[-clip, clip]` first. Heun averages the velocities `v = a' x0_hat + b' eps_hat` at both
 //!   ends (one more evaluation per step, none on the last).
+//! - **rk45**: adaptive Dormand-Prince 5(4) on the velocity `a' x0_hat + b' eps_hat` to the
+//!   tolerances `rtol`, `atol` (`crate::rk45`: the steps, the controller, the ends, the clamp);
+//!   [`Sampler::nfe`] counts the evaluations of every solver.
 //! - **Guidance**: `y = y_u + w (y_c - y_u)` from one doubled batch (conditional rows, then the
 //!   same rows with the null label). With `w = 1`, or when every label is the null class, the
 //!   unconditional half is not evaluated at all.

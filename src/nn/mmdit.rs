@@ -24,7 +24,7 @@
 //! last joint attention, so that stream has only what feeds the attention (its adaLN gives
 //! shift and scale, `[2 W, W]`, then QKV and the QK-norm) and no output projection or MLP.
 //! Checkpoints written before that change (a full last context block) load through
-//! [`Mmdit::upgrade_checkpoint`], which keeps the rows of shift and scale and drops the rest:
+//! [`Mmdit::upgrade`], which keeps the rows of shift and scale and drops the rest:
 //! the same network, since the dropped weights reached no output.
 
 use super::image::ImageStream;

@@ -35,8 +35,8 @@
 //! (adapter, device limits, buffer pool, pipeline cache, recorder: buffers and kernels, no
 //! tensors); [`tensor`]; [`ops`] (one Rust file per WGSL file: its kernels declared once, shape
 //! checks and dispatch); [`params`], [`autograd`] (the tape), [`optim`]; [`nn`] (the MLP, the
-//! DiT, the MM-DiT); then the library's runs: [`data`], [`checkpoint`], [`sample`], [`train`],
-//! [`pipeline`], [`eval`]. Input from users and files is bounded by [`limits`] before anything
+//! DiT, the MM-DiT); then the library's runs: [`data`], [`checkpoint`], [`sample`] (with the
+//! adaptive solver, [`rk45`]), [`train`], [`pipeline`], [`eval`]. Input from users and files is bounded by [`limits`] before anything
 //! is allocated.
 //!
 //! # Examples
@@ -97,6 +97,7 @@ pub mod pairs;
 pub mod params;
 pub mod pipeline;
 pub mod reflow;
+pub mod rk45;
 pub mod rng;
 pub mod rundir;
 pub mod sample;

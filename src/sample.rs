@@ -19,6 +19,9 @@
 //!   ends (one more evaluation per step, none on the last); under the `edm` schedule it averages
 //!   `dz/dsigma = eps_hat` over `sigma_s - sigma_t` instead (EDM's Heun: `b'` grows without
 //!   bound near `t = 1`, where a trapezoid in `t` diverges).
+//! - **rk45**: adaptive Dormand-Prince 5(4) on the velocity `a' x0_hat + b' eps_hat` to the
+//!   tolerances `rtol`, `atol` (`crate::rk45`: the steps, the controller, the ends, the clamp);
+//!   [`Sampler::nfe`] counts the evaluations of every solver.
 //! - **Guidance**: `y = y_u + w (y_c - y_u)` from one doubled batch (conditional rows, then the
 //!   same rows with the null label). With `w = 1`, or when every label is the null class, the
 //!   unconditional half is not evaluated at all.
@@ -40,6 +43,7 @@ use crate::limits::Budget;
 use crate::nn::{Model, ModelConfig};
 use crate::ops::{self, flow::FlowKernels};
 use crate::params::Params;
+use crate::rk45::{self, Rk45};
 use crate::tensor::{DType, Tensor};
 use crate::Gpu;
 use serde::{Deserialize, Serialize};
@@ -52,25 +56,30 @@ pub enum Solver {
     Euler,
     /// Second order (Heun's method): two evaluations per step, one on the last.
     Heun,
+    /// Adaptive Dormand-Prince 5(4) to the tolerances `rtol` and `atol` (`crate::rk45`): six
+    /// evaluations per attempted step; `steps` is not used.
+    Rk45,
 }
 
 impl Solver {
-    /// Parse `euler` or `heun`.
+    /// Parse `euler`, `heun` or `rk45`.
     pub fn parse(s: &str) -> Result<Solver> {
         match s {
             "euler" => Ok(Solver::Euler),
             "heun" => Ok(Solver::Heun),
+            "rk45" => Ok(Solver::Rk45),
             _ => Err(Error::Config(format!(
-                "unknown solver {s:?}: use euler or heun"
+                "unknown solver {s:?}: use euler, heun or rk45"
             ))),
         }
     }
 
-    /// The text form (`euler`, `heun`).
+    /// The text form (`euler`, `heun`, `rk45`).
     pub fn name(self) -> &'static str {
         match self {
             Solver::Euler => "euler",
             Solver::Heun => "heun",
+            Solver::Rk45 => "rk45",
         }
     }
 }
@@ -78,7 +87,7 @@ impl Solver {
 /// How to sample (validated when a sampler starts; see [`SampleOptions::validate`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SampleOptions {
-    /// ODE steps (the time grid has `steps + 1` points).
+    /// ODE steps (the time grid has `steps + 1` points; not used by `rk45`).
     pub steps: usize,
     /// The solver.
     pub solver: Solver,
@@ -98,6 +107,20 @@ pub struct SampleOptions {
     /// ([`TimeGrid::default_for`]: Karras for `edm`, uniform otherwise).
     #[serde(default)]
     pub grid: Option<TimeGrid>,
+    /// Relative tolerance of `rk45` (finite, > 0).
+    #[serde(default = "default_rtol")]
+    pub rtol: f64,
+    /// Absolute tolerance of `rk45` (finite, > 0).
+    #[serde(default = "default_atol")]
+    pub atol: f64,
+}
+
+fn default_rtol() -> f64 {
+    rk45::DEFAULT_RTOL
+}
+
+fn default_atol() -> f64 {
+    rk45::DEFAULT_ATOL
 }
 
 /// Most sampling steps (the time grid is one f64 per step).
@@ -112,7 +135,7 @@ pub const DEFAULT_STEPS: usize = 20;
 
 impl SampleOptions {
     /// [`DEFAULT_STEPS`] Euler steps without guidance, shift or clamp, from seed 0, for these
-    /// labels.
+    /// labels (and the rk45 tolerances [`rk45::DEFAULT_RTOL`], [`rk45::DEFAULT_ATOL`]).
     pub fn new(labels: Vec<u32>) -> SampleOptions {
         SampleOptions {
             steps: DEFAULT_STEPS,
@@ -123,12 +146,14 @@ impl SampleOptions {
             seed: 0,
             clip_x0: None,
             grid: None,
+            rtol: rk45::DEFAULT_RTOL,
+            atol: rk45::DEFAULT_ATOL,
         }
     }
 
     /// Check every option against its range, naming the flag: at least one sample, steps in
-    /// `1..=MAX_STEPS`, a finite guidance weight, a finite positive shift, and a finite positive
-    /// x0 clamp.
+    /// `1..=MAX_STEPS`, a finite guidance weight, a finite positive shift, a finite positive x0
+    /// clamp, and finite positive rk45 tolerances.
     pub fn validate(&self) -> Result<()> {
         let refuse = |m: String| Err(Error::Config(m));
         if self.labels.is_empty() {
@@ -156,7 +181,8 @@ impl SampleOptions {
                 ));
             }
         }
-        Ok(())
+        rk45::check_tolerance("--rtol", self.rtol)?;
+        rk45::check_tolerance("--atol", self.atol)
     }
 }
 
@@ -477,10 +503,15 @@ pub struct Sampler<F> {
     cfg: f32,
     solver: Solver,
     clip_x0: Option<f32>,
+    /// The time grid; for rk45 the accepted times so far.
     times: Vec<f64>,
     /// Steps taken.
     taken: usize,
     z: Tensor,
+    /// Evaluations of the field so far (a guided doubled batch counts once).
+    nfe: usize,
+    /// The adaptive solver's state (rk45 only).
+    rk45: Option<Rk45>,
 }
 
 impl<F: VelocityField> Sampler<F> {
@@ -561,7 +592,12 @@ impl<F: VelocityField> Sampler<F> {
         let grid = opts
             .grid
             .unwrap_or_else(|| TimeGrid::default_for(&schedule));
-        let times = grid.times(&schedule, opts.steps, opts.shift);
+        let mut times = grid.times(&schedule, opts.steps, opts.shift);
+        let rk45 = (opts.solver == Solver::Rk45).then(|| {
+            // An adaptive solver makes its own grid: only the (shifted) start is kept.
+            times.truncate(1);
+            Rk45::new(times[0], opts.rtol, opts.atol)
+        });
         let z = ops::scale(eps, schedule.b(times[0]) as f32)?;
         Ok(Sampler {
             prediction: field.prediction(),
@@ -580,6 +616,8 @@ impl<F: VelocityField> Sampler<F> {
             times,
             taken: 0,
             z,
+            nfe: 0,
+            rk45,
         })
     }
 
@@ -588,6 +626,9 @@ impl<F: VelocityField> Sampler<F> {
     pub fn step(&mut self) -> Result<bool> {
         if self.is_done() {
             return Ok(false);
+        }
+        if self.rk45.is_some() {
+            return self.rk45_step();
         }
         let (t, s) = (self.times[self.taken], self.times[self.taken + 1]);
         let last = self.taken + 2 == self.times.len();
@@ -648,6 +689,7 @@ impl<F: VelocityField> Sampler<F> {
             example_shape: &self.example_shape,
         };
         let y = self.field.evaluate(&input)?;
+        self.nfe += 1;
         ensure_shape!(
             y.dtype() == DType::F32 && y.numel() == rows * dim,
             "the velocity field returned {:?} {:?} for {rows} rows of {dim} values",
@@ -666,19 +708,67 @@ impl<F: VelocityField> Sampler<F> {
         Ok(out)
     }
 
-    /// Steps taken so far.
+    /// One accepted rk45 step (rejected attempts included), submitted.
+    fn rk45_step(&mut self) -> Result<bool> {
+        if self.taken >= MAX_STEPS {
+            return Err(Error::Config(format!(
+                "rk45 took {MAX_STEPS} steps and is at t = {}: loosen --rtol / --atol",
+                self.time()
+            )));
+        }
+        let mut solver = self.rk45.take().expect("an rk45 sampler");
+        let (z, t) = (self.z.clone(), self.time());
+        let result = solver.step(&mut |z, t| self.velocity(z, t), &z, t);
+        self.rk45 = Some(solver);
+        let (z, t) = result?;
+        self.z = z;
+        self.times.push(t);
+        self.taken += 1;
+        self.gpu.flush()?;
+        Ok(true)
+    }
+
+    /// The velocity `dz/dt = a' x0_hat + b' eps_hat` at `(z, t)`, guided. With the x0 clamp it
+    /// is the velocity of the straight path from `clamp(x0_hat)` through `z`, i.e. `eps_hat =
+    /// (z - a clamp(x0_hat)) / b`: where nothing is clamped this is the plain velocity, and like
+    /// the fixed-step update it lands on `clamp(x0_hat)` at `t = 0`.
+    fn velocity(&mut self, z: &Tensor, t: f64) -> Result<Tensor> {
+        let y = self.output(z, t)?;
+        let [p, q, r, u] = affine(self.prediction, &self.schedule, t);
+        let (a, b, da, db) = self.schedule.coefficients(t);
+        match self.clip_x0 {
+            None => {
+                let (cy, cz) = (da * p + db * r, da * q + db * u);
+                if cy == 1.0 && cz == 0.0 {
+                    return Ok(y); // velocity prediction on rf
+                }
+                ops::linear_combination(None, &[(cy as f32, &y), (cz as f32, z)])
+            }
+            Some(bound) => {
+                let x0 = ops::clamp(&combine(p, &y, q, z)?, bound)?;
+                let terms = [((da - db * a / b) as f32, &x0), ((db / b) as f32, z)];
+                ops::linear_combination(None, &terms)
+            }
+        }
+    }
+
+    /// Steps taken so far (rk45: accepted steps).
     pub fn steps_taken(&self) -> usize {
         self.taken
     }
 
-    /// Steps in all.
+    /// Steps in all. An adaptive solver (rk45) does not know them in advance: its accepted
+    /// steps so far, which are all of them once [`Sampler::is_done`].
     pub fn steps(&self) -> usize {
         self.times.len() - 1
     }
 
-    /// Whether every step has been taken.
+    /// Whether every step has been taken (rk45: whether it has reached `t = 0`).
     pub fn is_done(&self) -> bool {
-        self.taken + 1 >= self.times.len()
+        match self.rk45 {
+            Some(_) => self.time() == 0.0,
+            None => self.taken + 1 >= self.times.len(),
+        }
     }
 
     /// The time the samples are at now (`t_0` before the first step, 0 at the end).
@@ -686,9 +776,56 @@ impl<F: VelocityField> Sampler<F> {
         self.times[self.taken]
     }
 
-    /// The time grid, `steps + 1` times from the start down to 0.
+    /// The time grid, `steps + 1` times from the start down to 0; for rk45 the times it has
+    /// reached so far (the accepted steps' ends), from the start down to where it is now.
     pub fn times(&self) -> &[f64] {
         &self.times
+    }
+
+    /// Evaluations of the field so far (the number of function evaluations, NFE): one per
+    /// Euler step, two per Heun step but the last, for rk45 one at the start and six per
+    /// attempted step. A guided evaluation of the doubled batch counts once.
+    pub fn nfe(&self) -> usize {
+        self.nfe
+    }
+
+    /// Steps rk45 has rejected so far (0 for the fixed-step solvers).
+    pub fn rejected_steps(&self) -> usize {
+        self.rk45.as_ref().map_or(0, Rk45::rejected)
+    }
+
+    /// Record the path-straightness sums along the trajectory (rk45 only; call before the first
+    /// step). See [`Sampler::straightness`].
+    pub fn record_straightness(&mut self) -> Result<()> {
+        let t = self.time();
+        match &mut self.rk45 {
+            Some(solver) if self.taken == 0 => solver.record_straightness(&self.z, t),
+            Some(_) => Err(Error::Config(
+                "record_straightness: call it before the first step".into(),
+            )),
+            None => Err(Error::Config(
+                "path straightness is measured along rk45 trajectories: sample with --solver rk45"
+                    .into(),
+            )),
+        }
+    }
+
+    /// The path straightness of the finished trajectories (see `crate::rk45`): the mean over
+    /// every element and the trajectory's time of `(v(z_t, t) - (z_start - z_0) / t_start)^2`,
+    /// 0 for straight paths. Reads the samples and the sums back.
+    pub fn straightness(&self) -> Result<f64> {
+        let recorded = self.rk45.as_ref().filter(|s| s.records_straightness());
+        match recorded {
+            Some(solver) if self.is_done() => {
+                Ok(solver.straightness(&self.z)?.expect("recorded sums"))
+            }
+            Some(_) => Err(Error::Config(
+                "straightness: step the sampler to the end first".into(),
+            )),
+            None => Err(Error::Config(
+                "straightness: call record_straightness before the first rk45 step".into(),
+            )),
+        }
     }
 
     /// The samples as they are now, `[n, ...example_shape]` (shares the sampler's buffer until

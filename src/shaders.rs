@@ -331,6 +331,7 @@ shader!(
 );
 shader!(CAST, "cast", requiring(wgpu::Features::SHADER_F16));
 shader!(TEXTURE, "texture");
+shader!(SOLVER, "solver");
 
 /// Every shader, for validation tests.
 pub static ALL: &[&Shader] = &[
@@ -351,4 +352,5 @@ pub static ALL: &[&Shader] = &[
     &GATHER,
     &FLOW,
     &TEXTURE,
+    &SOLVER,
 ];

@@ -143,4 +143,78 @@ fn the_command_line_trains_samples_and_protects_existing_runs() {
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let npy = std::fs::read(dir.join("s").join("samples.npy")).unwrap();
     assert_eq!(npy.len(), npy_header("<f4", &[50, 2]).len() + 50 * 2 * 4);
+    let out_text = String::from_utf8_lossy(&r.stdout);
+    assert!(
+        out_text.contains("euler 3 steps, 3 network evaluations (NFE)"),
+        "{out_text}"
+    );
+    // The adaptive solver reports its steps and evaluations (one at the start, six per
+    // attempted step).
+    let r = std::process::Command::new(bin)
+        .args([
+            "sample",
+            "--checkpoint",
+            out.join("checkpoint.safetensors").to_str().unwrap(),
+            "--n",
+            "20",
+            "--solver",
+            "rk45",
+            "--rtol",
+            "1e-3",
+            "--atol",
+            "1e-3",
+            "--out",
+            png.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let out_text = String::from_utf8_lossy(&r.stdout);
+    let nfe: usize = out_text
+        .split(" steps, ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no NFE in {out_text}"));
+    assert!(
+        out_text.contains("rk45 ") && nfe > 6 && nfe % 6 == 1,
+        "{out_text}"
+    );
+    // eval reports the path straightness beside the sample metrics, in its table and JSON.
+    let json = dir.join("s").join("eval.json");
+    let r = std::process::Command::new(bin)
+        .args([
+            "eval",
+            "--checkpoint",
+            out.join("checkpoint.safetensors").to_str().unwrap(),
+            "--n",
+            "30",
+            "--rtol",
+            "1e-3",
+            "--atol",
+            "1e-3",
+            "--json",
+            json.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let out_text = String::from_utf8_lossy(&r.stdout);
+    assert!(
+        out_text.contains("path straightness (rk45)")
+            && out_text.contains("along the rk45 paths of 30 samples"),
+        "{out_text}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let s = &report["straightness"];
+    assert_eq!(s["samples"], 30, "{report}");
+    let row = report["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["metric"] == "path straightness (rk45)")
+        .unwrap_or_else(|| panic!("{report}"));
+    assert_eq!(row["value"], s["value"]);
+    assert!(s["value"].as_f64().unwrap() >= 0.0 && s["nfe"].as_u64().unwrap() > 6);
 }

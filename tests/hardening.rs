@@ -228,7 +228,7 @@ fn bad_sampling_flags_are_refused() {
     let ckpt = mlp_run().join("checkpoint.safetensors");
     let dir = temp_dir("bad-sample-flags");
     let png = dir.join("s").join("x.png");
-    let cases: [(&[&str], &str); 12] = [
+    let cases: [(&[&str], &str); 17] = [
         (&["--cfg", "nan"], "--cfg NaN"),
         (&["--cfg", "inf"], "--cfg inf"),
         (&["--shift", "0"], "--shift 0"),
@@ -241,6 +241,11 @@ fn bad_sampling_flags_are_refused() {
         (&["--steps", "1000000000000"], "--steps 1000000000000"),
         (&["--n", "0"], "--n 0"),
         (&["--grid", "linear"], "uniform or karras"),
+        (&["--solver", "rk4"], "euler, heun or rk45"),
+        (&["--solver", "rk45", "--rtol", "0"], "--rtol 0"),
+        (&["--rtol", "-1"], "--rtol -1"),
+        (&["--atol", "nan"], "--atol NaN"),
+        (&["--solver", "rk45", "--atol", "inf"], "--atol inf"),
     ];
     for (flags, want) in cases {
         let mut args = vec![
@@ -258,6 +263,7 @@ fn bad_sampling_flags_are_refused() {
         (&["--n", "1"][..], "--n 1"),
         (&["--cfg", "inf"][..], "--cfg inf"),
         (&["--shift", "-1"][..], "--shift -1"),
+        (&["--rtol", "0"][..], "--rtol 0"),
     ] {
         let json = dir.join("eval.json");
         let mut args = vec![

@@ -51,10 +51,9 @@ fn sampling_with_a_fixed_seed_is_deterministic() {
             solver,
             cfg,
             shift: 3.0,
-            labels: vec![0, 1, 2, 3, 10],
             seed,
             clip_x0: None,
-            grid: None,
+            ..SampleOptions::new(vec![0, 1, 2, 3, 10])
         };
         sample(&tr.model, &tr.params, &tr.flow, 64, 10, &opts)
             .unwrap()
@@ -74,10 +73,9 @@ fn sampling_with_a_fixed_seed_is_deterministic() {
         solver: Solver::Euler,
         cfg: 2.0,
         shift: 1.0,
-        labels: vec![0, 1, 2, 3, 10],
         seed: 5,
         clip_x0: Some(0.1),
-        grid: None,
+        ..SampleOptions::new(vec![0, 1, 2, 3, 10])
     };
     let clipped = sample(&tr.model, &tr.params, &tr.flow, 64, 10, &opts)
         .unwrap()

@@ -256,6 +256,34 @@ fn pair_generation_resumes_where_it_stopped_and_makes_the_same_pairs() {
         assert!(e.to_string().contains("other settings"), "{e}");
     }
     assert_eq!(std::fs::read(&parts).unwrap(), before);
+    // Pairs made with the adaptive solver: a tighter tolerance moves them little.
+    let with = |rtol: f64| PairSettings {
+        sample: SampleOptions {
+            solver: Solver::Rk45,
+            rtol,
+            atol: rtol,
+            ..settings("a", 100, 100, 4).sample
+        },
+        ..settings("a", 100, 100, 4)
+    };
+    let loose = generate_pairs(&pipe, &with(1e-5), &dir.join("rk45-5"), |_, _| {}).unwrap();
+    let tight = generate_pairs(&pipe, &with(1e-7), &dir.join("rk45-7"), |_, _| {}).unwrap();
+    assert_eq!(loose.noise, tight.noise);
+    // rk45 controls the root mean square of its local error per step; the global error of this
+    // flow at 1e-5 was measured at 1.5e-3 against 1e-7 (a trained checkerboard flow: 2e-3 at
+    // 1e-5, 1.5e-4 at 1e-6), so a bound of 5e-3.
+    let rms = (loose
+        .samples
+        .iter()
+        .zip(&tight.samples)
+        .map(|(a, b)| ((a - b) as f64).powi(2))
+        .sum::<f64>()
+        / loose.samples.len() as f64)
+        .sqrt();
+    assert!(
+        rms < 5e-3,
+        "rk45 pairs at rtol 1e-5 and 1e-7: rms difference {rms}"
+    );
     // Bad counts are refused.
     for (n, chunk) in [(0, 10), (10, 0)] {
         assert!(generate_pairs(
@@ -401,6 +429,10 @@ fn reflow_and_distill_run_from_the_command_line_and_resume() {
     };
     err(&reflow(&["--pairs", "0"]), "--pairs 0");
     err(&reflow(&["--pair-solver", "rk99"]), "rk99");
+    err(
+        &reflow(&["--pair-solver", "rk45", "--pair-rtol", "0"]),
+        "--rtol 0",
+    );
     err(&reflow(&["--t-sampler", "ushape:-1"]), "ushape");
     err(
         &run(bin, &["reflow", "--checkpoint", &s(&dir.join("none"))]),

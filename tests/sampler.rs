@@ -62,10 +62,9 @@ fn stepping_to_the_end_equals_one_shot_sampling() {
             solver,
             cfg,
             shift,
-            labels: vec![0, 1, 2, 10, 9],
             seed: 11,
             clip_x0,
-            grid: None,
+            ..SampleOptions::new(vec![0, 1, 2, 10, 9])
         };
         let one_shot = sample(&tr.model, &tr.params, &tr.flow, 64, 10, &opts)
             .unwrap()

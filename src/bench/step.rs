@@ -7,7 +7,7 @@ use crate::data::{self, DataSpec, Dataset};
 use crate::error::{Error, Result};
 use crate::gpu::{KernelTotal, ProfileMethod};
 use crate::nn::ModelConfig;
-use crate::sample::{sample as draw, SampleOptions, Solver};
+use crate::sample::{sample as draw, SampleOptions};
 use crate::train::{TrainConfig, Trainer};
 use crate::Gpu;
 use serde::Serialize;
@@ -213,15 +213,10 @@ pub fn sample(gpu: &Gpu, opts: &Options) -> Result<SampleReport> {
     let tr = Trainer::new(gpu, workload.config(&data)?, &data)?;
     let n = if opts.quick { 100 } else { 500 };
     let classes = data.classes;
+    // 20 Euler steps from seed 0, guided.
     let options = SampleOptions {
-        steps: 20,
-        solver: Solver::Euler,
         cfg: 2.0,
-        shift: 1.0,
-        labels: (0..n).map(|i| (i % classes) as u32).collect(),
-        seed: 0,
-        clip_x0: None,
-        grid: None,
+        ..SampleOptions::new((0..n).map(|i| (i % classes) as u32).collect())
     };
     let dim = data.dim();
     let run = || -> Result<()> {

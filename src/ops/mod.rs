@@ -17,6 +17,7 @@ mod norm;
 mod optim;
 mod random;
 mod reduce;
+pub mod solver;
 pub mod texture;
 
 pub use attention::{attention, attention_backward, MAX_HEAD_DIM};
@@ -46,6 +47,7 @@ pub use norm::{
 pub use optim::{adamw, grad_norm, AdamWStep};
 pub use random::random_normal;
 pub use reduce::{max_rows, mean_rows, sum_rows, sum_tokens, sum_tokens_into};
+pub use solver::{error_weights, linear_combination};
 
 use crate::error::{ensure_shape, Result};
 use crate::gpu::{Access, Binding, Gpu, Kernel};
@@ -69,6 +71,7 @@ pub fn all_kernels() -> Vec<&'static Kernel> {
         optim::KERNELS,
         random::KERNELS,
         reduce::KERNELS,
+        solver::KERNELS,
         texture::KERNELS,
     ]
     .concat()

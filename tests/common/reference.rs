@@ -288,3 +288,147 @@ pub fn qk_norm(qkv: &[f64], heads: usize, d: usize, gq: &[f64], gk: &[f64], eps:
     }
     out
 }
+
+/// What [`dopri5`] integrated.
+pub struct Dopri5 {
+    /// The state at `t = 0`.
+    pub z: Vec<f64>,
+    /// The accepted times, from the start down to 0.
+    pub times: Vec<f64>,
+    /// Evaluations of the field.
+    pub nfe: usize,
+    /// Rejected steps.
+    pub rejected: usize,
+    /// The path straightness: the trapezoid rule over each accepted step of
+    /// `mean_i (v_i - d_i)^2`, `d = (z_start - z_0) / t_start`, plus `t_end (v(t_end) - d)^2` for
+    /// the last Euler step, divided by `t_start`.
+    pub straightness: f64,
+}
+
+/// Dormand-Prince 5(4) in f64, as `rectiflow::rk45` specifies it: from `(z, t0)` down to
+/// `t_end` (the last step clipped onto it), then one Euler step to 0 with the velocity at
+/// `t_end`; error norm `sqrt(mean (e / (atol + rtol max(|z|, |z_new|)))^2)`, accept at `<= 1`,
+/// next step `h clamp(0.9 err^(-1/5), 0.2, 5)`, first step 1% of `t0 - t_end`.
+pub fn dopri5(
+    mut f: impl FnMut(&[f64], f64) -> Vec<f64>,
+    z: &[f64],
+    t0: f64,
+    t_end: f64,
+    rtol: f64,
+    atol: f64,
+) -> Dopri5 {
+    let c = [0.0, 0.2, 0.3, 0.8, 8.0 / 9.0, 1.0, 1.0];
+    let a: [Vec<f64>; 7] = [
+        vec![],
+        vec![0.2],
+        vec![3.0 / 40.0, 9.0 / 40.0],
+        vec![44.0 / 45.0, -56.0 / 15.0, 32.0 / 9.0],
+        vec![
+            19372.0 / 6561.0,
+            -25360.0 / 2187.0,
+            64448.0 / 6561.0,
+            -212.0 / 729.0,
+        ],
+        vec![
+            9017.0 / 3168.0,
+            -355.0 / 33.0,
+            46732.0 / 5247.0,
+            49.0 / 176.0,
+            -5103.0 / 18656.0,
+        ],
+        vec![
+            35.0 / 384.0,
+            0.0,
+            500.0 / 1113.0,
+            125.0 / 192.0,
+            -2187.0 / 6784.0,
+            11.0 / 84.0,
+        ],
+    ];
+    let b5 = &a[6];
+    let b4 = [
+        5179.0 / 57600.0,
+        0.0,
+        7571.0 / 16695.0,
+        393.0 / 640.0,
+        -92097.0 / 339200.0,
+        187.0 / 2100.0,
+        1.0 / 40.0,
+    ];
+    let n = z.len();
+    let mut z = z.to_vec();
+    let start = z.clone();
+    let mut t = t0;
+    let mut h = 0.01 * (t0 - t_end);
+    let mut k1 = f(&z, t);
+    let (mut nfe, mut rejected) = (1, 0);
+    let mut times = vec![t0];
+    // (weight, velocity) of every quadrature point.
+    let mut points: Vec<(f64, Vec<f64>)> = Vec::new();
+    while t > t_end {
+        let hh = h.min(t - t_end);
+        let t_new = if h >= t - t_end { t_end } else { t - hh };
+        let dt = -hh;
+        let mut k = vec![k1.clone()];
+        for i in 1..7 {
+            let zi: Vec<f64> = (0..n)
+                .map(|e| {
+                    z[e] + dt
+                        * a[i]
+                            .iter()
+                            .zip(&k)
+                            .map(|(aij, kj)| aij * kj[e])
+                            .sum::<f64>()
+                })
+                .collect();
+            let ti = if i == 6 { t_new } else { t + c[i] * dt };
+            k.push(f(&zi, ti));
+            nfe += 1;
+        }
+        let z5: Vec<f64> = (0..n)
+            .map(|e| z[e] + dt * (0..6).map(|j| b5[j] * k[j][e]).sum::<f64>())
+            .collect();
+        let z4: Vec<f64> = (0..n)
+            .map(|e| z[e] + dt * (0..7).map(|j| b4[j] * k[j][e]).sum::<f64>())
+            .collect();
+        let err = ((0..n)
+            .map(|e| ((z5[e] - z4[e]) / (atol + rtol * z[e].abs().max(z5[e].abs()))).powi(2))
+            .sum::<f64>()
+            / n as f64)
+            .sqrt();
+        let factor = if err == 0.0 {
+            5.0
+        } else {
+            (0.9 * err.powf(-0.2)).clamp(0.2, 5.0)
+        };
+        h = hh * factor;
+        if err <= 1.0 {
+            points.push((0.5 * hh, k1.clone()));
+            points.push((0.5 * hh, k[6].clone()));
+            z = z5;
+            k1 = k[6].clone();
+            t = t_new;
+            times.push(t);
+        } else {
+            rejected += 1;
+        }
+    }
+    points.push((t, k1.clone()));
+    for e in 0..n {
+        z[e] -= t * k1[e];
+    }
+    times.push(0.0);
+    let d: Vec<f64> = (0..n).map(|e| (start[e] - z[e]) / t0).collect();
+    let total: f64 = points
+        .iter()
+        .map(|(w, v)| w * (0..n).map(|e| (v[e] - d[e]).powi(2)).sum::<f64>() / n as f64)
+        .sum();
+    let weight: f64 = points.iter().map(|p| p.0).sum();
+    Dopri5 {
+        z,
+        times,
+        nfe,
+        rejected,
+        straightness: total / weight,
+    }
+}

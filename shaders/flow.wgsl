@@ -151,8 +151,7 @@ fn sample_t(w: vec4<u32>) -> f32 {
         case SAMPLER_COSMAP: { t = 1.0 - 1.0 / (tan(0.5 * PI * u) + 1.0); }
         case SAMPLER_USHAPE: {
             let a = params.samp_m;
-            let x = (2.0 * u - 1.0) * sinh(0.5 * a);
-            t = 0.5 + log(x + sqrt(x * x + 1.0)) / a;   // asinh
+            t = 0.5 + asinh((2.0 * u - 1.0) * sinh(0.5 * a)) / a;
         }
         case SAMPLER_GRID: {
             let k = params.samp_m;

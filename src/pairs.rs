@@ -104,7 +104,7 @@ impl Pairs {
     pub fn load(path: &Path) -> Result<Pairs> {
         let bad = |why: String| {
             Error::Data(format!(
-                "{} is not a usable pairs file: {why}; delete it to draw the pairs again",
+                "{} is not a usable pairs file: {why}",
                 path.display()
             ))
         };

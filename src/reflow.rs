@@ -6,8 +6,9 @@
 //! the starting times of a `k`-step grid only (time sampler `grid:K`), so that `k` Euler steps
 //! land on `x0_hat`.
 //!
-//! Pairs are drawn in chunks of a fixed size, chunk `c`'s noise from the sampler's stream at
-//! step `c` of the seed, and the file is rewritten atomically after each chunk: a generation
+//! Pairs are drawn in chunks of a fixed size, chunk `c`'s noise from stream
+//! [`PAIR_NOISE_STREAM`] at step `c` of the seed (not the samplers' stream, so that the samples
+//! `eval` draws are never the pairs' own noise), and the file is rewritten atomically after each chunk: a generation
 //! killed at any moment continues where it stopped and makes the same pairs as one that was
 //! not. What made the pairs (source checkpoint, its step and configuration, the sampler's
 //! settings) is in the file's metadata; pairs made otherwise are never mixed.
@@ -18,13 +19,17 @@ use crate::error::{Error, Result};
 use crate::ops;
 use crate::pairs::Pairs;
 use crate::pipeline::{Pipeline, Weights};
-use crate::sample::{SampleOptions, NOISE_STREAM};
+use crate::sample::SampleOptions;
 use crate::train::TrainConfig;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 /// The pairs' file in a reflow or distillation run directory.
 pub const PAIRS_FILE: &str = "pairs.safetensors";
+
+/// Philox stream of the pairs' noise: not the samplers' ([`crate::sample::NOISE_STREAM`]), so that samples
+/// drawn to measure a flow trained on pairs never start from the noise it was trained on.
+pub const PAIR_NOISE_STREAM: u32 = 8;
 
 /// Most pairs one file holds.
 pub const MAX_PAIRS: usize = 10_000_000;
@@ -64,6 +69,47 @@ impl PairSettings {
         Ok(())
     }
 
+    /// What differs between these settings and `made` (the number of pairs aside), as
+    /// `name: made -> these`.
+    pub fn differences(&self, made: &PairSettings) -> Vec<String> {
+        let (a, b) = (
+            serde_json::to_value(made).expect("the settings serialise"),
+            serde_json::to_value(self).expect("the settings serialise"),
+        );
+        let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (key, new) in b {
+            if key == "pairs" {
+                continue;
+            }
+            match (a.get(key), new) {
+                (Some(serde_json::Value::Object(x)), serde_json::Value::Object(y)) => {
+                    for (k, v) in y {
+                        if x.get(k) != Some(v) {
+                            let old = x.get(k).map_or("none".into(), |o| o.to_string());
+                            out.push(format!("{key}.{k}: {old} -> {v}"));
+                        }
+                    }
+                }
+                (old, new) if old != Some(new) => {
+                    let old = old.map_or("none".into(), |o| o.to_string());
+                    let text = |v: String| {
+                        if v.len() > 60 {
+                            "(a configuration)".to_string()
+                        } else {
+                            v
+                        }
+                    };
+                    out.push(format!("{key}: {} -> {}", text(old), text(new.to_string())));
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
     /// The JSON text a pairs file keeps.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("the settings serialise")
@@ -96,15 +142,19 @@ pub fn generate_pairs(
     let classes = source.classes();
     let mut pairs = if path.exists() {
         let old = Pairs::load(path)?;
-        let made_with: Option<PairSettings> = serde_json::from_str(&old.settings).ok();
         let matches = settings.continues(&old.settings);
         if !matches || old.shape != shape || old.classes != classes {
-            let what = match &made_with {
-                Some(m) => format!(
-                    "source {} at step {}, {} pairs in chunks of {}",
-                    m.source, m.source_step, m.pairs, m.chunk
-                ),
-                None => "settings this version does not read".into(),
+            let what = match serde_json::from_str::<PairSettings>(&old.settings) {
+                Ok(made) => settings.differences(&made).join(", "),
+                Err(_) => "settings this version does not read".into(),
+            };
+            let what = if what.is_empty() {
+                format!(
+                    "examples of shape {:?} with {} classes",
+                    old.shape, old.classes
+                )
+            } else {
+                what
             };
             return Err(Error::Config(format!(
                 "{} holds pairs made with other settings ({what}); use another --out, or \
@@ -121,8 +171,13 @@ pub fn generate_pairs(
     };
     let dim: usize = shape.iter().product();
     let (total, chunk) = (settings.pairs, settings.chunk);
-    // Continue at the first chunk not complete; a partial last chunk is drawn again whole.
-    let mut start = pairs.len().min(total) / chunk * chunk;
+    // Continue at the first chunk not complete; a partial last chunk is drawn again whole
+    // (unless the pairs are all there).
+    let mut start = if pairs.len() >= total {
+        total
+    } else {
+        pairs.len() / chunk * chunk
+    };
     pairs.noise.truncate(start * dim);
     pairs.samples.truncate(start * dim);
     pairs.labels.truncate(start);
@@ -148,7 +203,7 @@ pub fn generate_pairs(
             n * dim,
             settings.sample.seed,
             step,
-            NOISE_STREAM,
+            PAIR_NOISE_STREAM,
         )?
         .reshape(&noise_shape)?;
         let samples = source.sampler_from_noise(&noise, &opts)?.finish()?;

@@ -171,6 +171,7 @@ fn gpu_time_samplers_match_their_densities() {
         TimeSampler::Mode { s: 1.29 },
         TimeSampler::CosMap,
         TimeSampler::UShape { a: 4.0 },
+        TimeSampler::UShape { a: 50.0 },
     ] {
         let k = kernels(FlowConfig {
             sampler,

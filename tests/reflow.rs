@@ -71,6 +71,18 @@ fn the_paired_forward_process_uses_each_pairs_own_noise() {
 }
 
 #[test]
+fn edm_is_distilled_for_one_step_only() {
+    let data = Toy::Moons.sample(100, 1).unwrap();
+    let mut c = config(&data, "mlp", 16);
+    c.schedule = Schedule::Edm { pm: -1.2, ps: 1.2 };
+    c.t_sampler = TimeSampler::Grid { k: 2 };
+    let e = c.validate().unwrap_err().to_string();
+    assert!(e.contains("grid:2") && e.contains("Karras"), "{e}");
+    c.t_sampler = TimeSampler::Grid { k: 1 };
+    c.validate().unwrap();
+}
+
+#[test]
 fn grid_times_are_the_starting_times_of_a_k_step_grid() {
     let n = 40_000;
     let x0 = upload(gpu(), &[n, 1], &vec![0.0; n]);
@@ -151,6 +163,14 @@ fn moons_pipeline(steps: u64) -> (Pipeline, TrainConfig) {
 
 #[test]
 fn pairs_files_round_trip_and_damaged_ones_are_refused() {
+    fn tensor<'a>(shape: Vec<usize>, data: &'a [f32]) -> safetensors::tensor::TensorView<'a> {
+        safetensors::tensor::TensorView::new(
+            safetensors::tensor::Dtype::F32,
+            shape,
+            bytemuck::cast_slice(data),
+        )
+        .unwrap()
+    }
     let dir = temp_dir("pairs-file");
     let path = dir.join("pairs.safetensors");
     let (n, d) = (7, 3);
@@ -188,12 +208,28 @@ fn pairs_files_round_trip_and_damaged_ones_are_refused() {
     bad_label.save(&checkpoint).unwrap();
     let e = Pairs::load(&checkpoint).unwrap_err().to_string();
     assert!(e.contains("label 9"), "{e}");
-    // Noise and samples that do not pair up.
-    let short = Pairs {
-        samples: pairs.samples[..(n - 1) * d].to_vec(),
-        ..pairs.clone()
-    };
-    assert!(short.save(&checkpoint).is_err() || Pairs::load(&checkpoint).is_err());
+    // Noise and samples that do not pair up (a file written by hand).
+    let labels: Vec<f32> = pairs.labels.iter().map(|&l| l as f32).collect();
+    let bytes = safetensors::serialize(
+        [
+            ("noise", tensor(vec![n, d], &pairs.noise)),
+            (
+                "samples",
+                tensor(vec![n - 1, d], &pairs.samples[..(n - 1) * d]),
+            ),
+            ("labels", tensor(vec![n], &labels)),
+        ],
+        Some(std::collections::HashMap::from([
+            ("format".to_string(), "rectiflow-pairs-1".to_string()),
+            ("settings".to_string(), "{}".to_string()),
+            ("classes".to_string(), "4".to_string()),
+        ])),
+    )
+    .unwrap();
+    std::fs::write(&checkpoint, bytes).unwrap();
+    let e = Pairs::load(&checkpoint).unwrap_err().to_string();
+    assert!(e.contains("do not pair up"), "{e}");
+
     // A checkpoint is not a pairs file.
     let (pipe, _) = moons_pipeline(1);
     let ck = dir.join("checkpoint.safetensors");
@@ -252,8 +288,19 @@ fn pair_generation_resumes_where_it_stopped_and_makes_the_same_pairs() {
         settings("a", 900, 100, 4),
         settings("a", 900, 200, 5),
     ] {
-        let e = generate_pairs(&pipe, &other, &parts, |_, _| {}).unwrap_err();
-        assert!(e.to_string().contains("other settings"), "{e}");
+        let e = generate_pairs(&pipe, &other, &parts, |_, _| {})
+            .unwrap_err()
+            .to_string();
+        // The message names what differs.
+        let named = [
+            "source: \"a\" -> \"b\"",
+            "chunk: 200 -> 100",
+            "sample.seed: 4 -> 5",
+        ];
+        assert!(
+            e.contains("other settings") && named.iter().any(|n| e.contains(n)),
+            "{e}"
+        );
     }
     assert_eq!(std::fs::read(&parts).unwrap(), before);
     // Pairs made with the adaptive solver: a tighter tolerance moves them little.
@@ -413,14 +460,15 @@ fn reflow_and_distill_run_from_the_command_line_and_resume() {
             &ck,
             "--out",
             &out_s,
-            "--pair-steps",
-            "3",
             "--pair-chunk",
             "100",
             "--steps",
             "10",
             "--quiet",
         ];
+        if !extra.contains(&"--pair-steps") {
+            a.extend(["--pair-steps", "3"]);
+        }
         if !extra.contains(&"--pairs") {
             a.extend(["--pairs", "300"]);
         }
@@ -464,6 +512,36 @@ fn reflow_and_distill_run_from_the_command_line_and_resume() {
         std::fs::read(out.join("checkpoint.safetensors")).unwrap(),
         before
     );
+    err(
+        &run(
+            bin,
+            &[
+                "reflow",
+                "--checkpoint",
+                &ck,
+                "--out",
+                &out_s,
+                "--resume",
+                "--lr",
+                "1e-3",
+            ],
+        ),
+        "only --steps",
+    );
+    err(
+        &run(
+            bin,
+            &[
+                "reflow",
+                "--checkpoint",
+                &ck,
+                "--out",
+                &base_s,
+                "--overwrite",
+            ],
+        ),
+        "directory of the checkpoint",
+    );
     ok(&run(
         bin,
         &[
@@ -505,6 +583,19 @@ fn reflow_and_distill_run_from_the_command_line_and_resume() {
         ],
     ));
     let dck = s(&dist.join("checkpoint.safetensors"));
+    // A distillation of a reflow: two pairs files lead back to the moons.
+    let dconfig =
+        TrainConfig::from_json(&std::fs::read_to_string(dist.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(dconfig.t_sampler, TimeSampler::Grid { k: 1 });
+    assert_eq!(
+        dconfig.data,
+        DataSpec::Pairs(dist.join("pairs.safetensors"))
+    );
+    assert_eq!(
+        original_config(&dconfig).unwrap().data,
+        DataSpec::Toy(Toy::Moons)
+    );
     let r = run(
         bin,
         &[
@@ -523,6 +614,15 @@ fn reflow_and_distill_run_from_the_command_line_and_resume() {
         report.contains("\"steps\": 1") && report.contains("sliced W2"),
         "{report}"
     );
+
+    // --overwrite with other pair settings replaces the pairs and the run trained on them.
+    ok(&reflow(&["--overwrite", "--pair-steps", "4"]));
+    let pairs = Pairs::load(&out.join("pairs.safetensors")).unwrap();
+    assert!(pairs.settings.contains("\"steps\":4"), "{}", pairs.settings);
+    let step = rectiflow::checkpoint::Checkpoint::load(&out.join("checkpoint.safetensors"))
+        .unwrap()
+        .step;
+    assert_eq!(step, 10);
 
     // kill -9 during pair generation loses no complete chunk, and the same command continues.
     let killed = dir.join("k");

@@ -8,10 +8,11 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use rectiflow::data::DataSpec;
 use rectiflow::flow::TimeSampler;
+use rectiflow::limits::Budget;
 use rectiflow::reflow::{generate_pairs, PairSettings, PAIRS_FILE};
 use rectiflow::rundir::RunLock;
 use rectiflow::sample::{SampleOptions, Solver};
-use rectiflow::train::run::check_new;
+use rectiflow::train::run::{check_new, CHECKPOINT_FILE, CONFIG_FILE};
 use rectiflow::train::{Run, RunOptions, StartingWeights, TrainConfig};
 use rectiflow::{Error, Gpu, Pipeline, Result, Weights};
 use std::path::{Path, PathBuf};
@@ -25,7 +26,7 @@ pub struct ReflowArgs {
     /// Run directory (default: the checkpoint's run directory with -reflow or -distill added).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Pairs to draw (default: 20000 for points, 5000 for images).
+    /// Pairs to draw (default: 20000 for points, 2000 for images).
     #[arg(long)]
     pairs: Option<usize>,
     /// Pairs drawn at once, and kept in the file after each such chunk (default: 5000 for
@@ -34,17 +35,17 @@ pub struct ReflowArgs {
     pair_chunk: Option<usize>,
     /// The solver that integrates the flow to make the pairs: euler | heun | rk45 (adaptive:
     /// accurate, but several hundred evaluations at its default tolerances).
-    #[arg(long, default_value = "heun")]
-    pair_solver: String,
-    /// Steps of a fixed-step solver.
-    #[arg(long, default_value_t = 50)]
-    pair_steps: usize,
-    /// rk45's relative tolerance for the pairs.
-    #[arg(long, default_value_t = rectiflow::rk45::DEFAULT_RTOL, allow_negative_numbers = true)]
-    pair_rtol: f64,
-    /// rk45's absolute tolerance for the pairs.
-    #[arg(long, default_value_t = rectiflow::rk45::DEFAULT_ATOL, allow_negative_numbers = true)]
-    pair_atol: f64,
+    #[arg(long)]
+    pair_solver: Option<String>,
+    /// Steps of a fixed-step solver (default: 50 for points, 10 for images).
+    #[arg(long)]
+    pair_steps: Option<usize>,
+    /// rk45's relative tolerance for the pairs [default: 1e-5]
+    #[arg(long, allow_negative_numbers = true)]
+    pair_rtol: Option<f64>,
+    /// rk45's absolute tolerance for the pairs [default: 1e-5]
+    #[arg(long, allow_negative_numbers = true)]
+    pair_atol: Option<f64>,
     /// Guidance weight of the pairs (default: the checkpoint's own, 2 for a class-conditional
     /// model trained with label dropout, else 1). The new flow learns the guided flow.
     #[arg(long, allow_negative_numbers = true)]
@@ -108,9 +109,9 @@ pub struct ReflowCmd {
 pub struct DistillCmd {
     #[command(flatten)]
     common: ReflowArgs,
-    /// Train a generator for K Euler steps (1: one network evaluation per sample).
-    #[arg(long, default_value_t = 1)]
-    k: u32,
+    /// Train a generator for K Euler steps (1: one network evaluation per sample) [default: 1]
+    #[arg(long)]
+    k: Option<u32>,
 }
 
 pub fn reflow(a: ReflowCmd) -> Result<RunEnd> {
@@ -118,16 +119,18 @@ pub fn reflow(a: ReflowCmd) -> Result<RunEnd> {
         Some(text) => TimeSampler::parse(text)?,
         None => TimeSampler::Uniform,
     };
-    run(a.common, sampler, "reflow")
+    run(a.common, sampler, a.t_sampler.is_some(), "reflow")
 }
 
 pub fn distill(a: DistillCmd) -> Result<RunEnd> {
-    let sampler = TimeSampler::Grid { k: a.k };
+    let sampler = TimeSampler::Grid {
+        k: a.k.unwrap_or(1),
+    };
     sampler.validate()?;
-    run(a.common, sampler, "distill")
+    run(a.common, sampler, a.k.is_some(), "distill")
 }
 
-fn run(a: ReflowArgs, t_sampler: TimeSampler, what: &str) -> Result<RunEnd> {
+fn run(a: ReflowArgs, t_sampler: TimeSampler, t_sampler_given: bool, what: &str) -> Result<RunEnd> {
     if a.resume && a.overwrite {
         return Err(Error::Config(
             "--resume continues the run in --out and --overwrite replaces it: choose one".into(),
@@ -139,7 +142,7 @@ fn run(a: ReflowArgs, t_sampler: TimeSampler, what: &str) -> Result<RunEnd> {
     if a.pairs == Some(0) {
         return Err(Error::Config("--pairs 0: draw at least 1 pair".into()));
     }
-    let pair_solver = Solver::parse(&a.pair_solver)?;
+    let pair_solver = Solver::parse(a.pair_solver.as_deref().unwrap_or("heun"))?;
     let out = a
         .out
         .clone()
@@ -154,6 +157,43 @@ fn run(a: ReflowArgs, t_sampler: TimeSampler, what: &str) -> Result<RunEnd> {
         grid_samples: None,
         catch_signals: true,
     };
+    if a.resume {
+        let given: Vec<&str> = [
+            ("--pairs", a.pairs.is_some()),
+            ("--pair-chunk", a.pair_chunk.is_some()),
+            ("--pair-solver", a.pair_solver.is_some()),
+            ("--pair-steps", a.pair_steps.is_some()),
+            ("--pair-rtol", a.pair_rtol.is_some()),
+            ("--pair-atol", a.pair_atol.is_some()),
+            ("--pair-cfg", a.pair_cfg.is_some()),
+            ("--raw", a.raw),
+            ("--batch", a.batch.is_some()),
+            ("--lr", a.lr.is_some()),
+            ("--warmup", a.warmup.is_some()),
+            ("--ema-decay", a.ema_decay.is_some()),
+            ("--label-dropout", a.label_dropout.is_some()),
+            ("--seed", a.seed.is_some()),
+            ("--t-sampler or --k", t_sampler_given),
+        ]
+        .into_iter()
+        .filter_map(|(flag, given)| given.then_some(flag))
+        .collect();
+        if !given.is_empty() {
+            return Err(Error::Config(format!(
+                "--resume continues the training run in {} with its own settings; only --steps \
+                 may be given with it, not {}",
+                out.display(),
+                given.join(", ")
+            )));
+        }
+        if out.join(PAIRS_FILE).exists() && !out.join(CHECKPOINT_FILE).exists() {
+            return Err(Error::Config(format!(
+                "{} holds pairs but no checkpoint yet: the pairs were still being drawn, or \
+                 training had not saved; run the same command without --resume to continue",
+                out.display()
+            )));
+        }
+    }
     let gpu = Gpu::new()?;
     if a.resume {
         let resumable = Run::open(&gpu, &out)?;
@@ -168,23 +208,35 @@ fn run(a: ReflowArgs, t_sampler: TimeSampler, what: &str) -> Result<RunEnd> {
     }
 
     // The source: checked, and its configuration read, before anything is written.
+    let checkpoint = std::fs::canonicalize(&a.checkpoint).map_err(|e| {
+        Error::Io(format!(
+            "cannot read checkpoint {}: {e}",
+            a.checkpoint.display()
+        ))
+    })?;
+    if out.exists() && checkpoint.parent() == std::fs::canonicalize(&out).ok().as_deref() {
+        return Err(Error::Config(format!(
+            "--out {} is the directory of the checkpoint being reflowed: give another --out",
+            out.display()
+        )));
+    }
     let weights = if a.raw { Weights::Raw } else { Weights::Ema };
     let source = Pipeline::load(&gpu, &a.checkpoint, weights)?;
     let base = source.config().clone();
     let image = base.model.shape.len() == 3;
     let seed = a.seed.unwrap_or(base.seed);
     let settings = PairSettings {
-        source: a.checkpoint.display().to_string(),
+        source: checkpoint.display().to_string(),
         source_step: source.step(),
         source_config: base.to_json(),
         weights,
-        pairs: a.pairs.unwrap_or(if image { 5000 } else { 20000 }),
+        pairs: a.pairs.unwrap_or(if image { 2000 } else { 20000 }),
         chunk: a.pair_chunk.unwrap_or(if image { 500 } else { 5000 }),
         sample: SampleOptions {
-            steps: a.pair_steps,
+            steps: a.pair_steps.unwrap_or(if image { 10 } else { 50 }),
             solver: pair_solver,
-            rtol: a.pair_rtol,
-            atol: a.pair_atol,
+            rtol: a.pair_rtol.unwrap_or(rectiflow::rk45::DEFAULT_RTOL),
+            atol: a.pair_atol.unwrap_or(rectiflow::rk45::DEFAULT_ATOL),
             cfg: a.pair_cfg.unwrap_or_else(|| base.default_guidance()),
             seed,
             clip_x0: base.default_clip_x0(),
@@ -197,6 +249,11 @@ fn run(a: ReflowArgs, t_sampler: TimeSampler, what: &str) -> Result<RunEnd> {
         ..settings.sample.clone()
     }
     .validate()?;
+    std::fs::create_dir_all(&out)
+        .map_err(|e| Error::Io(format!("cannot create {}: {e}", out.display())))?;
+    // Absolute, so that the run's data and the chain of pairs resolve from anywhere.
+    let out = std::fs::canonicalize(&out)
+        .map_err(|e| Error::Io(format!("cannot resolve {}: {e}", out.display())))?;
     let pairs_path = out.join(PAIRS_FILE);
     let config = TrainConfig {
         data: DataSpec::Pairs(pairs_path.clone()),
@@ -210,10 +267,10 @@ fn run(a: ReflowArgs, t_sampler: TimeSampler, what: &str) -> Result<RunEnd> {
         seed,
         ..base.clone()
     };
-    config.validate()?;
+    // Everything the run will check, checked before the pairs are drawn.
+    config.check_fits(&Budget::of(&gpu))?;
+    config.flow().validate()?;
 
-    std::fs::create_dir_all(&out)
-        .map_err(|e| Error::Io(format!("cannot create {}: {e}", out.display())))?;
     let lock = RunLock::acquire(&out)?;
     // Decided again under the lock: another run may have started here since the first look.
     check_new(&out, a.overwrite)?;
@@ -221,8 +278,15 @@ fn run(a: ReflowArgs, t_sampler: TimeSampler, what: &str) -> Result<RunEnd> {
         let keep = rectiflow::pairs::Pairs::load(&pairs_path)
             .is_ok_and(|p| settings.continues(&p.settings));
         if !keep {
-            std::fs::remove_file(&pairs_path)
-                .map_err(|e| Error::Io(format!("cannot remove {}: {e}", pairs_path.display())))?;
+            // The run being replaced trained on these pairs: it goes with them, so that no
+            // checkpoint is left pointing at pairs it was not trained on.
+            for f in [CONFIG_FILE, CHECKPOINT_FILE, PAIRS_FILE] {
+                let path = out.join(f);
+                if path.exists() {
+                    std::fs::remove_file(&path)
+                        .map_err(|e| Error::Io(format!("cannot remove {}: {e}", path.display())))?;
+                }
+            }
         }
     }
     let bar = if a.quiet {
@@ -272,7 +336,7 @@ fn run(a: ReflowArgs, t_sampler: TimeSampler, what: &str) -> Result<RunEnd> {
         &data,
         StartingWeights {
             weights: &start_weights,
-            source: &a.checkpoint,
+            source: &checkpoint,
         },
         a.overwrite,
         opts,

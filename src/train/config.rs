@@ -282,6 +282,14 @@ impl TrainConfig {
             Weighting::parse(&weighting_name(w))?;
         }
         self.t_sampler.validate()?;
+        if let (TimeSampler::Grid { k }, Schedule::Edm { .. }) = (self.t_sampler, self.schedule) {
+            if k > 1 {
+                return Err(Error::Config(format!(
+                    "--t-sampler grid:{k} trains for the times of a {k}-step uniform grid, but \
+                     edm samples on the Karras grid: distil edm for one step (grid:1) only"
+                )));
+            }
+        }
         self.preconditioning
             .check(&self.schedule, self.prediction)?;
         let refuse = |m: String| Err(Error::Config(m));

@@ -2,7 +2,7 @@
 //! directory ([`rectiflow::reflow::generate_pairs`], resumable), then a [`Run`] on them whose
 //! weights start from the checkpoint's ([`Run::create_from_weights`]), driven like `train`.
 
-use super::train::drive;
+use super::train::{drive, Cadence};
 use super::RunEnd;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -13,7 +13,7 @@ use rectiflow::reflow::{generate_pairs, PairSettings, PAIRS_FILE};
 use rectiflow::rundir::RunLock;
 use rectiflow::sample::{SampleOptions, Solver};
 use rectiflow::train::run::{check_new, CHECKPOINT_FILE, CONFIG_FILE};
-use rectiflow::train::{Run, RunOptions, StartingWeights, TrainConfig};
+use rectiflow::train::{Run, StartingWeights, TrainConfig};
 use rectiflow::{Error, Gpu, Pipeline, Result, Weights};
 use std::path::{Path, PathBuf};
 
@@ -81,18 +81,8 @@ pub struct ReflowArgs {
     /// Replace the run in --out (and pairs there made with other settings).
     #[arg(long)]
     overwrite: bool,
-    /// Read the loss every N steps (0: at checkpoints and the end only).
-    #[arg(long, default_value_t = 50)]
-    log_every: u64,
-    /// Write a checkpoint every N steps (0: at the end and when interrupted only).
-    #[arg(long, default_value_t = 500)]
-    checkpoint_every: u64,
-    /// Write a sample grid every N steps (0: only the final one).
-    #[arg(long, default_value_t = 1000)]
-    sample_every: u64,
-    /// Hide the progress bars.
-    #[arg(long)]
-    quiet: bool,
+    #[command(flatten)]
+    cadence: Cadence,
 }
 
 #[derive(Args, Debug)]
@@ -150,13 +140,7 @@ fn run(a: ReflowArgs, t_sampler: TimeSampler, t_sampler_given: bool, what: &str)
     if !a.resume {
         check_new(&out, a.overwrite)?;
     }
-    let opts = RunOptions {
-        log_every: a.log_every,
-        checkpoint_every: a.checkpoint_every,
-        sample_every: a.sample_every,
-        grid_samples: None,
-        catch_signals: true,
-    };
+    let opts = a.cadence.options();
     if a.resume {
         let given: Vec<&str> = [
             ("--pairs", a.pairs.is_some()),
@@ -204,7 +188,7 @@ fn run(a: ReflowArgs, t_sampler: TimeSampler, t_sampler_given: bool, what: &str)
         let data = config.data.load(config.seed)?;
         let mut run = resumable.resume(&gpu, config, Some(&data), false, opts)?;
         drop(data);
-        return drive(&mut run, a.quiet);
+        return drive(&mut run, a.cadence.quiet);
     }
 
     // The source: checked, and its configuration read, before anything is written.
@@ -289,7 +273,7 @@ fn run(a: ReflowArgs, t_sampler: TimeSampler, t_sampler_given: bool, what: &str)
             }
         }
     }
-    let bar = if a.quiet {
+    let bar = if a.cadence.quiet {
         ProgressBar::hidden()
     } else {
         ProgressBar::new(settings.pairs as u64)
@@ -342,7 +326,7 @@ fn run(a: ReflowArgs, t_sampler: TimeSampler, t_sampler_given: bool, what: &str)
         opts,
     )?;
     drop(data);
-    drive(&mut run, a.quiet)
+    drive(&mut run, a.cadence.quiet)
 }
 
 /// `runs/NAME-reflow` beside the checkpoint's run directory `runs/NAME`.

@@ -89,6 +89,14 @@ pub struct TrainArgs {
     /// Replace the run in --out if there is one.
     #[arg(long)]
     overwrite: bool,
+    #[command(flatten)]
+    cadence: Cadence,
+}
+
+/// How often a training run reads its loss, saves and draws samples, and whether it shows a
+/// progress bar (the flags `train`, `reflow` and `distill` share).
+#[derive(Args, Debug)]
+pub(super) struct Cadence {
     /// Read the loss (and check it is finite) every N steps; 0: only at checkpoints and at the
     /// end.
     #[arg(long, default_value_t = 50)]
@@ -100,9 +108,22 @@ pub struct TrainArgs {
     /// Write a sample grid every N steps (and at the end); 0: only the final one.
     #[arg(long, default_value_t = 1000)]
     sample_every: u64,
-    /// Hide the progress bar.
+    /// Hide the progress bars.
     #[arg(long)]
-    quiet: bool,
+    pub(super) quiet: bool,
+}
+
+impl Cadence {
+    /// The run's options (signals caught: an interrupted run saves).
+    pub(super) fn options(&self) -> RunOptions {
+        RunOptions {
+            log_every: self.log_every,
+            checkpoint_every: self.checkpoint_every,
+            sample_every: self.sample_every,
+            grid_samples: None,
+            catch_signals: true,
+        }
+    }
 }
 
 /// Parse an optional flag with the library's parser.
@@ -223,13 +244,7 @@ pub fn train(a: TrainArgs) -> Result<RunEnd> {
         seed,
         ..defaults.clone()
     };
-    let opts = RunOptions {
-        log_every: a.log_every,
-        checkpoint_every: a.checkpoint_every,
-        sample_every: a.sample_every,
-        grid_samples: None,
-        catch_signals: true,
-    };
+    let opts = a.cadence.options();
     let mut run = match resumable {
         Some(resumable) => {
             let run = resumable.resume(&gpu, config, Some(&data), a.allow_changes, opts)?;
@@ -241,7 +256,7 @@ pub fn train(a: TrainArgs) -> Result<RunEnd> {
         None => Run::create(&gpu, &out, config, Some(&data), a.overwrite, opts)?,
     };
     drop(data);
-    drive(&mut run, a.quiet)
+    drive(&mut run, a.cadence.quiet)
 }
 
 /// Train `run` to its end with a progress bar (hidden when `quiet`), and say how it ended.

@@ -23,6 +23,10 @@
 //!   [`Trainer`] on a data set ([`Trainer::step`]) or on the batches the program brings
 //!   ([`Trainer::step_on`]), and the command line's run loop as [`train::Run`] (run directory,
 //!   checkpoints, sample grids, NaN stop, resume, progress events).
+//! - **Few steps**: [`reflow::generate_pairs`] draws (noise, sample) pairs from a trained flow
+//!   and [`train::Run::create_from_weights`] trains a straighter flow (or, with the time
+//!   sampler `grid:K`, a `K`-step generator) on them; `--solver rk45` ([`rk45`]) integrates
+//!   any flow accurately.
 //! - **Files**: checkpoints ([`checkpoint`], read defensively), `.npy` arrays ([`npy`]), PNG
 //!   grids ([`output`]), data sets ([`data`]).
 //! - **Errors**: every failure is an [`Error`] whose variant says what kind it is and whose
@@ -35,9 +39,10 @@
 //! (adapter, device limits, buffer pool, pipeline cache, recorder: buffers and kernels, no
 //! tensors); [`tensor`]; [`ops`] (one Rust file per WGSL file: its kernels declared once, shape
 //! checks and dispatch); [`params`], [`autograd`] (the tape), [`optim`]; [`nn`] (the MLP, the
-//! DiT, the MM-DiT); then the library's runs: [`data`], [`checkpoint`], [`sample`] (with the
-//! adaptive solver, [`rk45`]), [`train`], [`pipeline`], [`eval`]. Input from users and files is bounded by [`limits`] before anything
-//! is allocated.
+//! DiT, the MM-DiT); then the library's runs: [`data`] (with the reflow pairs file, [`pairs`]),
+//! [`checkpoint`], [`sample`] (with the adaptive solver, [`rk45`]), [`train`], [`pipeline`],
+//! [`eval`], [`reflow`]. Input from users and files is bounded by [`limits`] before anything is
+//! allocated.
 //!
 //! # Examples
 //!

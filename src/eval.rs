@@ -2,8 +2,9 @@
 //! fresh target samples, each beside the same distance between two independent real samples
 //! (the floor). For labelled images: a small classifier trained with the engine on the data set
 //! gives the accuracy of class-conditional samples, and the Frechet distance between sample and
-//! held-out real features in its last hidden layer, and between the pixels themselves (each
-//! with the real-vs-real distance as the floor).
+//! held-out real features in its last hidden layer, and between the pixels themselves, and
+//! precision and recall by `k`-nearest neighbours in pixels ([`precision_recall`]); each with
+//! the same measure between real images as the floor.
 //! Beside the samples: the path straightness of the flow ([`path_straightness`]), measured
 //! along rk45 trajectories of some of the samples ([`straightness_count`]).
 //! [`evaluate`] draws samples from a [`Pipeline`] and measures them the way `rectiflow eval`
@@ -190,6 +191,57 @@ pub fn frechet_distance(a: &[f32], b: &[f32], dim: usize) -> f64 {
     let tr: f64 = (0..n).map(|i| sa[i * n + i] + sb[i * n + i]).sum();
     mean_term + tr - 2.0 * tr_sqrt
 }
+
+/// Precision and recall by `k`-nearest neighbours (Kynkaanniemi et al. 2019) of the samples
+/// `fake` against the data `real`, both `[n, dim]`: each set's manifold is the union of balls
+/// around its points whose radius is the distance to the point's `k`-th nearest neighbour in
+/// its own set; precision is the share of samples inside the real manifold (are they
+/// realistic?), recall the share of real points inside the samples' manifold (is every part of
+/// the data produced?). Euclidean distances, O(n^2 dim).
+pub fn precision_recall(real: &[f32], fake: &[f32], dim: usize, k: usize) -> (f64, f64) {
+    let r: Vec<&[f32]> = real.chunks_exact(dim.max(1)).collect();
+    let g: Vec<&[f32]> = fake.chunks_exact(dim.max(1)).collect();
+    let dist2 = |a: &[f32], b: &[f32]| -> f64 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
+            .sum()
+    };
+    // Squared k-NN radius of every point of a set, within the set (itself excluded).
+    let radii = |set: &[&[f32]]| -> Vec<f64> {
+        set.iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let mut d: Vec<f64> = set
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, q)| dist2(p, q))
+                    .collect();
+                if d.is_empty() {
+                    return 0.0;
+                }
+                let kth = k.clamp(1, d.len()) - 1;
+                *d.select_nth_unstable_by(kth, f64::total_cmp).1
+            })
+            .collect()
+    };
+    let covered = |queries: &[&[f32]], set: &[&[f32]], r2: &[f64]| -> f64 {
+        if queries.is_empty() {
+            return 0.0;
+        }
+        let inside = queries
+            .iter()
+            .filter(|q| set.iter().zip(r2).any(|(p, &r)| dist2(q, p) <= r))
+            .count();
+        inside as f64 / queries.len() as f64
+    };
+    let (real_r2, fake_r2) = (radii(&r), radii(&g));
+    (covered(&g, &r, &real_r2), covered(&r, &g, &fake_r2))
+}
+
+/// The `k` of the precision and recall `evaluate` reports (the paper's choice).
+pub const PRECISION_RECALL_K: usize = 3;
 
 /// A small MLP classifier trained with the engine (one-hot regression), whose last hidden layer
 /// gives the features for the Frechet distance.
@@ -505,6 +557,15 @@ pub fn evaluate(pipeline: &Pipeline, data: &Dataset, opts: &SampleOptions) -> Re
             frechet_distance(&samples[..subset.len() * dim], &rest.x, dim),
             frechet_distance(&subset.x, &rest.x, dim),
         ));
+        // Precision and recall in pixels, on equal sets: the samples against real images that
+        // are not the subset, and as the floor the subset against the same real images.
+        let m = subset.len();
+        let reference = &rest.x[..m.min(rest.len()) * dim];
+        let k = PRECISION_RECALL_K;
+        let (p, r) = precision_recall(reference, &samples[..m * dim], dim, k);
+        let (p0, r0) = precision_recall(reference, &subset.x, dim, k);
+        metrics.push(row(&format!("precision (pixels, {k}-NN)"), p, p0));
+        metrics.push(row(&format!("recall (pixels, {k}-NN)"), r, r0));
         note = Some(format!(
             "the accuracy's reference is the classifier's own accuracy on {EVAL_HELD_OUT} \
              held-out real images"

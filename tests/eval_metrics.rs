@@ -1,7 +1,7 @@
 //! The evaluation metrics against cases with known answers.
 
 use rand::{Rng, SeedableRng};
-use rectiflow::eval::{frechet_distance, mmd_rbf, sliced_w2};
+use rectiflow::eval::{frechet_distance, mmd_rbf, precision_recall, sliced_w2};
 
 fn gaussian(n: usize, dim: usize, mean: &[f32], std: f32, seed: u64) -> Vec<f32> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -53,4 +53,40 @@ fn frechet_distance_matches_the_closed_form_for_gaussians() {
     assert!((fd - want).abs() < 0.1 * want, "{fd} vs {want}");
     let a2 = gaussian(20_000, d, &[0.0; 4], 1.0, 9);
     assert!(frechet_distance(&a, &a2, d) < 0.01);
+}
+
+#[test]
+fn precision_and_recall_count_the_points_inside_each_others_balls() {
+    // By hand, 1-D, k = 1: real points 0, 1, 2, 3 have radius 1; samples 0.5 and 10 have radius
+    // 9.5. One sample of two lies within a real ball; every real point within a sample's.
+    let (p, r) = precision_recall(&[0.0, 1.0, 2.0, 3.0], &[0.5, 10.0], 1, 1);
+    assert_eq!((p, r), (0.5, 1.0));
+    // k = 3 on the reals: radii 3 at the ends, 2 in the middle; 4.9 lies within 3 of 3, 10 not.
+    let (p, _) = precision_recall(&[0.0, 1.0, 2.0, 3.0], &[4.9, 10.0], 1, 3);
+    assert_eq!(p, 0.5);
+}
+
+#[test]
+fn precision_and_recall_tell_realism_from_coverage() {
+    // Four Gaussian modes in 2-D.
+    let modes = [[-3.0f32, -3.0], [-3.0, 3.0], [3.0, -3.0], [3.0, 3.0]];
+    let mixture = |n: usize, seed: u64, of: &[[f32; 2]]| -> Vec<f32> {
+        (0..n)
+            .flat_map(|i| gaussian(1, 2, &of[i % of.len()], 0.5, seed * 1000 + i as u64))
+            .collect()
+    };
+    let real = mixture(400, 1, &modes);
+    // Another draw of the same data: both near 1.
+    let (p, r) = precision_recall(&real, &mixture(400, 2, &modes), 2, 3);
+    assert!(
+        p > 0.9 && r > 0.9,
+        "same distribution: precision {p}, recall {r}"
+    );
+    // One mode only: realistic, but a quarter of the data.
+    let (p, r) = precision_recall(&real, &mixture(400, 3, &modes[..1]), 2, 3);
+    assert!(p > 0.9 && r < 0.4, "one mode: precision {p}, recall {r}");
+    // Far from the data: neither.
+    let far = gaussian(400, 2, &[20.0, 20.0], 0.5, 4);
+    let (p, r) = precision_recall(&real, &far, 2, 3);
+    assert!(p < 0.01 && r < 0.01, "far: precision {p}, recall {r}");
 }

@@ -27,21 +27,7 @@ const ITEMS: u32 = 8u;
 // lives on the GPU.
 override OP: u32 = 0u;
 
-// First vec4 of this invocation; the workgroup grid may be split over x, y and z.
-fn first_element(lid: u32, wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return workgroup_index(wid, nwg) * WG * ITEMS + lid;
-}
-
-// Store vec4 number q: whole where it lies inside the n elements, else element by element.
-fn store(q: u32, v: vec4<f32>) {
-    if (4u * q + 3u < params.n) {
-        out[q] = v;
-    } else {
-        for (var j = 0u; j < 4u; j++) {
-            if (4u * q + j < params.n) { out[q][j] = v[j]; }
-        }
-    }
-}
+// first_element and store: shaders/common/vec4.wgsl.
 
 // GELU, tanh approximation. The argument is clamped where tanh is already +-1 in f32, since some
 // drivers compute tanh through exp and would return NaN for large inputs.

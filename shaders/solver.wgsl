@@ -35,19 +35,7 @@ struct Params {
 const WG: u32 = 256u;
 const ITEMS: u32 = 4u;
 
-fn first_element(lid: u32, wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return workgroup_index(wid, nwg) * WG * ITEMS + lid;
-}
-
-fn store(q: u32, v: vec4<f32>) {
-    if (4u * q + 3u < params.n) {
-        out[q] = v;
-    } else {
-        for (var j = 0u; j < 4u; j++) {
-            if (4u * q + j < params.n) { out[q][j] = v[j]; }
-        }
-    }
-}
+// first_element and store: shaders/common/vec4.wgsl.
 
 // out = base * base_coefficient + sum_{j < terms} c_j k_j. Absent inputs are never read.
 @compute @workgroup_size(WG)

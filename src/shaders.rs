@@ -265,9 +265,10 @@ macro_rules! library {
 library!(PRELUDE, "prelude");
 library!(PHILOX, "philox");
 library!(ACTIVATION, "activation");
+library!(VEC4, "vec4");
 
 /// Every library, for the tests (each must be used, and every file in `shaders/common/` listed).
-pub static LIBRARIES: &[&Library] = &[&PRELUDE, &PHILOX, &ACTIVATION];
+pub static LIBRARIES: &[&Library] = &[&PRELUDE, &PHILOX, &ACTIVATION, &VEC4];
 
 macro_rules! shader {
     ($ident:ident, $name:literal $(, $method:ident($($arg:expr),*))*) => {
@@ -282,7 +283,8 @@ shader!(FILL, "fill");
 shader!(
     ELEMENTWISE,
     "elementwise",
-    with_constants(&[elementwise_op::WGSL])
+    with_constants(&[elementwise_op::WGSL]),
+    with_libraries(&[&VEC4])
 );
 shader!(REDUCE, "reduce", with_constants(&[reduce_op::WGSL]));
 shader!(LAYOUT, "layout");
@@ -331,7 +333,7 @@ shader!(
 );
 shader!(CAST, "cast", requiring(wgpu::Features::SHADER_F16));
 shader!(TEXTURE, "texture");
-shader!(SOLVER, "solver");
+shader!(SOLVER, "solver", with_libraries(&[&VEC4]));
 
 /// Every shader, for validation tests.
 pub static ALL: &[&Shader] = &[

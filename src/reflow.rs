@@ -16,10 +16,12 @@
 
 use crate::data::DataSpec;
 use crate::error::{Error, Result};
+use crate::limits::Budget;
+use crate::nn::ModelConfig;
 use crate::ops;
 use crate::pairs::Pairs;
 use crate::pipeline::{Pipeline, Weights};
-use crate::sample::SampleOptions;
+use crate::sample::{check_sample_count, SampleOptions};
 use crate::train::TrainConfig;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -67,6 +69,16 @@ impl PairSettings {
             return Err(Error::Config("a chunk of 0 pairs: use at least 1".into()));
         }
         Ok(())
+    }
+
+    /// Refuse chunks the device cannot sample at once (one chunk is one sampler run).
+    pub fn check_fits(&self, model: &ModelConfig, budget: &Budget) -> Result<()> {
+        check_sample_count(model, self.chunk.min(self.pairs), budget).map_err(|e| {
+            Error::TooLarge(format!(
+                "pairs in chunks of {} (--pair-chunk): {e}",
+                self.chunk
+            ))
+        })
     }
 
     /// What differs between these settings and `made` (the number of pairs aside), as
@@ -171,6 +183,7 @@ pub fn generate_pairs(
     };
     let dim: usize = shape.iter().product();
     let (total, chunk) = (settings.pairs, settings.chunk);
+    settings.check_fits(source.model_config(), &Budget::of(source.gpu()))?;
     // Continue at the first chunk not complete; a partial last chunk is drawn again whole
     // (unless the pairs are all there).
     let mut start = if pairs.len() >= total {

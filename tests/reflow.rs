@@ -476,6 +476,10 @@ fn reflow_and_distill_run_from_the_command_line_and_resume() {
         run(bin, &a)
     };
     err(&reflow(&["--pairs", "0"]), "--pairs 0");
+    err(
+        &reflow(&["--pairs", "900000000", "--pair-chunk", "900000000"]),
+        "--pair-chunk",
+    );
     err(&reflow(&["--pair-solver", "rk99"]), "rk99");
     err(
         &reflow(&["--pair-solver", "rk45", "--pair-rtol", "0"]),

@@ -228,6 +228,7 @@ fn run(a: ReflowArgs, t_sampler: TimeSampler, t_sampler_given: bool, what: &str)
         },
     };
     settings.validate()?;
+    settings.check_fits(&base.model, &Budget::of(&gpu))?;
     SampleOptions {
         labels: vec![0],
         ..settings.sample.clone()

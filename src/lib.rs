@@ -101,6 +101,7 @@ pub mod output;
 pub mod pairs;
 pub mod params;
 pub mod pipeline;
+pub mod plot;
 pub mod reflow;
 pub mod rk45;
 pub mod rng;

@@ -980,7 +980,7 @@ impl Axis {
         );
         let within = |mantissas: &[f64], every: usize| -> Vec<f64> {
             (first..=last)
-                .filter(|k| (k - first) as usize % every == 0)
+                .filter(|k| ((k - first) as usize).is_multiple_of(every))
                 .flat_map(|k| mantissas.iter().map(move |m| m * 10f64.powi(k)))
                 .filter(|v| (self.lo..=self.hi).contains(v))
                 .collect()

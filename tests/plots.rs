@@ -344,7 +344,7 @@ fn loss_log(n: u64) -> Vec<LossPoint> {
                 step,
                 loss,
                 t_bins: (0..10)
-                    .map(|b| (b != 9 || i % 4 != 0).then(|| loss * (0.5 + b as f64 * 0.12)))
+                    .map(|b| (b != 9 || i % 4 != 0).then_some(loss * (0.5 + b as f64 * 0.12)))
                     .collect(),
             }
         })

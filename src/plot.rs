@@ -126,6 +126,7 @@ pub fn line_chart_png(chart: &LineChart, width: u32, height: u32) -> Result<Vec<
             colour: PALETTE[i % PALETTE.len()],
             stroke: 2,
             opacity: 1.0,
+            on_top: false,
             marker: Some(Marker::ALL[(i / PALETTE.len()).min(2)]),
         });
     }
@@ -333,6 +334,7 @@ pub fn loss_curve_png(log: &[LossPoint], title: &str, width: u32, height: u32) -
         colour: LOSS_COLOUR,
         stroke: 2,
         opacity: 1.0,
+        on_top: true,
         marker: few.then_some(Marker::Circle),
     }];
     for b in 0..bins {
@@ -356,11 +358,10 @@ pub fn loss_curve_png(log: &[LossPoint], title: &str, width: u32, height: u32) -
             // Faded: one batch's loss in a tenth of t is noisy, and the mean loss is the line
             // to read.
             opacity: 0.6,
+            on_top: false,
             marker: None,
         });
     }
-    // Drawn under the loss, so the loss stays on top.
-    lines.rotate_left(1);
     draw_lines(
         &Frame {
             title,
@@ -379,7 +380,9 @@ pub fn loss_curve_png(log: &[LossPoint], title: &str, width: u32, height: u32) -
 fn t_bin_name(b: usize, bins: usize) -> String {
     let (lo, hi) = (b as f64 / bins as f64, (b + 1) as f64 / bins as f64);
     let close = if b + 1 == bins { ']' } else { ')' };
-    format!("t in [{lo:.1}, {hi:.1}{close}")
+    // Enough digits to tell the bins apart: one for ten bins, two for up to a hundred.
+    let digits = if bins <= 10 { 1 } else { 2 };
+    format!("t in [{lo:.digits$}, {hi:.digits$}{close}")
 }
 
 /// A bitmap that sets text itself: shapes go to plotters' `BitMapBackend`, text is laid out
@@ -673,6 +676,8 @@ struct Line {
     stroke: u32,
     /// 1: opaque; less lets the lines under it show.
     opacity: f64,
+    /// Drawn after the lines without it (the legend keeps the given order).
+    on_top: bool,
     marker: Option<Marker>,
 }
 
@@ -747,7 +752,8 @@ fn draw_lines(frame: &Frame, lines: &[Line], width: u32, height: u32) -> Result<
                 (text.tick / 3.5).round() as i32
             }
         };
-        for l in lines {
+        let (under, over): (Vec<&Line>, Vec<&Line>) = lines.iter().partition(|l| !l.on_top);
+        for l in under.into_iter().chain(over) {
             let style = l.colour().mix(l.opacity).stroke_width(l.stroke);
             let bar_style = l.colour().stroke_width(1);
             let cap = marker_size(l) + 1;
@@ -781,7 +787,15 @@ fn draw_lines(frame: &Frame, lines: &[Line], width: u32, height: u32) -> Result<
         let row = (text.tick * 1.6).round() as i32;
         let top = title_h as i32 + 12;
         let (left, right) = (4, legend_w as i32 - 10);
-        let bottom = top + row * lines.len() as i32 + row / 2;
+        // As many entries as fit in the height; the rest are counted on the last row.
+        let fit = ((height as i32 - top - row) / row).max(1) as usize;
+        let (shown, hidden) = if lines.len() > fit {
+            (&lines[..fit - 1], lines.len() + 1 - fit)
+        } else {
+            (lines, 0)
+        };
+        let rows = shown.len() + usize::from(hidden > 0);
+        let bottom = top + row * rows as i32 + row / 2;
         legend_area
             .draw(&Rectangle::new(
                 [(left, top), (right, bottom)],
@@ -792,8 +806,19 @@ fn draw_lines(frame: &Frame, lines: &[Line], width: u32, height: u32) -> Result<
             .into_font()
             .color(&BLACK)
             .pos(Pos::new(HPos::Left, VPos::Center));
-        for (i, l) in lines.iter().enumerate() {
-            let cy = top + row / 2 + row / 4 + row * i as i32;
+        let row_y = |i: usize| top + row / 2 + row / 4 + row * i as i32;
+        if hidden > 0 {
+            let more = format!("… and {hidden} more");
+            legend_area
+                .draw(&Text::new(
+                    more,
+                    (left + 8, row_y(shown.len())),
+                    font.clone(),
+                ))
+                .map_err(drawing)?;
+        }
+        for (i, l) in shown.iter().enumerate() {
+            let cy = row_y(i);
             let (x0, x1) = (left + 8, left + 8 + swatch as i32);
             legend_area
                 .draw(&PathElement::new(
@@ -946,9 +971,20 @@ impl Axis {
         } else {
             (lo.abs() * 0.1).max(1.0)
         };
+        // Within what f64 holds with room to spare, so the span, its logarithm and the ticks
+        // stay finite and few for any finite input.
+        let (floor, ceiling) = if log {
+            (f64::MIN_POSITIVE.ln() + 1.0, f64::MAX.ln() - 1.0)
+        } else {
+            (-1e300, 1e300)
+        };
+        let (lo, hi) = (
+            (lo - pad).clamp(floor, ceiling),
+            (hi + pad).clamp(floor, ceiling),
+        );
         Axis {
-            lo: from(lo - pad),
-            hi: from(hi + pad),
+            lo: from(lo),
+            hi: from(hi.max(lo + 1e-300)),
             log,
         }
     }
@@ -974,19 +1010,21 @@ impl Axis {
             }
             return ticks;
         }
+        // Bounded by f64's own decades, whatever the axis holds.
         let (first, last) = (
-            self.lo.log10().floor() as i32,
-            self.hi.log10().ceil() as i32,
+            self.lo.log10().floor().clamp(-330.0, 330.0) as i32,
+            self.hi.log10().ceil().clamp(-330.0, 330.0) as i32,
         );
-        let within = |mantissas: &[f64], every: usize| -> Vec<f64> {
+        // `m * 10^k` for each mantissa, at the decades k that are multiples of `every`.
+        let within = |mantissas: &[f64], every: i32| -> Vec<f64> {
             (first..=last)
-                .filter(|k| ((k - first) as usize).is_multiple_of(every))
+                .filter(|k| k.rem_euclid(every) == 0)
                 .flat_map(|k| mantissas.iter().map(move |m| m * 10f64.powi(k)))
                 .filter(|v| (self.lo..=self.hi).contains(v))
                 .collect()
         };
         let one_two_five = within(&[1.0, 2.0, 5.0], 1);
-        let bold = if one_two_five.len() < 2 {
+        if one_two_five.len() < 2 {
             // Less than a decade: round numbers of a linear axis read better.
             let step = nice_step(self.hi - self.lo, max);
             let mut ticks = steps_within(self.lo, self.hi, step);
@@ -994,19 +1032,27 @@ impl Axis {
                 ticks.extend(steps_within(self.lo, self.hi, step / 5.0));
             }
             return ticks;
-        } else if one_two_five.len() <= max {
-            one_two_five
-        } else {
-            let decades = (last - first + 1) as usize;
-            within(&[1.0], decades.div_ceil(max).max(1))
-        };
-        if minor {
-            let mut all = within(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0], 1);
-            all.extend(bold);
-            all
-        } else {
-            bold
         }
+        if one_two_five.len() <= max {
+            let mut ticks = one_two_five;
+            if minor {
+                ticks.extend(within(&[3.0, 4.0, 6.0, 7.0, 8.0, 9.0], 1));
+            }
+            return ticks;
+        }
+        // Too many: powers of ten, every 1, 2, 5, 10, ... decades; unlabelled lines at the
+        // decades between (or at 2 to 9 times each, when every decade is labelled).
+        let every = nice_step(f64::from(last - first), max).max(1.0) as i32;
+        let mut ticks = within(&[1.0], every);
+        if minor {
+            if every == 1 {
+                ticks.extend(within(&[2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0], 1));
+            } else {
+                let minor_every = if every >= 10 { every / 10 } else { 1 };
+                ticks.extend(within(&[1.0], minor_every));
+            }
+        }
+        ticks
     }
 }
 

@@ -432,3 +432,63 @@ fn a_toy_run_writes_its_loss_curve_and_samples_on_white() {
         "the toy's own points, faint"
     );
 }
+
+#[test]
+fn extreme_charts_are_drawn_or_refused_without_panicking() {
+    let names: Vec<String> = (0..25)
+        .map(|i| format!("a rather long series name {i}"))
+        .collect();
+    let many: Vec<Series> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| series(n, vec![(0.0, i as f64), (1.0, i as f64)]))
+        .collect();
+    let huge = [series("huge", vec![(-1e308, -1e308), (1e308, 1e308)])];
+    let same = [series("same", vec![(2.0, 3.0), (2.0, 3.0)])];
+    let wide_log = [series("wide", vec![(1e-300, 1e-300), (1e300, 1e300)])];
+    let tiny_log = [series("tiny", vec![(1.0, 1.0), (1.0001, 1.0001)])];
+    for (case, (lines, log)) in [
+        (&many[..], false),
+        (&huge[..], false),
+        (&same[..], false),
+        (&same[..], true),
+        (&wide_log[..], true),
+        (&tiny_log[..], true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let chart = LineChart {
+            title: "a title much longer than the picture is wide, so that it has to be fitted in",
+            x_label: "x",
+            y_label: "y",
+            log_x: log,
+            log_y: log,
+            series: lines,
+        };
+        for (w, h) in [(160, 160), (1200, 300)] {
+            let png_bytes = line_chart_png(&chart, w, h)
+                .unwrap_or_else(|e| panic!("{} at {w}x{h}: {e}", lines[0].name));
+            assert_eq!(Picture::decode(&png_bytes).width, w as usize);
+            keep(&format!("extreme_{case}_{w}x{h}.png"), &png_bytes);
+        }
+    }
+    let far = [f32::MAX, f32::MIN, f32::NAN, 0.0, f32::INFINITY, 1.0];
+    let png_bytes = scatter_png(
+        &ScatterPlot {
+            title: "",
+            points: &far,
+            target: Some(&far),
+            range: 1e-30,
+        },
+        160,
+    )
+    .unwrap();
+    assert_eq!(Picture::decode(&png_bytes).width, 160);
+    let one = LossPoint {
+        step: 1,
+        loss: 1.0,
+        t_bins: vec![None; 40],
+    };
+    assert!(loss_curve_png(&[one], "one", 160, 160).is_ok());
+}

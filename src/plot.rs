@@ -3,7 +3,8 @@
 //! target. They are drawn with `plotters` into an RGB buffer and encoded as PNG by
 //! [`crate::output::rgb_png`]. Text is set in DejaVu Sans, embedded in the binary
 //! (`assets/fonts`, its licence beside it), so a picture looks the same on every machine and
-//! needs no system fonts. Every function checks its input first and returns an [`Error`] that
+//! needs no system fonts; the drawing backend here (`Canvas`) lays it out with ab_glyph
+//! itself, glyph by glyph. Every function checks its input first and returns an [`Error`] that
 //! names the problem; none panics.
 #![warn(missing_docs)]
 

@@ -3,8 +3,8 @@
 //! (the floor). For labelled images: a small classifier trained with the engine on the data set
 //! gives the accuracy of class-conditional samples, and the Frechet distance between sample and
 //! held-out real features in its last hidden layer, and between the pixels themselves, and
-//! precision and recall by `k`-nearest neighbours in pixels ([`precision_recall`]); each with
-//! the same measure between real images as the floor.
+//! precision, recall and coverage by `k`-nearest neighbours in pixels ([`precision_recall`],
+//! [`coverage`]); each with the same measure between real images as the floor.
 //! Beside the samples: the path straightness of the flow ([`path_straightness`]), measured
 //! along rk45 trajectories of some of the samples ([`straightness_count`]).
 //! [`evaluate`] draws samples from a [`Pipeline`] and measures them the way `rectiflow eval`
@@ -201,31 +201,6 @@ pub fn frechet_distance(a: &[f32], b: &[f32], dim: usize) -> f64 {
 pub fn precision_recall(real: &[f32], fake: &[f32], dim: usize, k: usize) -> (f64, f64) {
     let r: Vec<&[f32]> = real.chunks_exact(dim.max(1)).collect();
     let g: Vec<&[f32]> = fake.chunks_exact(dim.max(1)).collect();
-    let dist2 = |a: &[f32], b: &[f32]| -> f64 {
-        a.iter()
-            .zip(b)
-            .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
-            .sum()
-    };
-    // Squared k-NN radius of every point of a set, within the set (itself excluded).
-    let radii = |set: &[&[f32]]| -> Vec<f64> {
-        set.iter()
-            .enumerate()
-            .map(|(i, p)| {
-                let mut d: Vec<f64> = set
-                    .iter()
-                    .enumerate()
-                    .filter(|(j, _)| *j != i)
-                    .map(|(_, q)| dist2(p, q))
-                    .collect();
-                if d.is_empty() {
-                    return 0.0;
-                }
-                let kth = k.clamp(1, d.len()) - 1;
-                *d.select_nth_unstable_by(kth, f64::total_cmp).1
-            })
-            .collect()
-    };
     let covered = |queries: &[&[f32]], set: &[&[f32]], r2: &[f64]| -> f64 {
         if queries.is_empty() {
             return 0.0;
@@ -236,8 +211,54 @@ pub fn precision_recall(real: &[f32], fake: &[f32], dim: usize, k: usize) -> (f6
             .count();
         inside as f64 / queries.len() as f64
     };
-    let (real_r2, fake_r2) = (radii(&r), radii(&g));
+    let (real_r2, fake_r2) = (knn_radii2(&r, k), knn_radii2(&g, k));
     (covered(&g, &r, &real_r2), covered(&r, &g, &fake_r2))
+}
+
+/// Coverage by `k`-nearest neighbours (Naeem et al. 2020): the share of real points whose own
+/// `k`-NN ball (in `real`) holds at least one sample of `fake`. Recall measures the real points
+/// inside the *samples'* balls, which scattered, unrealistic samples make large enough to cover
+/// everything (a model trained 50 steps scores a recall of 1 on digits); coverage's balls are
+/// the data's, so only samples near real points count.
+pub fn coverage(real: &[f32], fake: &[f32], dim: usize, k: usize) -> f64 {
+    let r: Vec<&[f32]> = real.chunks_exact(dim.max(1)).collect();
+    let g: Vec<&[f32]> = fake.chunks_exact(dim.max(1)).collect();
+    if r.is_empty() {
+        return 0.0;
+    }
+    let hit = r
+        .iter()
+        .zip(knn_radii2(&r, k))
+        .filter(|(p, rad)| g.iter().any(|q| dist2(p, q) <= *rad))
+        .count();
+    hit as f64 / r.len() as f64
+}
+
+fn dist2(a: &[f32], b: &[f32]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
+        .sum()
+}
+
+/// Squared `k`-NN radius of every point of a set, within the set (itself excluded).
+fn knn_radii2(set: &[&[f32]], k: usize) -> Vec<f64> {
+    set.iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let mut d: Vec<f64> = set
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, q)| dist2(p, q))
+                .collect();
+            if d.is_empty() {
+                return 0.0;
+            }
+            let kth = k.clamp(1, d.len()) - 1;
+            *d.select_nth_unstable_by(kth, f64::total_cmp).1
+        })
+        .collect()
 }
 
 /// The `k` of the precision and recall `evaluate` reports (the paper's choice).
@@ -467,6 +488,171 @@ pub fn load_data(pipeline: &Pipeline, source: &str) -> Result<Dataset> {
     Ok(data)
 }
 
+/// What samples are measured against, prepared once for many sets of samples (one per sampler
+/// setting in a study): for a 2-D toy, fresh target samples and a second independent draw (the
+/// floor); for labelled images, a classifier trained on all but [`EVAL_HELD_OUT`] images with
+/// its features of the held-out ones, and the real images the pixel metrics compare with.
+pub struct Reference {
+    kind: ReferenceKind,
+    /// Samples each measurement expects.
+    n: usize,
+    dim: usize,
+}
+
+enum ReferenceKind {
+    Toy { fresh: Vec<f32>, floors: [f64; 2] },
+    Images(Box<ImageReference>),
+}
+
+struct ImageReference {
+    classifier: Classifier,
+    /// Features of the held-out images.
+    feat_held: Vec<f32>,
+    /// The classifier's accuracy on them, and the feature distance between training and
+    /// held-out images (the floors).
+    floors: [f64; 2],
+    /// Every real image but the last `m`, the pixel metrics' reference.
+    rest: Dataset,
+    /// The last `m` real images (`m = min(n, len / 2)`), the pixel metrics' floor.
+    subset: Dataset,
+    pixel_floors: [f64; 4],
+}
+
+impl Reference {
+    /// Prepare the reference for sets of `n` samples of `data` (described by `spec`; 2-D toys
+    /// and labelled images), with the toy's fresh draws seeded from `seed`.
+    pub fn new(
+        gpu: &Gpu,
+        data: &Dataset,
+        spec: &DataSpec,
+        n: usize,
+        seed: u64,
+    ) -> Result<Reference> {
+        let dim = data.dim();
+        let kind = if let DataSpec::Toy(toy) = spec {
+            let fresh = toy.sample(n, seed + 1000)?.x;
+            let other = toy.sample(n, seed + 2000)?.x;
+            ReferenceKind::Toy {
+                floors: [
+                    sliced_w2(&other, &fresh, dim, 256, 7),
+                    mmd_rbf(&other, &fresh, dim, 0.25, 2000),
+                ],
+                fresh,
+            }
+        } else {
+            let (train, held) = data.split_last(EVAL_HELD_OUT);
+            let classifier = Classifier::train(gpu, &train, 1500, 1)?;
+            let (pred_held, feat_held) = classifier.classify(gpu, &held.x, dim)?;
+            let held_labels = held.labels.as_deref().unwrap_or_default();
+            let clf_acc = pred_held
+                .iter()
+                .zip(held_labels)
+                .filter(|(p, l)| p == l)
+                .count() as f64
+                / held.len() as f64;
+            let (_, feat_train) = classifier.classify(gpu, &train.x[..held.len() * dim], dim)?;
+            let fd_floor = frechet_distance(&feat_train, &feat_held, classifier.feature_dim());
+            // The pixel metrics compare with every real image but a subset as large as the
+            // samples (at most half); the floor is that subset against the same images. Equal
+            // sample sizes on both sides, since the estimates' bias grows as the sets shrink.
+            let (rest, subset) = data.split_last(n.min(data.len() / 2));
+            let m = subset.len();
+            let k = PRECISION_RECALL_K;
+            let reference = &rest.x[..m.min(rest.len()) * dim];
+            let (p0, r0) = precision_recall(reference, &subset.x, dim, k);
+            let c0 = coverage(reference, &subset.x, dim, k);
+            ReferenceKind::Images(Box::new(ImageReference {
+                pixel_floors: [frechet_distance(&subset.x, &rest.x, dim), p0, r0, c0],
+                classifier,
+                feat_held,
+                floors: [clf_acc, fd_floor],
+                rest,
+                subset,
+            }))
+        };
+        Ok(Reference { kind, n, dim })
+    }
+
+    /// Measure `samples` (`[n, dim]`, drawn for `labels`; the classifier runs on `gpu`) against the reference: each metric
+    /// beside its floor, and a note on the references where one is needed.
+    pub fn measure(
+        &self,
+        gpu: &Gpu,
+        samples: &[f32],
+        labels: &[u32],
+    ) -> Result<(Vec<Metric>, Option<String>)> {
+        let (n, dim) = (self.n, self.dim);
+        if samples.len() != n * dim || labels.len() != n {
+            return Err(Error::Shape(format!(
+                "the reference was prepared for {n} samples of {dim} values; got {} values and {} labels",
+                samples.len(),
+                labels.len()
+            )));
+        }
+        let row = |metric: &str, value: f64, floor: f64| Metric {
+            metric: metric.into(),
+            value,
+            real_vs_real: Some(floor),
+        };
+        Ok(match &self.kind {
+            ReferenceKind::Toy { fresh, floors } => (
+                vec![
+                    row(
+                        "sliced W2",
+                        sliced_w2(samples, fresh, dim, 256, 7),
+                        floors[0],
+                    ),
+                    row(
+                        "MMD^2 (RBF, sigma 0.25)",
+                        mmd_rbf(samples, fresh, dim, 0.25, 2000),
+                        floors[1],
+                    ),
+                ],
+                None,
+            ),
+            ReferenceKind::Images(images) => {
+                let ImageReference {
+                    classifier,
+                    feat_held,
+                    floors,
+                    rest,
+                    subset,
+                    pixel_floors,
+                } = images.as_ref();
+                let (pred, feat) = classifier.classify(gpu, samples, dim)?;
+                let acc = pred.iter().zip(labels).filter(|(p, l)| p == l).count() as f64 / n as f64;
+                let fd = frechet_distance(&feat, feat_held, classifier.feature_dim());
+                let m = subset.len();
+                let k = PRECISION_RECALL_K;
+                let reference = &rest.x[..m.min(rest.len()) * dim];
+                let (p, r) = precision_recall(reference, &samples[..m * dim], dim, k);
+                (
+                    vec![
+                        row("class-conditional accuracy", acc, floors[0]),
+                        row("Frechet distance (classifier features)", fd, floors[1]),
+                        row(
+                            "Frechet distance (pixels)",
+                            frechet_distance(&samples[..m * dim], &rest.x, dim),
+                            pixel_floors[0],
+                        ),
+                        row(&format!("precision (pixels, {k}-NN)"), p, pixel_floors[1]),
+                        row(&format!("recall (pixels, {k}-NN)"), r, pixel_floors[2]),
+                        row(
+                            &format!("coverage (pixels, {k}-NN)"),
+                            coverage(reference, &samples[..m * dim], dim, k),
+                            pixel_floors[3],
+                        ),
+                    ],
+                    Some(format!(
+                        "the accuracy's reference is the classifier's own accuracy on \
+                         {EVAL_HELD_OUT} held-out real images"
+                    )),
+                )
+            }
+        })
+    }
+}
+
 /// Draw `opts.labels.len()` samples from `pipeline` and measure them against `data` (see the
 /// module's notes). Samples or metrics that are not finite are refused ([`Error::NonFinite`]).
 pub fn evaluate(pipeline: &Pipeline, data: &Dataset, opts: &SampleOptions) -> Result<EvalReport> {
@@ -477,7 +663,6 @@ pub fn evaluate(pipeline: &Pipeline, data: &Dataset, opts: &SampleOptions) -> Re
         )));
     }
     let classes = pipeline.classes();
-    let dim: usize = data.dim();
     if data.is_image() && classes > 0 && data.len() < 2 * EVAL_HELD_OUT {
         return Err(Error::Config(format!(
             "{} has {} images; eval trains a classifier on all but {EVAL_HELD_OUT} and needs at \
@@ -495,82 +680,8 @@ pub fn evaluate(pipeline: &Pipeline, data: &Dataset, opts: &SampleOptions) -> Re
         ));
     }
     let samples = pipeline.sample(opts)?.to_vec()?;
-    let bad = samples.iter().filter(|v| !v.is_finite()).count();
-    if bad > 0 {
-        return Err(Error::NonFinite(format!(
-            "{bad} of the {} values of the {n} samples are NaN or infinite: the model diverges \
-             when sampled (was it trained with too high a learning rate?); nothing was measured",
-            samples.len()
-        )));
-    }
-    let mut metrics = Vec::new();
-    let mut note = None;
-    let row = |metric: &str, value: f64, floor: f64| Metric {
-        metric: metric.into(),
-        value,
-        real_vs_real: Some(floor),
-    };
-    if let DataSpec::Toy(toy) = spec {
-        let fresh = toy.sample(n, opts.seed + 1000)?;
-        let other = toy.sample(n, opts.seed + 2000)?;
-        metrics.push(row(
-            "sliced W2",
-            sliced_w2(&samples, &fresh.x, dim, 256, 7),
-            sliced_w2(&other.x, &fresh.x, dim, 256, 7),
-        ));
-        metrics.push(row(
-            "MMD^2 (RBF, sigma 0.25)",
-            mmd_rbf(&samples, &fresh.x, dim, 0.25, 2000),
-            mmd_rbf(&other.x, &fresh.x, dim, 0.25, 2000),
-        ));
-    } else {
-        let gpu = pipeline.gpu();
-        let (train, held) = data.split_last(EVAL_HELD_OUT);
-        let clf = Classifier::train(gpu, &train, 1500, 1)?;
-        let (pred_held, feat_held) = clf.classify(gpu, &held.x, dim)?;
-        let held_labels = held.labels.as_deref().unwrap_or_default();
-        let clf_acc = pred_held
-            .iter()
-            .zip(held_labels)
-            .filter(|(p, l)| p == l)
-            .count() as f64
-            / held.len() as f64;
-        let (pred, feat) = clf.classify(gpu, &samples, dim)?;
-        let acc = pred
-            .iter()
-            .zip(&opts.labels)
-            .filter(|(p, l)| p == l)
-            .count() as f64
-            / n as f64;
-        let (_, feat_train) = clf.classify(gpu, &train.x[..held.len() * dim], dim)?;
-        let fd = frechet_distance(&feat, &feat_held, clf.feature_dim());
-        let floor = frechet_distance(&feat_train, &feat_held, clf.feature_dim());
-        metrics.push(row("class-conditional accuracy", acc, clf_acc));
-        metrics.push(row("Frechet distance (classifier features)", fd, floor));
-        // The same distance between the pixels themselves (no learned features to hide in),
-        // against every real image but a subset as large as the samples (at most half), and the
-        // floor: that subset against the same images. Equal sample sizes on both sides, since
-        // the estimate's bias grows as the sets shrink.
-        let (rest, subset) = data.split_last(n.min(data.len() / 2));
-        metrics.push(row(
-            "Frechet distance (pixels)",
-            frechet_distance(&samples[..subset.len() * dim], &rest.x, dim),
-            frechet_distance(&subset.x, &rest.x, dim),
-        ));
-        // Precision and recall in pixels, on equal sets: the samples against real images that
-        // are not the subset, and as the floor the subset against the same real images.
-        let m = subset.len();
-        let reference = &rest.x[..m.min(rest.len()) * dim];
-        let k = PRECISION_RECALL_K;
-        let (p, r) = precision_recall(reference, &samples[..m * dim], dim, k);
-        let (p0, r0) = precision_recall(reference, &subset.x, dim, k);
-        metrics.push(row(&format!("precision (pixels, {k}-NN)"), p, p0));
-        metrics.push(row(&format!("recall (pixels, {k}-NN)"), r, r0));
-        note = Some(format!(
-            "the accuracy's reference is the classifier's own accuracy on {EVAL_HELD_OUT} \
-             held-out real images"
-        ));
-    }
+    let reference = Reference::new(pipeline.gpu(), data, &spec, n, opts.seed)?;
+    let (mut metrics, note) = reference.measure(pipeline.gpu(), &samples, &opts.labels)?;
     let straight = path_straightness(pipeline, opts, straightness_count(data))?;
     metrics.push(Metric {
         metric: "path straightness (rk45)".into(),

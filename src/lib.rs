@@ -109,6 +109,7 @@ pub mod rng;
 pub mod rundir;
 pub mod sample;
 pub mod shaders;
+pub mod study;
 pub mod tensor;
 pub mod train;
 

@@ -36,6 +36,9 @@ enum Command {
     /// Measure a checkpoint's samples: sliced W2 and MMD (2-D data) or classifier accuracy and
     /// Frechet distance (labelled images), each beside its real-vs-real floor.
     Eval(cli::EvalArgs),
+    /// Compare formulations (schedule x prediction x time sampler) as SD3's Table 1 does: train
+    /// each with the same budget for several seeds, measure at several sampler settings, rank.
+    Study(Box<cli::StudyArgs>),
     /// List every GPU adapter and show the chosen one's features and limits.
     Info,
     /// Measure the kernels, whole training steps and sampling on this adapter, beside CPU
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
         Command::Reflow(args) => cli::reflow(*args),
         Command::Distill(args) => cli::distill(*args),
         Command::Eval(args) => cli::eval(args).map(|()| cli::RunEnd::Finished),
+        Command::Study(args) => cli::study(*args),
         Command::Info => info().map(|()| cli::RunEnd::Finished),
         Command::Bench(args) => bench_cmd::bench(args).map(|()| cli::RunEnd::Finished),
     };

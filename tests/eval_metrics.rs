@@ -1,7 +1,7 @@
 //! The evaluation metrics against cases with known answers.
 
 use rand::{Rng, SeedableRng};
-use rectiflow::eval::{frechet_distance, mmd_rbf, precision_recall, sliced_w2};
+use rectiflow::eval::{coverage, frechet_distance, mmd_rbf, precision_recall, sliced_w2};
 
 fn gaussian(n: usize, dim: usize, mean: &[f32], std: f32, seed: u64) -> Vec<f32> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -64,6 +64,20 @@ fn precision_and_recall_count_the_points_inside_each_others_balls() {
     // k = 3 on the reals: radii 3 at the ends, 2 in the middle; 4.9 lies within 3 of 3, 10 not.
     let (p, _) = precision_recall(&[0.0, 1.0, 2.0, 3.0], &[4.9, 10.0], 1, 3);
     assert_eq!(p, 0.5);
+}
+
+#[test]
+fn coverage_counts_the_real_balls_that_hold_a_sample() {
+    // 1-D, k = 1: real points 0, 1, 2, 3 have radius 1. A sample at 0.5 lies in the balls of 0
+    // and 1; one at 10 in none. Recall on the same sets is 1 (the far sample's ball is wide).
+    let real = [0.0, 1.0, 2.0, 3.0];
+    assert_eq!(coverage(&real, &[0.5, 10.0], 1, 1), 0.5);
+    assert_eq!(precision_recall(&real, &[0.5, 10.0], 1, 1).1, 1.0);
+    // Scattered samples far from the data cover nothing, whatever their spread.
+    assert_eq!(coverage(&real, &[-50.0, 50.0, 100.0], 1, 1), 0.0);
+    assert_eq!(precision_recall(&real, &[-50.0, 50.0, 100.0], 1, 1).1, 1.0);
+    // The data against itself, shifted slightly: every ball holds a sample.
+    assert_eq!(coverage(&real, &[0.1, 1.1, 2.1, 3.1], 1, 1), 1.0);
 }
 
 #[test]

@@ -2,14 +2,16 @@
 //! checked before anything is written), progress bars and printing. The work itself is the
 //! library's: [`rectiflow::train::Run`] for `train`, [`rectiflow::Pipeline`] for `sample`,
 //! [`rectiflow::eval`] for `eval`, [`rectiflow::reflow`] and `train::Run` for `reflow` and
-//! `distill`.
+//! `distill`, [`rectiflow::study`] for `study`.
 
 mod reflow;
 mod sample;
+mod study;
 mod train;
 
 pub use reflow::{distill, reflow, DistillCmd, ReflowCmd};
 pub use sample::{eval, sample, EvalArgs, SampleArgs};
+pub use study::{study, StudyArgs};
 pub use train::{train, TrainArgs};
 
 /// How a command ended (for the exit code).

@@ -123,6 +123,7 @@ fn toy_plan(formulations: &[&str], seeds: u64) -> Plan {
     let mut plan = default_plan(&data, ModelKind::Mlp).unwrap();
     plan.formulations = formulations.iter().map(|s| s.to_string()).collect();
     plan.seeds = seeds;
+    plan.rank_by = "sliced-w2".into();
     plan.settings = [1, 10]
         .map(|steps| Setting {
             steps,
@@ -316,6 +317,21 @@ fn a_study_runs_sharded_resumes_after_kill_and_reuses_matching_runs() {
     assert_eq!(std::fs::read_to_string(out.join(REPORT_MD)).unwrap(), md);
     let e = run(&["study", "--out", &o, "--report", "--seeds", "3"]);
     assert!(String::from_utf8_lossy(&e.stderr).contains("only --out"));
+    // Ranked again by another metric, from the same measurements; one points lack is refused.
+    ok(&run(&[
+        "study",
+        "--out",
+        &o,
+        "--report",
+        "--rank-by",
+        "sliced-w2",
+    ]));
+    let by_w2 = std::fs::read_to_string(out.join(REPORT_MD)).unwrap();
+    assert!(by_w2.contains("Ranked metric: sliced W2"), "{by_w2}");
+    assert!(md.contains("Ranked metric: MMD^2"), "{md}");
+    let e = run(&["study", "--out", &o, "--report", "--rank-by", "fd"]);
+    assert!(String::from_utf8_lossy(&e.stderr).contains("not measured on points"));
+    ok(&run(&["study", "--out", &o, "--report"]));
 
     // A lost measurement is taken again, and nothing is retrained.
     let result = runs[0].join(RESULT_FILE);

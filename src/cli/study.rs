@@ -55,6 +55,10 @@ pub struct StudyArgs {
     /// with and without it); 1: no guided settings [default: 2]
     #[arg(long, allow_negative_numbers = true)]
     cfg: Option<f32>,
+    /// The metric ranked: mmd or sliced-w2 (points); fd, fd-pixels, accuracy, precision,
+    /// recall or coverage (images) (default: mmd for points, fd for images).
+    #[arg(long)]
+    rank_by: Option<String>,
     /// Samples per measurement (default: 2000 points, 300 images).
     #[arg(long)]
     n: Option<usize>,
@@ -119,16 +123,21 @@ pub fn study(a: StudyArgs) -> Result<RunEnd> {
         ];
         if given.iter().any(|&g| g) {
             return Err(Error::Config(
-                "--report reads the plan kept in --out; give only --out with it".into(),
+                "--report reads the plan kept in --out; give only --out (and --rank-by) with it"
+                    .into(),
             ));
         }
-        let plan = Plan::load(&out)?.ok_or_else(|| {
+        let mut plan = Plan::load(&out)?.ok_or_else(|| {
             Error::Config(format!(
                 "{} holds no study (no plan.json); run rectiflow study --out {} first",
                 out.display(),
                 out.display()
             ))
         })?;
+        if let Some(r) = &a.rank_by {
+            // Ranked again by another metric; the plan on disk keeps its own.
+            plan.rank_by = r.clone();
+        }
         return report(&out, &plan);
     }
     let steps = match &a.sample_steps {
@@ -172,6 +181,9 @@ pub fn study(a: StudyArgs) -> Result<RunEnd> {
         s.cfg = cfg;
     }
     plan.samples = a.n.unwrap_or(plan.samples);
+    if let Some(r) = &a.rank_by {
+        plan.rank_by = r.clone();
+    }
     let runs = plan.runs(&out)?;
     let shard = shard.unwrap_or(Shard::ALL);
 

@@ -4,7 +4,7 @@
 //! sampling steps (`study.png`, and `study-cfgW.png` for each guidance weight `W`).
 
 use super::rank::{average_ranks, mean_spread, rank_with_ties};
-use super::{load_result, primary_metric, Formulation, Plan, RunResult, Setting, FEW_STEPS};
+use super::{load_result, Formulation, Plan, RunResult, Setting, FEW_STEPS};
 use crate::error::{Error, Result};
 use crate::output::write_atomically;
 use crate::plot::{line_chart_png, LineChart, Series};
@@ -179,8 +179,7 @@ fn fmt_rank(r: Option<f64>) -> String {
 pub fn write_report(dir: &Path, plan: &Plan) -> Result<Report> {
     let formulations = plan.validate()?;
     let results = collect(dir, plan)?;
-    let image = plan.base.model.shape.len() == 3;
-    let (metric, lower) = primary_metric(image);
+    let (metric, lower) = plan.ranked_metric()?;
     let ranking = rank(&formulations, &plan.settings, &results, metric, lower);
     if ranking.cells.iter().flatten().all(Option::is_none) {
         return Err(Error::Config(format!(
@@ -409,12 +408,27 @@ pub fn write_report(dir: &Path, plan: &Plan) -> Result<Report> {
             continue;
         }
         let solver = plan.settings[0].solver.name();
+        let mut series = series;
+        if let Some(f) = floor.filter(|f| *f > 0.0) {
+            let steps: Vec<f64> = plan
+                .settings
+                .iter()
+                .filter(|s| s.cfg == cfg)
+                .map(|s| s.steps as f64)
+                .collect();
+            series.push(Series {
+                name: "real vs real (floor)".into(),
+                points: steps.iter().map(|&s| (s, f)).collect(),
+                spread: None,
+            });
+        }
         let title = format!(
-            "{} ({}), {} steps x {} seeds: {metric}{}",
+            "{} ({}), {} training steps x {} seed{}: {metric}{}",
             b.data,
             b.model.kind,
             b.steps,
             plan.seeds,
+            if plan.seeds == 1 { "" } else { "s" },
             if cfg == 1.0 {
                 String::new()
             } else {
@@ -424,7 +438,7 @@ pub fn write_report(dir: &Path, plan: &Plan) -> Result<Report> {
         let png = line_chart_png(
             &LineChart {
                 title: &title,
-                x_label: &format!("{solver} sampling steps"),
+                x_label: &format!("sampling steps ({solver})"),
                 y_label: metric,
                 log_x: true,
                 log_y: true,

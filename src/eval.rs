@@ -519,6 +519,30 @@ struct ImageReference {
 }
 
 impl Reference {
+    /// Refuse data that cannot be measured, before anything is trained or sampled: it must be a
+    /// 2-D toy, or labelled images, at least `2 * EVAL_HELD_OUT` of them (the classifier trains
+    /// on all but [`EVAL_HELD_OUT`]).
+    pub fn check(data: &Dataset, spec: &DataSpec) -> Result<()> {
+        let toy = matches!(spec, DataSpec::Toy(_));
+        let labelled_images = data.is_image() && data.labels.is_some() && data.classes > 0;
+        if !(toy || labelled_images) {
+            return Err(Error::Config(
+                "samples are measured on 2-D toys and on labelled images; this data set has neither"
+                    .into(),
+            ));
+        }
+        if labelled_images && data.len() < 2 * EVAL_HELD_OUT {
+            return Err(Error::Config(format!(
+                "{} has {} images; measuring trains a classifier on all but {EVAL_HELD_OUT} and \
+                 needs at least {}",
+                data.name,
+                data.len(),
+                2 * EVAL_HELD_OUT
+            )));
+        }
+        Ok(())
+    }
+
     /// Prepare the reference for sets of `n` samples of `data` (described by `spec`; 2-D toys
     /// and labelled images), with the toy's fresh draws seeded from `seed`.
     pub fn new(
@@ -528,6 +552,7 @@ impl Reference {
         n: usize,
         seed: u64,
     ) -> Result<Reference> {
+        Reference::check(data, spec)?;
         let dim = data.dim();
         let kind = if let DataSpec::Toy(toy) = spec {
             let fresh = toy.sample(n, seed + 1000)?.x;
@@ -662,24 +687,17 @@ pub fn evaluate(pipeline: &Pipeline, data: &Dataset, opts: &SampleOptions) -> Re
             "--n {n}: eval needs at least 2 samples (MMD and covariances compare pairs)"
         )));
     }
-    let classes = pipeline.classes();
-    if data.is_image() && classes > 0 && data.len() < 2 * EVAL_HELD_OUT {
-        return Err(Error::Config(format!(
-            "{} has {} images; eval trains a classifier on all but {EVAL_HELD_OUT} and needs at \
-             least {}",
-            data.name,
-            data.len(),
-            2 * EVAL_HELD_OUT
+    let spec = crate::reflow::original_config(pipeline.config())?.data;
+    Reference::check(data, &spec)?;
+    let samples = pipeline.sample(opts)?.to_vec()?;
+    let bad = samples.iter().filter(|v| !v.is_finite()).count();
+    if bad > 0 {
+        return Err(Error::NonFinite(format!(
+            "{bad} of the {} values of the {n} samples are NaN or infinite: the model diverges \
+             when sampled (was it trained with too high a learning rate?); nothing was measured",
+            samples.len()
         )));
     }
-    let spec = crate::reflow::original_config(pipeline.config())?.data;
-    let toy = matches!(spec, DataSpec::Toy(_));
-    if !(toy || data.is_image() && classes > 0) {
-        return Err(Error::Config(
-            "eval measures 2-D toys and labelled images; this data set has neither".into(),
-        ));
-    }
-    let samples = pipeline.sample(opts)?.to_vec()?;
     let reference = Reference::new(pipeline.gpu(), data, &spec, n, opts.seed)?;
     let (mut metrics, note) = reference.measure(pipeline.gpu(), &samples, &opts.labels)?;
     let straight = path_straightness(pipeline, opts, straightness_count(data))?;

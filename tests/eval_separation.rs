@@ -57,7 +57,7 @@ fn every_image_metric_separates_50_training_steps_from_600() {
 
     // Real against real: the pixel metrics of three other real subsets of N against the same
     // reference images; the floor the reference reports lies within their spread.
-    let (rest, last) = data.split_last(N);
+    let (rest, _) = data.split_last(N);
     let reference_images = &rest.x[..(rest.len() - 3 * N) * dim];
     let k = PRECISION_RECALL_K;
     let mut fd = Vec::new();
@@ -68,7 +68,6 @@ fn every_image_metric_separates_50_training_steps_from_600() {
         fd.push(frechet_distance(subset, reference_images, dim));
         precision.push(precision_recall(&reference_images[..N * dim], subset, dim, k).0);
     }
-    let _ = last;
     let (fd_mean, fd_sd) = mean_spread(&fd);
     let (p_mean, p_sd) = mean_spread(&precision);
     eprintln!("real vs real: pixel FD {fd:?}, precision {precision:?}");

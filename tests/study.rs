@@ -141,12 +141,15 @@ fn write_result(dir: &Path, plan: &Plan, formulation: usize, seed: u64, w2: [f64
         formulation: run.formulation.name.clone(),
         seed,
         train_seconds: Some(1.0),
+        diverged: None,
         settings: plan
             .settings
             .iter()
             .zip(w2)
             .map(|(s, v)| SettingResult {
                 setting: *s,
+                samples: plan.samples,
+                diverged: false,
                 metrics: vec![MetricValue {
                     metric: "sliced W2".into(),
                     value: v,
@@ -166,7 +169,7 @@ fn write_result(dir: &Path, plan: &Plan, formulation: usize, seed: u64, w2: [f64
 fn the_report_ranks_with_ties_and_lists_what_is_missing() {
     let dir = temp_dir("study-report");
     let plan = toy_plan(&["rf/uniform", "rf/lognorm(0,1)", "v/cosine"], 2);
-    plan.store(&dir).unwrap();
+    plan.store(&dir, false).unwrap();
     // At 1 step: lognorm clearly first, uniform and cosine tied (means 0.5 and 0.52, spreads
     // about 0.07). At 10 steps: uniform first, lognorm second, cosine third.
     write_result(&dir, &plan, 0, 0, [0.45, 0.10]);
@@ -214,12 +217,82 @@ fn the_report_ranks_with_ties_and_lists_what_is_missing() {
     // A plan whose training differs is refused in the same directory.
     let mut other = plan.clone();
     other.base.steps += 1;
-    let e = other.store(&dir).unwrap_err().to_string();
+    let e = other.store(&dir, false).unwrap_err().to_string();
     assert!(e.contains("--steps") && e.contains("another --out"), "{e}");
     // A different formulation list or sampler settings is the same study.
     let mut more = plan.clone();
     more.formulations.push("rf/cosmap".into());
-    more.store(&dir).unwrap();
+    more.store(&dir, false).unwrap();
+    // ...but not for one shard of several, which must split the same list of runs.
+    let mut fewer = more.clone();
+    fewer.seeds = 1;
+    let e = fewer.store(&dir, true).unwrap_err().to_string();
+    assert!(e.contains("every shard"), "{e}");
+    more.store(&dir, true).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn diverged_runs_rank_last_and_tied_and_a_partial_cell_is_not_ranked() {
+    let dir = temp_dir("study-diverged");
+    let plan = toy_plan(&["rf/uniform", "rf/lognorm(0,1)", "v/cosine"], 1);
+    plan.store(&dir, false).unwrap();
+    write_result(&dir, &plan, 0, 0, [0.3, 0.1]);
+    // Two formulations diverge: at one step both, at ten steps one of them.
+    for (f, steps_diverged) in [(1usize, vec![true, true]), (2, vec![true, false])] {
+        let run = &plan.runs(&dir).unwrap()[f];
+        std::fs::create_dir_all(&run.dir).unwrap();
+        let result = RunResult {
+            formulation: run.formulation.name.clone(),
+            seed: 0,
+            settings: plan
+                .settings
+                .iter()
+                .zip(&steps_diverged)
+                .map(|(s, &d)| SettingResult {
+                    setting: *s,
+                    samples: plan.samples,
+                    diverged: d,
+                    metrics: if d {
+                        vec![]
+                    } else {
+                        vec![MetricValue {
+                            metric: "sliced W2".into(),
+                            value: 0.05,
+                            floor: Some(0.05),
+                        }]
+                    },
+                })
+                .collect(),
+            ..Default::default()
+        };
+        std::fs::write(
+            run.dir.join(RESULT_FILE),
+            serde_json::to_string(&result).unwrap(),
+        )
+        .unwrap();
+    }
+    let r = write_report(&dir, &plan).unwrap().ranking;
+    assert_eq!(r.ranks[0].as_ref().unwrap(), &vec![1.0, 2.5, 2.5]);
+    assert_eq!(r.ranks[1].as_ref().unwrap(), &vec![2.0, 3.0, 1.0]);
+    assert_eq!(r.ranks[0].as_ref().unwrap().iter().sum::<f64>(), 6.0);
+    let md = std::fs::read_to_string(dir.join(REPORT_MD)).unwrap();
+    assert!(md.contains("diverged (2.50)"), "{md}");
+    let csv = std::fs::read_to_string(dir.join(REPORT_CSV)).unwrap();
+    assert!(
+        csv.contains("\"v/cosine\",0,euler,1,1,\"diverged\",,"),
+        "{csv}"
+    );
+    // Measurements on another number of samples are not this plan's: the cell is missing and
+    // that setting is not ranked.
+    let mut other_n = plan.clone();
+    other_n.samples += 1;
+    let r = write_report(&dir, &other_n);
+    assert!(
+        r.is_err(),
+        "nothing measured on {} samples",
+        other_n.samples
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -317,7 +390,7 @@ fn a_study_runs_sharded_resumes_after_kill_and_reuses_matching_runs() {
     assert_eq!(std::fs::read_to_string(out.join(REPORT_MD)).unwrap(), md);
     let e = run(&["study", "--out", &o, "--report", "--seeds", "3"]);
     assert!(String::from_utf8_lossy(&e.stderr).contains("only --out"));
-    // Ranked again by another metric, from the same measurements; one points lack is refused.
+    // Ranked again by another metric from the same measurements; a metric of images is refused.
     ok(&run(&[
         "study",
         "--out",
@@ -358,6 +431,7 @@ fn a_study_runs_sharded_resumes_after_kill_and_reuses_matching_runs() {
     }
     // Other training settings in the same directory are refused.
     let e = run(&args(two, "40", &[]));
+    assert!(!e.status.success());
     assert!(
         String::from_utf8_lossy(&e.stderr).contains("another --out"),
         "{}",

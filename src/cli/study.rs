@@ -120,6 +120,12 @@ pub fn study(a: StudyArgs) -> Result<RunEnd> {
             a.steps.is_some(),
             a.sample_steps.is_some(),
             a.shard.is_some(),
+            a.batch.is_some(),
+            a.width.is_some(),
+            a.depth.is_some(),
+            a.solver.is_some(),
+            a.cfg.is_some(),
+            a.n.is_some(),
         ];
         if given.iter().any(|&g| g) {
             return Err(Error::Config(
@@ -236,6 +242,9 @@ pub fn study(a: StudyArgs) -> Result<RunEnd> {
             bar.set_position(done_runs * per_run + plan.base.steps + share);
             bar.set_message(format!("{}/{} done; {current}: measuring", done_runs, mine));
         }
+        Progress::Skipped { why } => {
+            bar.suspend(|| eprintln!("{current}: left to another process ({why})"));
+        }
         Progress::RunDone => {
             done_runs += 1;
             bar.set_position(done_runs * per_run);
@@ -260,7 +269,7 @@ pub fn study(a: StudyArgs) -> Result<RunEnd> {
         StudyEnd::Done => {
             bar.finish_and_clear();
             eprintln!(
-                "{mine} runs trained and measured in {:.0} s",
+                "this process's {mine} runs are trained and measured ({:.0} s)",
                 start.elapsed().as_secs_f64()
             );
             let complete = runs

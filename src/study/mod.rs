@@ -30,7 +30,10 @@ use crate::train::run::{changes, holds_run, CHECKPOINT_FILE};
 use crate::train::{Event, ModelKind, Run, RunEnd, RunOptions, TrainConfig};
 use crate::Gpu;
 use serde::{Deserialize, Serialize};
+use signal_hook::consts::{SIGINT, SIGTERM};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 /// The formulations a study trains unless told otherwise (the issue's list, after SD3's Table 1).
 pub const DEFAULT_FORMULATIONS: [&str; 8] = [
@@ -233,6 +236,12 @@ pub struct RunSpec {
 pub struct SettingResult {
     /// The setting.
     pub setting: Setting,
+    /// Samples measured.
+    pub samples: usize,
+    /// The run diverged (in training, or its samples at this setting were not finite): no
+    /// metrics, ranked last.
+    #[serde(default)]
+    pub diverged: bool,
     /// The metrics, each with its real-vs-real floor.
     pub metrics: Vec<MetricValue>,
 }
@@ -265,17 +274,22 @@ pub struct RunResult {
     pub formulation: String,
     /// The run's seed.
     pub seed: u64,
-    /// Seconds the training took, summed over the segments that ran to their end or to a signal
-    /// (a segment cut by kill -9 is not counted).
+    /// Seconds the training took, summed over the segments that ran to their end (a segment
+    /// cut by a signal or kill -9 is not counted).
     pub train_seconds: Option<f64>,
+    /// Why the run stopped training, when it diverged (its settings are then all diverged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diverged: Option<String>,
     /// One entry per measured setting.
     pub settings: Vec<SettingResult>,
 }
 
 impl RunResult {
-    /// The measurements of `setting`, if taken.
-    pub fn get(&self, setting: &Setting) -> Option<&SettingResult> {
-        self.settings.iter().find(|r| r.setting == *setting)
+    /// The measurements of `setting` on `samples` samples, if taken.
+    pub fn get(&self, setting: &Setting, samples: usize) -> Option<&SettingResult> {
+        self.settings
+            .iter()
+            .find(|r| r.setting == *setting && r.samples == samples)
     }
 }
 
@@ -365,8 +379,8 @@ pub fn default_samples(image: bool) -> usize {
     }
 }
 
-/// The default plan on `data` with `model`: the default run's configuration with `steps`
-/// training steps, [`DEFAULT_FORMULATIONS`], 3 seeds, [`DEFAULT_SAMPLE_STEPS`] Euler steps, with
+/// The default plan on `data` with `model`: the default run's configuration,
+/// [`DEFAULT_FORMULATIONS`], 3 seeds, [`DEFAULT_SAMPLE_STEPS`] Euler steps, with
 /// and without guidance for labelled data.
 pub fn default_plan(data: &Dataset, kind: ModelKind) -> Result<Plan> {
     let base = TrainConfig::for_data(data, kind)?;
@@ -498,7 +512,8 @@ impl Plan {
         match std::fs::read_to_string(&path) {
             Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| {
                 Error::Config(format!(
-                    "{} is not a study plan ({e}); give another --out",
+                    "{} is not a study plan ({e}); if it was damaged, delete it and rerun the same \
+                     command (the runs and their measurements are kept), else give another --out",
                     path.display()
                 ))
             }),
@@ -508,10 +523,27 @@ impl Plan {
     }
 
     /// Write the plan into `dir`, after checking that it trains what a plan already there
-    /// trained: the same data, model and training settings (the formulations, seeds, sampler
-    /// settings and sample count may change; runs and measurements that match are reused).
-    pub fn store(&self, dir: &Path) -> Result<()> {
+    /// trained: the same data, model and training settings. Alone (`strict` false), the
+    /// formulations, seeds, sampler settings and sample count may change (runs and measurements
+    /// that match are reused); one shard of several (`strict`) must agree with the plan in every
+    /// respect, since the shards split the same list of runs. Processes sharing `dir` take turns
+    /// (a lock on `dir/.plan.lock`), and an unchanged plan is not rewritten.
+    pub fn store(&self, dir: &Path, strict: bool) -> Result<()> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Io(format!("cannot create {}: {e}", dir.display())))?;
+        let lock_path = dir.join(".plan.lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .and_then(|f| f.lock().map(|()| f))
+            .map_err(|e| Error::Io(format!("cannot lock {}: {e}", lock_path.display())))?;
         if let Some(old) = Plan::load(dir)? {
+            if old == *self {
+                drop(lock);
+                return Ok(());
+            }
             let diff = changes(&old.base, &self.base);
             if old.base.data != self.base.data
                 || old.base.model != self.base.model
@@ -533,11 +565,20 @@ impl Plan {
                     self.base.model
                 )));
             }
+            if strict {
+                return Err(Error::Config(format!(
+                    "--shard: {} holds a plan with other formulations, seeds, sampler settings, \
+                     --n or --rank-by than these flags give; every shard of a study needs the same \
+                     flags (see {})",
+                    dir.display(),
+                    dir.join(PLAN_FILE).display()
+                )));
+            }
         }
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::Io(format!("cannot create {}: {e}", dir.display())))?;
         let text = serde_json::to_string_pretty(self).expect("a plan serialises");
-        write_atomically(&[(&dir.join(PLAN_FILE), text.as_bytes())])
+        write_atomically(&[(&dir.join(PLAN_FILE), text.as_bytes())])?;
+        drop(lock);
+        Ok(())
     }
 }
 
@@ -559,7 +600,10 @@ pub fn load_result(dir: &Path) -> Result<RunResult> {
 /// Whether `run` has every measurement `plan` asks for.
 pub fn is_complete(plan: &Plan, run: &RunSpec) -> Result<bool> {
     let result = load_result(&run.dir)?;
-    Ok(plan.settings.iter().all(|s| result.get(s).is_some()))
+    Ok(plan
+        .settings
+        .iter()
+        .all(|s| result.get(s, plan.samples).is_some()))
 }
 
 /// What [`run_study`] reports as it goes.
@@ -591,6 +635,11 @@ pub enum Progress<'a> {
     },
     /// A run is complete.
     RunDone,
+    /// A run is left to the process that holds it.
+    Skipped {
+        /// The holder's message.
+        why: String,
+    },
 }
 
 /// How a study's share of runs ended.
@@ -603,7 +652,10 @@ pub enum StudyEnd {
 }
 
 /// Train and measure `shard`'s runs of `plan` in `dir` (after storing the plan), reusing every
-/// run and measurement already there; `data` is the plan's data set.
+/// run and measurement already there; `data` is the plan's data set. A run that diverges in
+/// training is recorded as diverged at every setting (ranked last) and the study goes on; a run
+/// another process holds is left to it. With `catch_signals`, SIGINT and SIGTERM stop the study
+/// at the next safe point (a run saves its checkpoint; a measurement in progress is finished).
 pub fn run_study(
     gpu: &Gpu,
     dir: &Path,
@@ -613,7 +665,9 @@ pub fn run_study(
     catch_signals: bool,
     mut on_progress: impl FnMut(Progress),
 ) -> Result<StudyEnd> {
-    plan.store(dir)?;
+    plan.validate()?;
+    Reference::check(data, &plan.base.data)?;
+    plan.store(dir, shard.count > 1)?;
     let runs = plan.runs(dir)?;
     let mine: Vec<&RunSpec> = runs
         .iter()
@@ -621,126 +675,206 @@ pub fn run_study(
         .filter(|(k, _)| shard.takes(*k))
         .map(|(_, r)| r)
         .collect();
-    let mut reference: Option<Reference> = None;
-    let spec = plan.base.data.clone();
-    for (i, run) in mine.iter().enumerate() {
-        on_progress(Progress::RunStarts {
-            run,
-            index: i + 1,
-            of: mine.len(),
-        });
-        let mut result = load_result(&run.dir)?;
-        if plan.settings.iter().all(|s| result.get(s).is_some()) {
-            on_progress(Progress::RunDone);
-            continue;
+    // The study's own stop flag: a run catches signals only while it trains (and leaves the
+    // process's handlers in place when it ends), so the measurements between runs need this.
+    let signal = Arc::new(AtomicUsize::new(0));
+    let mut hooks = Vec::new();
+    if catch_signals {
+        for sig in [SIGINT, SIGTERM] {
+            let id = signal_hook::flag::register_usize(sig, Arc::clone(&signal), sig as usize)
+                .map_err(|e| Error::Io(format!("cannot catch signal {sig}: {e}")))?;
+            hooks.push(id);
         }
-        let opts = RunOptions {
-            log_every: (run.config.steps / 20).max(1),
-            checkpoint_every: (run.config.steps / 4).max(1),
-            sample_every: 0,
-            // The final grid is for a person to look at; the measurements draw their own.
-            grid_samples: Some(plan.samples.min(1000)),
-            catch_signals,
-        };
-        let checkpoint = run.dir.join(CHECKPOINT_FILE);
-        if checkpoint.exists() {
-            let resumable = Run::open(gpu, &run.dir)?;
-            let diff = changes(resumable.config(), &run.config);
-            if !diff.is_empty() {
-                let listed: Vec<String> = diff.iter().map(|c| c.to_string()).collect();
-                return Err(Error::Config(format!(
-                    "{} holds a run that differs from the study's ({}); move it away or give \
-                     another --out",
-                    run.dir.display(),
-                    listed.join(", ")
-                )));
-            }
-            let step = resumable.step();
-            if step < run.config.steps {
-                on_progress(Progress::Resumed { step });
-                let mut r = resumable.resume(gpu, run.config.clone(), Some(data), false, opts)?;
-                if let Some(end) = train(&mut r, &mut on_progress, &mut result)? {
-                    return Ok(end);
-                }
-            }
-        } else {
-            // A directory with a configuration but no checkpoint learned nothing worth keeping
-            // (it was stopped before its first save): start it again.
-            let overwrite = holds_run(&run.dir);
-            let mut r = Run::create(
-                gpu,
-                &run.dir,
-                run.config.clone(),
-                Some(data),
-                overwrite,
-                opts,
-            )?;
-            if let Some(end) = train(&mut r, &mut on_progress, &mut result)? {
+    }
+    let stopped = || match signal.load(Ordering::SeqCst) {
+        0 => None,
+        sig => Some(StudyEnd::Stopped(Some(sig as i32))),
+    };
+    let result = (|| {
+        let mut reference: Option<Reference> = None;
+        for (i, run) in mine.iter().enumerate() {
+            if let Some(end) = stopped() {
                 return Ok(end);
             }
-        }
-        let pipeline = Pipeline::load(gpu, &checkpoint, Weights::Ema)?;
-        if reference.is_none() {
-            reference = Some(Reference::new(gpu, data, &spec, plan.samples, 0)?);
-        }
-        let reference = reference.as_ref().expect("prepared above");
-        for setting in &plan.settings {
-            if result.get(setting).is_some() {
+            on_progress(Progress::RunStarts {
+                run,
+                index: i + 1,
+                of: mine.len(),
+            });
+            let mut result = load_result(&run.dir)?;
+            let wanted = |r: &RunResult| {
+                plan.settings
+                    .iter()
+                    .filter(|s| r.get(s, plan.samples).is_none())
+                    .copied()
+                    .collect::<Vec<Setting>>()
+            };
+            if wanted(&result).is_empty() {
+                on_progress(Progress::RunDone);
                 continue;
             }
-            let mut opts = pipeline.options(pipeline.labels(plan.samples));
-            opts.steps = setting.steps;
-            opts.solver = setting.solver;
-            opts.cfg = if pipeline.classes() > 0 {
-                setting.cfg
-            } else {
-                1.0
-            };
-            opts.seed = run.seed;
-            let samples = pipeline.sample(&opts)?.to_vec()?;
-            let bad = samples.iter().filter(|v| !v.is_finite()).count();
-            let metrics = if bad > 0 {
-                // A formulation that diverges at a setting measures as infinitely far: it ranks
-                // last there, and the report says so.
-                vec![MetricValue {
-                    metric: plan.ranked_metric()?.0.into(),
-                    value: f64::INFINITY,
-                    floor: None,
-                }]
-            } else {
-                let (metrics, _) = reference.measure(gpu, &samples, &opts.labels)?;
-                metrics.into_iter().map(MetricValue::from).collect()
-            };
-            result.settings.push(SettingResult {
-                setting: *setting,
-                metrics,
-            });
-            save_result(run, &mut result)?;
-            on_progress(Progress::Measured { setting: *setting });
+            if result.diverged.is_none() {
+                match train_run(
+                    gpu,
+                    plan,
+                    run,
+                    data,
+                    catch_signals,
+                    &mut on_progress,
+                    &mut result,
+                ) {
+                    Ok(Trained::Yes) => {}
+                    Ok(Trained::Stopped(end)) => return Ok(end),
+                    Ok(Trained::Busy(why)) => {
+                        on_progress(Progress::Skipped { why });
+                        continue;
+                    }
+                    Err(Error::NonFinite(why)) => result.diverged = Some(why),
+                    Err(e) => return Err(e),
+                }
+                save_result(run, &mut result)?;
+            }
+            if result.diverged.is_some() {
+                for setting in wanted(&result) {
+                    result.settings.push(SettingResult {
+                        setting,
+                        samples: plan.samples,
+                        diverged: true,
+                        metrics: Vec::new(),
+                    });
+                }
+                save_result(run, &mut result)?;
+                on_progress(Progress::RunDone);
+                continue;
+            }
+            let pipeline = Pipeline::load(gpu, run.dir.join(CHECKPOINT_FILE), Weights::Ema)?;
+            if reference.is_none() {
+                reference = Some(Reference::new(gpu, data, &plan.base.data, plan.samples, 0)?);
+            }
+            let reference = reference.as_ref().expect("prepared above");
+            for setting in wanted(&result) {
+                if let Some(end) = stopped() {
+                    return Ok(end);
+                }
+                let mut opts = pipeline.options(pipeline.labels(plan.samples));
+                opts.steps = setting.steps;
+                opts.solver = setting.solver;
+                opts.cfg = if pipeline.classes() > 0 {
+                    setting.cfg
+                } else {
+                    1.0
+                };
+                opts.seed = run.seed;
+                let samples = pipeline.sample(&opts)?.to_vec()?;
+                let diverged = samples.iter().any(|v| !v.is_finite());
+                let metrics = if diverged {
+                    Vec::new()
+                } else {
+                    let (metrics, _) = reference.measure(gpu, &samples, &opts.labels)?;
+                    metrics.into_iter().map(MetricValue::from).collect()
+                };
+                result.settings.push(SettingResult {
+                    setting,
+                    samples: plan.samples,
+                    diverged,
+                    metrics,
+                });
+                save_result(run, &mut result)?;
+                on_progress(Progress::Measured { setting });
+            }
+            on_progress(Progress::RunDone);
         }
-        save_result(run, &mut result)?;
-        on_progress(Progress::RunDone);
+        Ok(stopped().unwrap_or(StudyEnd::Done))
+    })();
+    for id in hooks {
+        signal_hook::low_level::unregister(id);
     }
-    Ok(StudyEnd::Done)
+    result
 }
 
-/// Train `run` to its end; `Some` when a signal stopped it.
-fn train(
-    run: &mut Run,
+/// How training a study's run ended.
+enum Trained {
+    /// It is trained (now or before).
+    Yes,
+    /// A signal stopped it after its checkpoint was saved.
+    Stopped(StudyEnd),
+    /// Another process holds it.
+    Busy(String),
+}
+
+/// Train `run` to its end (from its checkpoint if it has one), adding the time to `result`
+/// (saved at once, so a kill before the measurements keeps it).
+fn train_run(
+    gpu: &Gpu,
+    plan: &Plan,
+    run: &RunSpec,
+    data: &Dataset,
+    catch_signals: bool,
     on_progress: &mut impl FnMut(Progress),
     result: &mut RunResult,
-) -> Result<Option<StudyEnd>> {
-    match run.run(|event| {
+) -> Result<Trained> {
+    let opts = RunOptions {
+        log_every: (run.config.steps / 20).max(1),
+        checkpoint_every: (run.config.steps / 4).max(1),
+        sample_every: 0,
+        // The final grid is for a person to look at; the measurements draw their own.
+        grid_samples: Some(plan.samples.min(1000)),
+        catch_signals,
+    };
+    let busy = |e: Error| match e {
+        Error::Io(why) if why.contains("is in use") => Ok(Trained::Busy(why)),
+        e => Err(e),
+    };
+    let mut r = if run.dir.join(CHECKPOINT_FILE).exists() {
+        let resumable = match Run::open(gpu, &run.dir) {
+            Ok(r) => r,
+            Err(e) => return busy(e),
+        };
+        let diff = changes(resumable.config(), &run.config);
+        if !diff.is_empty() {
+            let listed: Vec<String> = diff.iter().map(|c| c.to_string()).collect();
+            return Err(Error::Config(format!(
+                "{} holds a run that differs from the study's ({}); move it away or give \
+                 another --out",
+                run.dir.display(),
+                listed.join(", ")
+            )));
+        }
+        let step = resumable.step();
+        if step >= run.config.steps {
+            return Ok(Trained::Yes);
+        }
+        on_progress(Progress::Resumed { step });
+        resumable.resume(gpu, run.config.clone(), Some(data), false, opts)?
+    } else {
+        // A directory with a configuration but no checkpoint learned nothing worth keeping
+        // (it was stopped before its first save): start it again.
+        let overwrite = holds_run(&run.dir);
+        match Run::create(
+            gpu,
+            &run.dir,
+            run.config.clone(),
+            Some(data),
+            overwrite,
+            opts,
+        ) {
+            Ok(r) => r,
+            Err(e) => return busy(e),
+        }
+    };
+    let end = r.run(|event| {
         if let Event::Step { step, .. } = event {
             on_progress(Progress::Step { step })
         }
-    })? {
+    })?;
+    Ok(match end {
         RunEnd::Finished(summary) => {
             *result.train_seconds.get_or_insert(0.0) += summary.seconds;
-            Ok(None)
+            save_result(run, result)?;
+            Trained::Yes
         }
-        RunEnd::Stopped { signal, .. } => Ok(Some(StudyEnd::Stopped(signal))),
-    }
+        RunEnd::Stopped { signal, .. } => Trained::Stopped(StudyEnd::Stopped(signal)),
+    })
 }
 
 fn save_result(run: &RunSpec, result: &mut RunResult) -> Result<()> {

@@ -17,10 +17,11 @@ pub fn mean_spread(values: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
-/// Whether two results `(mean, spread)` tie: their means differ by no more than the larger
-/// spread.
+/// Whether two results `(mean, spread)` tie: their means are equal or differ by no more than
+/// the larger spread.
 pub fn ties(a: (f64, f64), b: (f64, f64)) -> bool {
-    (a.0 - b.0).abs() <= a.1.max(b.1)
+    // Equal means tie first, so that two infinite ones (diverged runs) do too.
+    a.0 == b.0 || (a.0 - b.0).abs() <= a.1.max(b.1)
 }
 
 /// The rank of each result `(mean, spread)` at one setting, 1 the best. `lower_is_better` says

@@ -46,8 +46,8 @@ pub struct Ranking {
     pub formulations: Vec<Formulation>,
     /// The settings, in the plan's order.
     pub settings: Vec<Setting>,
-    /// The ranked metric's `(mean, spread)` over the seeds measured, `[formulation][setting]`;
-    /// `None` where no seed was measured.
+    /// The ranked metric's `(mean, spread)` over the seeds, `[formulation][setting]` (an
+    /// infinite mean: diverged); `None` where a seed is not measured.
     pub cells: Vec<Vec<Option<(f64, f64)>>>,
     /// Seeds measured, `[formulation][setting]`.
     pub seeds: Vec<Vec<usize>>,
@@ -75,10 +75,12 @@ pub fn collect(dir: &Path, plan: &Plan) -> Result<Vec<Vec<RunResult>>> {
 }
 
 /// Rank the formulations on `metric` (`lower_is_better` or not) from their results
-/// `[formulation][seed]`.
+/// `[formulation][seed]` measured on `samples` samples. A cell is ranked when every seed was
+/// measured; a setting when every formulation's cell is. Diverged runs rank last, tied.
 pub fn rank(
     formulations: &[Formulation],
     settings: &[Setting],
+    samples: usize,
     results: &[Vec<RunResult>],
     metric: &str,
     lower_is_better: bool,
@@ -86,28 +88,45 @@ pub fn rank(
     let mut missing = Vec::new();
     let mut cells = Vec::new();
     let mut seeds = Vec::new();
+    // A diverged run ranks last, tied with the others that diverged.
+    let worst = if lower_is_better {
+        f64::INFINITY
+    } else {
+        f64::NEG_INFINITY
+    };
     for (f, runs) in formulations.iter().zip(results) {
         let mut row = Vec::new();
         let mut row_seeds = Vec::new();
         for s in settings {
-            let values: Vec<f64> = runs
-                .iter()
-                .enumerate()
-                .filter_map(|(seed, r)| {
-                    let v = r
-                        .get(s)
-                        .and_then(|m| m.metrics.iter().find(|m| m.metric == metric))
-                        .map(|m| m.value);
-                    if v.is_none() {
-                        missing.push(format!("{} seed {seed}: {}", f.name, s.label()));
+            let mut values = Vec::new();
+            let mut diverged = false;
+            let mut measured = 0;
+            for (seed, r) in runs.iter().enumerate() {
+                match r.get(s, samples) {
+                    None => missing.push(format!("{} seed {seed}: {}", f.name, s.label())),
+                    Some(m) if m.diverged => {
+                        diverged = true;
+                        measured += 1;
                     }
-                    v
-                })
-                .collect();
-            row_seeds.push(values.len());
-            row.push((!values.is_empty()).then(|| {
-                if values.iter().any(|v| !v.is_finite()) {
-                    (f64::INFINITY, 0.0)
+                    Some(m) => match m.metrics.iter().find(|m| m.metric == metric) {
+                        Some(m) => {
+                            values.push(m.value);
+                            measured += 1;
+                        }
+                        None => missing.push(format!(
+                            "{} seed {seed}: {} ({metric} not measured)",
+                            f.name,
+                            s.label()
+                        )),
+                    },
+                }
+            }
+            row_seeds.push(measured);
+            // Ranked only with every seed: a mean of fewer has another spread.
+            let complete = measured == runs.len() && !runs.is_empty();
+            row.push(complete.then(|| {
+                if diverged {
+                    (worst, 0.0)
                 } else {
                     mean_spread(&values)
                 }
@@ -180,7 +199,14 @@ pub fn write_report(dir: &Path, plan: &Plan) -> Result<Report> {
     let formulations = plan.validate()?;
     let results = collect(dir, plan)?;
     let (metric, lower) = plan.ranked_metric()?;
-    let ranking = rank(&formulations, &plan.settings, &results, metric, lower);
+    let ranking = rank(
+        &formulations,
+        &plan.settings,
+        plan.samples,
+        &results,
+        metric,
+        lower,
+    );
     if ranking.cells.iter().flatten().all(Option::is_none) {
         return Err(Error::Config(format!(
             "{} has no measurements yet: run the study (rectiflow study --out {}) first",
@@ -194,7 +220,20 @@ pub fn write_report(dir: &Path, plan: &Plan) -> Result<Report> {
     for (f, runs) in formulations.iter().zip(&results) {
         for (seed, r) in runs.iter().enumerate() {
             for s in &plan.settings {
-                for m in r.get(s).map(|m| m.metrics.as_slice()).unwrap_or_default() {
+                let Some(measured) = r.get(s, plan.samples) else {
+                    continue;
+                };
+                if measured.diverged {
+                    let _ = writeln!(
+                        csv,
+                        "\"{}\",{seed},{},{},{},\"diverged\",,",
+                        f.name,
+                        s.solver.name(),
+                        s.steps,
+                        s.cfg
+                    );
+                }
+                for m in &measured.metrics {
                     let _ = writeln!(
                         csv,
                         "\"{}\",{seed},{},{},{},\"{}\",{},{}",
@@ -325,7 +364,14 @@ pub fn write_report(dir: &Path, plan: &Plan) -> Result<Report> {
         }
     }
     for other in &others {
-        let r = rank(&formulations, &plan.settings, &results, other, true);
+        let r = rank(
+            &formulations,
+            &plan.settings,
+            plan.samples,
+            &results,
+            other,
+            true,
+        );
         let floor = results
             .iter()
             .flatten()
@@ -365,8 +411,8 @@ pub fn write_report(dir: &Path, plan: &Plan) -> Result<Report> {
     if !ranking.missing.is_empty() {
         let _ = writeln!(
             md,
-            "\n**Incomplete**: {} measurements are missing; the ranks cover only the settings every \
-             formulation has. Missing: {}.",
+            "\n**Incomplete**: {} measurements are missing; the ranks cover only the settings at \
+             which every formulation has every seed. Missing: {}.",
             ranking.missing.len(),
             ranking.missing.join("; ")
         );

@@ -93,6 +93,8 @@ pub mod eval;
 pub mod flow;
 pub mod gpu;
 pub mod limits;
+#[cfg(feature = "mpi")]
+pub mod mpi;
 pub mod nn;
 pub mod npy;
 pub mod ops;

@@ -4,6 +4,8 @@
 //! [`rectiflow::eval`] for `eval`, [`rectiflow::reflow`] and `train::Run` for `reflow` and
 //! `distill`.
 
+#[cfg(feature = "mpi")]
+mod ranks;
 mod reflow;
 mod sample;
 mod train;
@@ -19,4 +21,8 @@ pub enum RunEnd {
     Finished,
     /// A signal (its number: SIGINT 2, SIGTERM 15) stopped it after a checkpoint was saved.
     Interrupted(i32),
+    /// It failed on a rank of a data-parallel job other than 0, and rank 0 reports why (this
+    /// rank exits 1 without a message of its own).
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+    FailedQuietly,
 }

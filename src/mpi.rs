@@ -27,6 +27,10 @@ const LAUNCHER_VARIABLES: [&str; 5] = [
     "MPI_LOCALNRANKS",
 ];
 
+/// The most elements one MPI call is given (its counts are C `int`s): a 675M-parameter model's
+/// state is broadcast, and its gradient summed, in pieces of this many.
+const MAX_COUNT: usize = 1 << 28;
+
 /// This process's membership of an MPI job: the world communicator (behind a lock) and its
 /// place on the machine. MPI is finalised when it is dropped.
 pub struct World {
@@ -40,8 +44,9 @@ pub struct World {
 }
 
 /// The world communicator, sendable between threads: MPI was initialised at
-/// `MPI_THREAD_SERIALIZED` and the lock in [`World`] serialises every call.
-struct Communicator0(SimpleCommunicator);
+/// `MPI_THREAD_SERIALIZED` and the lock in [`World`] serialises every call. With the send
+/// buffer of a sum, kept between steps (the `mpi` crate has no `MPI_IN_PLACE`).
+struct Communicator0(SimpleCommunicator, Vec<f32>);
 // SAFETY: an MPI communicator handle may be used from any thread under MPI_THREAD_SERIALIZED
 // as long as no two calls run at once, which the Mutex around it guarantees.
 unsafe impl Send for Communicator0 {}
@@ -77,7 +82,7 @@ impl World {
         let node = world.split_shared(world.rank());
         let (local_rank, local_size) = (node.rank() as usize, node.size() as usize);
         Ok(Some(World {
-            comm: Mutex::new(Communicator0(world)),
+            comm: Mutex::new(Communicator0(world, Vec::new())),
             rank,
             size,
             local_rank,
@@ -111,14 +116,20 @@ impl Collective for World {
         self.size
     }
     fn sum(&self, values: &mut [f32]) {
-        let comm = self.comm.lock().unwrap();
-        let send = values.to_vec();
-        comm.0
-            .all_reduce_into(&send[..], values, SystemOperation::sum());
+        let mut comm = self.comm.lock().unwrap();
+        let Communicator0(world, send) = &mut *comm;
+        // In pieces whose counts fit MPI's int.
+        for piece in values.chunks_mut(MAX_COUNT) {
+            send.clear();
+            send.extend_from_slice(piece);
+            world.all_reduce_into(&send[..], piece, SystemOperation::sum());
+        }
     }
     fn broadcast(&self, bytes: &mut [u8]) {
         let comm = self.comm.lock().unwrap();
-        comm.0.process_at_rank(0).broadcast_into(bytes);
+        for piece in bytes.chunks_mut(MAX_COUNT) {
+            comm.0.process_at_rank(0).broadcast_into(piece);
+        }
     }
     fn gather(&self, mine: &[u8]) -> Vec<u8> {
         let comm = self.comm.lock().unwrap();

@@ -1,9 +1,13 @@
-//! The ranks' agreement (`train::distributed::Ranks`) over an in-process transport: threads as
-//! ranks, so that failures on one rank, stops and slices are tested without MPI (the MPI runs
-//! themselves are tests/mpi.rs, feature `mpi`).
+//! Data parallelism without MPI: the ranks' agreement (`train::distributed::Ranks`) over an
+//! in-process transport (threads as ranks) — failures on one rank, stops, slices — and trainers
+//! on two such ranks against one trainer; a slice of a batch draws what the whole batch draws
+//! for those samples. (The MPI runs themselves are tests/mpi.rs, feature `mpi`.)
 
-use rectiflow::train::{Collective, Ranks};
-use rectiflow::Error;
+mod common;
+
+use rectiflow::data::{self, DataSpec, GpuDataset};
+use rectiflow::train::{Collective, ModelKind, Objective, Ranks, TrainConfig, Trainer};
+use rectiflow::{Error, Gpu};
 use std::sync::{Arc, Barrier, Mutex};
 
 /// The ranks of one job as threads: every operation is a round through a shared board.
@@ -188,5 +192,95 @@ fn rank_0s_bytes_and_values_reach_every_rank() {
     for (text, values) in out {
         assert_eq!(text, "from rank 0");
         assert_eq!(values, vec![0.0; 3]);
+    }
+}
+
+fn dit_config() -> TrainConfig {
+    let mut model = ModelKind::Dit.config(&[1, 8, 8], 10);
+    (model.width, model.depth, model.heads) = (16, 1, 2);
+    TrainConfig {
+        batch: 8,
+        seed: 21,
+        label_dropout: 0.3,
+        warmup: 0,
+        ..TrainConfig::new(DataSpec::Digits, model)
+    }
+}
+
+#[test]
+fn a_slice_of_a_batch_draws_the_rows_times_noise_and_dropout_of_those_samples() {
+    let gpu = common::gpu();
+    let digits = data::digits().unwrap();
+    let drawn = GpuDataset::upload(gpu, &digits, 10).unwrap();
+    let config = dit_config();
+    let objective = Objective::new(gpu, config.flow()).unwrap();
+    let (seed, step) = (config.seed, 5);
+    let (x, labels) = drawn.batch(8, seed, step).unwrap();
+    let whole = objective
+        .forward_process_slice(&x, Some(&labels), seed, step, 0)
+        .unwrap();
+    let d = 64;
+    for first in [0, 3, 6] {
+        let n = 8 - first;
+        let (xs, ls) = drawn.batch_slice(n, first, seed, step).unwrap();
+        assert_eq!(xs.to_vec().unwrap(), x.to_vec().unwrap()[first * d..]);
+        assert_eq!(ls.to_vec().unwrap(), labels.to_vec().unwrap()[first..]);
+        let part = objective
+            .forward_process_slice(&xs, Some(&ls), seed, step, first)
+            .unwrap();
+        for (what, got, want, per) in [
+            ("z", &part.z, &whole.z, d),
+            ("target", &part.target, &whole.target, d),
+            ("t", &part.t, &whole.t, 1),
+            ("labels", &part.labels, &whole.labels, 1),
+        ] {
+            assert_eq!(
+                got.to_vec().unwrap(),
+                want.to_vec().unwrap()[first * per..],
+                "{what} from sample {first}"
+            );
+        }
+    }
+}
+
+#[test]
+fn two_trainers_as_ranks_train_the_weights_one_trainer_trains() {
+    const STEPS: usize = 3;
+    let config = dit_config();
+    let one = {
+        let mut tr = Trainer::new(common::gpu(), config.clone(), &data::digits().unwrap()).unwrap();
+        let mut losses = Vec::new();
+        for _ in 0..STEPS {
+            tr.step().unwrap();
+            losses.push(tr.read_loss().unwrap());
+        }
+        (tr.params.values().to_vec().unwrap(), losses)
+    };
+    let ranks = on_ranks(2, |r| {
+        // Each rank its own device, as under MPI.
+        let gpu = Gpu::new().unwrap();
+        let mut tr = Trainer::new(&gpu, dit_config(), &data::digits().unwrap()).unwrap();
+        tr.join_ranks(r).unwrap();
+        let mut losses = Vec::new();
+        for _ in 0..STEPS {
+            tr.step().unwrap();
+            losses.push(tr.read_loss().unwrap());
+        }
+        (tr.params.values().to_vec().unwrap(), losses)
+    });
+    // Both ranks hold the same weights, bit for bit, and the logged loss is the global mean.
+    assert_eq!(ranks[0], ranks[1]);
+    let (weights, losses) = &ranks[0];
+    let diff = weights
+        .iter()
+        .zip(&one.0)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(diff < 1e-4, "2 ranks differ from one trainer by {diff}");
+    for (a, b) in losses.iter().zip(&one.1) {
+        assert!(
+            (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+            "loss {a} against {b}"
+        );
     }
 }

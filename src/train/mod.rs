@@ -10,7 +10,9 @@
 //! [`Trainer::check_finite`] is the guard run before a checkpoint is written. The run loop of
 //! the command line (run directory and its lock, checkpoint cadence, sample grids, NaN stop,
 //! resume, signals, progress) is [`Run`], in [`mod@run`]; [`fit()`] is the plain supervised loop the
-//! evaluation's classifier is trained with.
+//! evaluation's classifier is trained with. Data-parallel training over several processes
+//! ([`Trainer::join_ranks`], [`Run::join_ranks`], [`Run::follow`]) is in [`distributed`]: there
+//! a step is two submissions with the gradient averaged across the ranks between them.
 #![warn(missing_docs)]
 
 pub mod config;

@@ -15,7 +15,10 @@
 //! - stopping: [`StopHandle::stop`] from another thread, or (with `catch_signals`) SIGINT and
 //!   SIGTERM, save a checkpoint at the end of the current step and end the run
 //!   ([`RunEnd::Stopped`]); a second signal exits the process at once with 128 + its number;
-//! - progress: [`Event`]s to a callback.
+//! - progress: [`Event`]s to a callback;
+//! - several ranks ([`super::distributed`]): rank 0's run joins the job ([`Run::join_ranks`]), the
+//!   other ranks run the same loop writing nothing ([`Run::follow`]); every rank takes the same
+//!   steps, reads the loss at the same steps and stops, fails or finishes at the same step.
 #![warn(missing_docs)]
 
 use super::{open_checkpoint, StartingWeights, TrainConfig, Trainer};

@@ -5,8 +5,9 @@
 //! - equivalence: after k steps, 2 ranks with global batch B hold the weights one process holds
 //!   with batch B, to the rounding of the different summation order (tolerance below);
 //! - checkpoint and resume under MPI, and resume under another number of ranks;
-//! - failures: a rank that cannot start, an uneven batch, a diverging run, and a rank killed by
-//!   a signal each end the whole job, with the last complete checkpoint kept.
+//! - failures and signals: a rank that cannot start, an uneven batch, a diverging run, SIGTERM to
+//!   one rank (every rank stops at the same step, rank 0 saves) and a rank killed by SIGKILL each
+//!   end the whole job, with the last complete checkpoint kept.
 #![cfg(feature = "mpi")]
 
 mod common;
@@ -240,10 +241,34 @@ fn a_failing_rank_ends_the_job_with_rank_0_naming_it_and_the_checkpoint_stays() 
         saved
     );
 
-    // A rank killed outright (it cannot take part in anything) ends the job through mpirun;
-    // the last complete checkpoint stays and the run resumes from it.
+    // SIGTERM to one rank stops every rank at the same step: rank 0 saves, all exit 143.
     let mut long = run_flags(&run, 100_000);
     long.push("--resume".into());
+    let mut cmd = Command::new("mpirun");
+    cmd.args(["--allow-run-as-root", "--oversubscribe", "-np", "2"])
+        .arg(BIN)
+        .args(&long);
+    let job = mpi_env(&mut cmd)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rank1 = wait_for_rank(1, &run);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    Command::new("kill")
+        .args(["-TERM", &rank1.to_string()])
+        .status()
+        .unwrap();
+    let r = job.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(143), "{err}");
+    assert!(err.contains("interrupted by signal 15"), "{err}");
+    let (_, stopped_at) = weights(&run);
+    assert!(stopped_at > 4, "no checkpoint saved at the stop: {err}");
+    let saved = std::fs::read(run.join("checkpoint.safetensors")).unwrap();
+
+    // A rank killed outright (it cannot take part in anything) ends the job through mpirun;
+    // the last complete checkpoint stays and the run resumes from it.
     let mut cmd = Command::new("mpirun");
     cmd.args(["--allow-run-as-root", "--oversubscribe", "-np", "2"])
         .arg(BIN)
@@ -266,12 +291,16 @@ fn a_failing_rank_ends_the_job_with_rank_0_naming_it_and_the_checkpoint_stays() 
         started.elapsed().as_secs() < 60,
         "the job outlived its killed rank"
     );
-    let (_, step) = weights(&run);
-    assert_eq!(step, 4, "the last complete checkpoint stays");
-    let mut more = run_flags(&run, 6);
-    more.push("--resume".into());
+    assert_eq!(
+        std::fs::read(run.join("checkpoint.safetensors")).unwrap(),
+        saved,
+        "the last complete checkpoint stays"
+    );
+    // (Fewer steps than the interrupted run asked for: a change that needs consent.)
+    let mut more = run_flags(&run, stopped_at as u32 + 2);
+    more.extend(["--resume", "--allow-changes"].map(String::from));
     ok("resume after the killed job", &mpirun(2, &more));
-    assert_eq!(weights(&run).1, 6);
+    assert_eq!(weights(&run).1, stopped_at + 2);
 }
 
 /// The process id of rank `rank` of a running job training into `out` (found by its

@@ -31,7 +31,8 @@
 //!   sampler `grid:K`, a `K`-step generator) on them; `--solver rk45` ([`rk45`]) integrates
 //!   any flow accurately.
 //! - **Files**: checkpoints ([`checkpoint`], read defensively), `.npy` arrays ([`npy`]), PNG
-//!   grids ([`output`]), data sets ([`data`]).
+//!   grids ([`output`]), charts ([`plot`]: line charts, loss curves, scatter plots), data sets
+//!   ([`data`]).
 //! - **Errors**: every failure is an [`Error`] whose variant says what kind it is and whose
 //!   message names the problem and what to do; no input makes the library panic.
 //!
@@ -106,6 +107,7 @@ pub mod output;
 pub mod pairs;
 pub mod params;
 pub mod pipeline;
+pub mod plot;
 pub mod reflow;
 pub mod rk45;
 pub mod rng;

@@ -1,5 +1,5 @@
 //! Files a run writes for people and other tools: PNG sample grids (images) or scatter plots
-//! (2-D points), NumPy `.npy` arrays, JSON. Every file is written atomically
+//! (2-D points, drawn by [`crate::plot`]), NumPy `.npy` arrays, JSON. Every file is written atomically
 //! ([`write_atomically`]): to a temporary file beside it, synced, then renamed into place, so a
 //! full disk or a kill leaves either the old file or the new one, never a partial one, and no
 //! temporary file behind.
@@ -122,42 +122,6 @@ pub fn image_grid_png(
     png_bytes(gw, gh, &px)
 }
 
-/// A scatter plot of 2-D points `[n, 2]` over `[-range, range]^2`, brightness by density.
-pub fn scatter(path: &Path, points: &[f32], size: usize, range: f32) -> Result<()> {
-    let png = scatter_png(points, size, range)?;
-    write_atomically(&[(path, &png)])
-}
-
-/// [`scatter`]'s PNG, in memory.
-pub fn scatter_png(points: &[f32], size: usize, range: f32) -> Result<Vec<u8>> {
-    if !points.len().is_multiple_of(2) {
-        return Err(Error::Shape(format!(
-            "a scatter plot of 2-D points from {} values",
-            points.len()
-        )));
-    }
-    let mut counts = vec![0u32; size * size];
-    for p in points.chunks(2) {
-        let x = ((p[0] + range) / (2.0 * range) * size as f32) as isize;
-        let y = ((range - p[1]) / (2.0 * range) * size as f32) as isize;
-        if (0..size as isize).contains(&x) && (0..size as isize).contains(&y) {
-            counts[y as usize * size + x as usize] += 1;
-        }
-    }
-    let max = counts.iter().copied().max().unwrap_or(1).max(1) as f32;
-    let px: Vec<u8> = counts
-        .iter()
-        .map(|&c| {
-            if c == 0 {
-                0
-            } else {
-                (80.0 + 175.0 * (c as f32).ln_1p() / max.ln_1p()) as u8
-            }
-        })
-        .collect();
-    png_bytes(size, size, &px)
-}
-
 /// [`crate::npy::f32_bytes`], kept under its old name.
 pub use crate::npy::f32_bytes as npy_f32_bytes;
 /// [`crate::npy::header`], kept under its old name.
@@ -175,6 +139,17 @@ pub fn npy_i64(path: &Path, shape: &[usize], data: &[i64]) -> Result<()> {
     write_atomically(&[(path, &npy_i64_bytes(shape, data))])
 }
 
+/// An RGB PNG (8 bits per channel, `width * height * 3` bytes, rows top to bottom), in memory.
+pub fn rgb_png(width: usize, height: usize, rgb: &[u8]) -> Result<Vec<u8>> {
+    if width.checked_mul(height).and_then(|p| p.checked_mul(3)) != Some(rgb.len()) {
+        return Err(Error::Shape(format!(
+            "an RGB PNG of {width}x{height} pixels from {} bytes",
+            rgb.len()
+        )));
+    }
+    encode_png(width, height, rgb, png::ColorType::Rgb)
+}
+
 /// An RGBA PNG (8 bits per channel, `width * height * 4` bytes, rows top to bottom), in memory.
 pub fn rgba_png(width: usize, height: usize, rgba: &[u8]) -> Result<Vec<u8>> {
     if width.checked_mul(height).and_then(|p| p.checked_mul(4)) != Some(rgba.len()) {
@@ -186,12 +161,33 @@ pub fn rgba_png(width: usize, height: usize, rgba: &[u8]) -> Result<Vec<u8>> {
     encode_png(width, height, rgba, png::ColorType::Rgba)
 }
 
+/// What a picture of points shows besides the points (a grid of images uses neither).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SamplePicture<'a> {
+    /// The scatter plot's title: what was sampled, and how.
+    pub title: &'a str,
+    /// Samples of the target `[m, D]` (the samples' D), drawn faint behind them.
+    pub target: Option<&'a [f32]>,
+}
+
+/// The side of a scatter plot of samples, in pixels.
+const SCATTER_SIZE: u32 = 640;
+/// A scatter plot of samples spans `[-SCATTER_RANGE, SCATTER_RANGE]` in x and y.
+const SCATTER_RANGE: f32 = 3.0;
+
 /// Write samples as a picture plus `samples.npy` and `labels.npy` beside it, the three as a
 /// group (complete files or the old ones, never a partial file): images `[n, C, H, W]` as a
 /// grid (ten columns when `n` is a multiple of ten, one class per column when the labels cycle;
 /// else a square-ish grid), points `[n, D]` as a scatter plot of their first two coordinates
-/// over `[-3, 3]^2`. The picture shows the first channel of each image.
-pub fn write_samples(png: &Path, shape: &[usize], samples: &[f32], labels: &[u32]) -> Result<()> {
+/// over `[-3, 3]^2` with axes, `picture`'s title and its target faint behind them
+/// ([`crate::plot::scatter_png`]). The grid shows the first channel of each image.
+pub fn write_samples(
+    png: &Path,
+    shape: &[usize],
+    samples: &[f32],
+    labels: &[u32],
+    picture: &SamplePicture,
+) -> Result<()> {
     let n = labels.len();
     let dim = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
     if dim.and_then(|d| d.checked_mul(n)) != Some(samples.len()) {
@@ -221,10 +217,25 @@ pub fn write_samples(png: &Path, shape: &[usize], samples: &[f32], labels: &[u32
             };
             image_grid_png(&first_channel, n, *h, *w, cols.max(1), 4)?
         }
-        [2] => scatter_png(samples, 512, 3.0)?,
-        [d] if *d > 2 => {
-            let first_two: Vec<f32> = samples.chunks(*d).flat_map(|p| [p[0], p[1]]).collect();
-            scatter_png(&first_two, 512, 3.0)?
+        [d] if *d >= 2 => {
+            if picture.target.is_some_and(|t| !t.len().is_multiple_of(*d)) {
+                return Err(Error::Shape(format!(
+                    "a target of {} values for samples of {d} coordinates; give [m, {d}]",
+                    picture.target.map_or(0, <[f32]>::len)
+                )));
+            }
+            let first_two =
+                |v: &[f32]| -> Vec<f32> { v.chunks_exact(*d).flat_map(|p| [p[0], p[1]]).collect() };
+            let (points, target) = (first_two(samples), picture.target.map(first_two));
+            crate::plot::scatter_png(
+                &crate::plot::ScatterPlot {
+                    title: picture.title,
+                    points: &points,
+                    target: target.as_deref(),
+                    range: SCATTER_RANGE,
+                },
+                SCATTER_SIZE,
+            )?
         }
         _ => {
             return Err(Error::Shape(format!(

@@ -254,7 +254,9 @@ fn a_failing_rank_ends_the_job_with_rank_0_naming_it_and_the_checkpoint_stays() 
         .spawn()
         .unwrap();
     let rank1 = wait_for_rank(1, &run);
-    std::thread::sleep(std::time::Duration::from_secs(2));
+    // Until its run loop catches SIGTERM (set up), a signal simply ends a rank, and the job.
+    wait_for_sigterm_handler(rank1);
+    std::thread::sleep(std::time::Duration::from_secs(1));
     Command::new("kill")
         .args(["-TERM", &rank1.to_string()])
         .status()
@@ -331,4 +333,22 @@ fn wait_for_rank(rank: usize, out: &Path) -> u32 {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     panic!("rank {rank} of the job never started");
+}
+
+/// Wait until process `pid` catches SIGTERM (bit 15 of its caught-signals mask in
+/// /proc/PID/status): its run loop has begun.
+fn wait_for_sigterm_handler(pid: u32) {
+    for _ in 0..600 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let caught = status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigCgt:"))
+            .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+            .unwrap_or(0);
+        if caught & (1 << (15 - 1)) != 0 {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("process {pid} never caught SIGTERM");
 }

@@ -66,8 +66,14 @@ fn what_the_library_writes_reads_back_exactly() {
         vec![3, 0, 7]
     );
     let images: Vec<f32> = (0..3 * 64).map(|i| (i % 17) as f32 / 8.0 - 1.0).collect();
-    rectiflow::output::write_samples(&dir.join("grid.png"), &[1, 8, 8], &images, &[4, 5, 6])
-        .unwrap();
+    rectiflow::output::write_samples(
+        &dir.join("grid.png"),
+        &[1, 8, 8],
+        &images,
+        &[4, 5, 6],
+        &Default::default(),
+    )
+    .unwrap();
     let samples = npy::read(&dir.join("samples.npy")).unwrap();
     assert_eq!(samples.shape, vec![3, 1, 8, 8]);
     assert_eq!(samples.into_f32("samples.npy").unwrap(), images);

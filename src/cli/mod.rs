@@ -21,8 +21,8 @@ pub enum RunEnd {
     Finished,
     /// A signal (its number: SIGINT 2, SIGTERM 15) stopped it after a checkpoint was saved.
     Interrupted(i32),
-    /// It failed on a rank of a data-parallel job other than 0, and rank 0 reports why (this
-    /// rank exits 1 without a message of its own).
+    /// It failed on a rank of a data-parallel job, and the message was printed already (rank
+    /// 0 prints it; the other ranks exit 1 without one of their own).
     #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
     FailedQuietly,
 }

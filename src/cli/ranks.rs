@@ -13,7 +13,7 @@ use super::RunEnd;
 use rectiflow::gpu::GpuOptions;
 use rectiflow::limits::Budget;
 use rectiflow::mpi::World;
-use rectiflow::train::{Ranks, Run, TrainConfig, Trainer};
+use rectiflow::train::{Collective, Ranks, Run, TrainConfig, Trainer};
 use rectiflow::{Error, Gpu, Result};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,13 +22,15 @@ use std::sync::Arc;
 pub fn train(a: TrainArgs, world: World) -> Result<RunEnd> {
     let world = Arc::new(world);
     let ranks = Ranks::new(world.clone());
-    match on_ranks(&a, &world, &ranks) {
-        Ok(end) => Ok(end),
+    let end = match on_ranks(&a, &world, &ranks) {
+        Ok(end) => end,
         // Every rank is leaving with this failure: rank 0 says why.
-        Err(e) if ranks.failed() => match ranks.is_root() {
-            true => Err(e),
-            false => Ok(RunEnd::FailedQuietly),
-        },
+        Err(e) if ranks.failed() => {
+            if ranks.is_root() {
+                eprintln!("error: {e}");
+            }
+            RunEnd::FailedQuietly
+        }
         Err(e) => {
             eprintln!(
                 "error on rank {} of {}: {e}\nending every rank of the job (MPI_Abort)",
@@ -37,7 +39,11 @@ pub fn train(a: TrainArgs, world: World) -> Result<RunEnd> {
             );
             world.abort(1)
         }
-    }
+    };
+    // Every rank leaves together, after rank 0 has said how the run ended: mpirun ends the job
+    // as soon as one rank exits with an error, which could cut rank 0's message.
+    world.sum(&mut [0.0]);
+    Ok(end)
 }
 
 fn on_ranks(a: &TrainArgs, world: &World, ranks: &Ranks) -> Result<RunEnd> {

@@ -2,6 +2,7 @@
 //! sampling flags into [`SampleOptions`], and the results written or printed.
 
 use clap::Args;
+use rectiflow::data::DataSpec;
 use rectiflow::eval::{default_count, evaluate, load_data};
 use rectiflow::flow::TimeGrid;
 use rectiflow::limits::Budget;
@@ -177,7 +178,21 @@ pub fn sample(a: SampleArgs) -> Result<()> {
         );
         return Err(diverged(&why, &a.sampling.checkpoint));
     }
-    output::write_samples(&a.out, pipe.example_shape(), &z, &labels)?;
+    let ckpt_name = a.sampling.checkpoint.display();
+    let title = match opts.solver {
+        Solver::Rk45 => format!("{ckpt_name}: {n} samples, rk45, {nfe} evaluations"),
+        solver => format!("{ckpt_name}: {n} samples, {steps} {} steps", solver.name()),
+    };
+    // A toy's own points, drawn faint behind the samples, show what they should look like.
+    let target = match &pipe.config().data {
+        DataSpec::Toy(toy) if pipe.example_shape() == [2] => Some(toy.sample(5000, 1)?.x),
+        _ => None,
+    };
+    let picture = output::SamplePicture {
+        title: &title,
+        target: target.as_deref(),
+    };
+    output::write_samples(&a.out, pipe.example_shape(), &z, &labels, &picture)?;
     println!(
         "wrote {} samples to {} (and samples.npy, labels.npy beside it)",
         n,

@@ -2,7 +2,8 @@
 //! chooses the settings and shows the progress:
 //!
 //! - the directory: `config.json`, `checkpoint.safetensors`, sample grids (`samples_STEP.png`,
-//!   the final `samples.png` with `samples.npy` and `labels.npy`) and `metrics.json`; a new run
+//!   the final `samples.png` with `samples.npy` and `labels.npy`), `metrics.json` and the loss
+//!   curve `loss.png`; a new run
 //!   never writes into a directory that holds another unless told to overwrite it, and one
 //!   writer at a time holds the directory's lock ([`RunLock`]) from before it writes anything;
 //! - the cadence: the loss read every `log_every` steps, a checkpoint every `checkpoint_every`
@@ -23,10 +24,11 @@
 
 use super::{open_checkpoint, StartingWeights, TrainConfig, Trainer};
 use crate::checkpoint::Checkpoint;
-use crate::data::Dataset;
+use crate::data::{DataSpec, Dataset};
 use crate::error::{Error, Result};
 use crate::limits::Budget;
-use crate::output::{write_atomically, write_samples};
+use crate::output::{write_atomically, write_samples, SamplePicture};
+use crate::plot::{loss_curve_png, LossPoint};
 use crate::rundir::RunLock;
 use crate::sample::{check_sample_count, cycle_labels, sample, SampleOptions};
 use crate::Gpu;
@@ -44,6 +46,9 @@ pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 pub const SAMPLES_FILE: &str = "samples.png";
 /// The run's metrics in its directory.
 pub const METRICS_FILE: &str = "metrics.json";
+/// The run's loss curve in its directory ([`crate::plot::loss_curve_png`]), written with
+/// [`METRICS_FILE`] when the run finishes, if at least two losses were logged.
+pub const LOSS_CURVE_FILE: &str = "loss.png";
 
 /// How a run reports and saves.
 #[derive(Clone, Debug, PartialEq)]
@@ -515,7 +520,7 @@ impl Run {
         }
         let end = match ended {
             Some(end) => Ok(end),
-            None => self.finish(start, first, logged.log),
+            None => self.finish(start, first, logged),
         };
         let Some(r) = &ranks else { return end };
         match end {
@@ -574,9 +579,15 @@ impl Run {
                 loss,
                 smoothed: sm,
             });
+            let bins = t_bins(&per, &t);
+            logged.losses.push(LossPoint {
+                step: s,
+                loss: f64::from(loss),
+                t_bins: bins.iter().map(|b| b.map(f64::from)).collect(),
+            });
             logged
                 .log
-                .push(serde_json::json!({ "step": s, "loss": loss, "t_bins": t_bins(&per, &t) }));
+                .push(serde_json::json!({ "step": s, "loss": loss, "t_bins": bins }));
         }
         // The final grid is drawn before the final checkpoint: a model whose samples are not
         // finite does not replace the last checkpoint.
@@ -645,24 +656,53 @@ impl Run {
 
     /// The end of a run that trained every step: `metrics.json` (by the process that writes),
     /// and the summary.
-    fn finish(&self, start: Instant, first: u64, log: Vec<serde_json::Value>) -> Result<RunEnd> {
+    fn finish(&self, start: Instant, first: u64, logged: Logged) -> Result<RunEnd> {
         let secs = start.elapsed().as_secs_f64();
         let taken = self.trainer.step - first;
         let steps = taken as f64;
         if self.writes() {
+            let mpath = self.dir.join(METRICS_FILE);
+            // The losses of earlier segments of a resumed run (from the metrics.json about to be
+            // replaced) are kept as `earlier_log`, so the loss curve covers the whole run.
+            let earlier = earlier_losses(&mpath, first);
             let ranks = self.trainer.ranks().map_or(1, |r| r.size());
-            let metrics = serde_json::json!({
+            let mut metrics = serde_json::json!({
                 "steps": self.trainer.step,
                 "seconds": secs,
                 "steps_per_second": steps / secs,
                 "samples_per_second": steps * self.trainer.config.batch as f64 / secs,
                 "adapter": self.trainer.gpu().adapter_info().name,
                 "ranks": ranks,
-                "log": log,
+                "log": logged.log,
             });
-            let mpath = self.dir.join(METRICS_FILE);
+            if !earlier.is_empty() {
+                let entries: Vec<serde_json::Value> = earlier
+                    .iter()
+                    .map(|p| serde_json::json!({ "step": p.step, "loss": p.loss, "t_bins": p.t_bins }))
+                    .collect();
+                metrics["earlier_log"] = entries.into();
+            }
             let text = serde_json::to_string_pretty(&metrics).expect("metrics serialise");
-            write_atomically(&[(&mpath, text.as_bytes())])?;
+            let mut curve = earlier;
+            curve.extend(logged.losses);
+            let config = &self.trainer.config;
+            let title = format!("{}, {}: training loss", config.data, config.model.kind);
+            let curve_path = self.dir.join(LOSS_CURVE_FILE);
+            // Fewer than two losses make no curve; then only metrics.json is written.
+            match (curve.len() >= 2)
+                .then(|| loss_curve_png(&curve, &title, 900, 540))
+                .transpose()
+            {
+                Ok(Some(png)) => {
+                    write_atomically(&[(&mpath, text.as_bytes()), (&curve_path, &png)])?;
+                }
+                Ok(None) => write_atomically(&[(&mpath, text.as_bytes())])?,
+                Err(e) => {
+                    // The metrics are kept even when their picture cannot be drawn.
+                    write_atomically(&[(&mpath, text.as_bytes())])?;
+                    return Err(e);
+                }
+            }
         }
         Ok(RunEnd::Finished(Summary {
             steps: self.trainer.step,
@@ -675,11 +715,12 @@ impl Run {
     }
 }
 
-/// The losses a run has read: their moving average and the metrics log.
+/// The losses a run has read: their moving average, the metrics log and the loss curve's points.
 #[derive(Default)]
 struct Logged {
     smoothed: Option<f32>,
     log: Vec<serde_json::Value>,
+    losses: Vec<LossPoint>,
 }
 impl Drop for Run {
     fn drop(&mut self) {
@@ -841,7 +882,53 @@ fn sample_grid(
             tr.step
         )));
     }
-    write_samples(png, &shape, &z, &labels).map(Ok)
+    let mut title = format!(
+        "{}, {}, step {}: {n} samples, {} Euler steps",
+        tr.config.data, tr.config.model.kind, tr.step, opts.steps
+    );
+    if opts.cfg != 1.0 {
+        title += &format!(", guidance {}", opts.cfg);
+    }
+    // A toy's own points, drawn faint behind the samples, show what they should look like.
+    let target = match &tr.config.data {
+        DataSpec::Toy(toy) if shape == [2] => Some(toy.sample(TARGET_POINTS, 1)?.x),
+        _ => None,
+    };
+    let picture = SamplePicture {
+        title: &title,
+        target: target.as_deref(),
+    };
+    write_samples(png, &shape, &z, &labels, &picture).map(Ok)
+}
+
+/// Points of a toy data set drawn behind a run's 2-D samples.
+const TARGET_POINTS: usize = 5000;
+
+/// The losses earlier segments of this run logged in the `metrics.json` at `path` (its
+/// `earlier_log`, then its `log`), up to step `before` (where this segment starts); none when
+/// there is no such file or it cannot be read, since the curve is a convenience and a gap in
+/// it harms nothing.
+fn earlier_losses(path: &Path, before: u64) -> Vec<LossPoint> {
+    let Some(metrics) = std::fs::read(path)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+    else {
+        return Vec::new();
+    };
+    let entries = |key: &str| metrics[key].as_array().map_or(&[][..], Vec::as_slice);
+    entries("earlier_log")
+        .iter()
+        .chain(entries("log"))
+        .map_while(|e| {
+            let bins = e["t_bins"].as_array()?;
+            Some(LossPoint {
+                step: e["step"].as_u64()?,
+                loss: e["loss"].as_f64()?,
+                t_bins: bins.iter().map(serde_json::Value::as_f64).collect(),
+            })
+        })
+        .filter(|p| p.step <= before)
+        .collect()
 }
 
 /// Mean per-sample loss in ten bins of t.

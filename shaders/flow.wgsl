@@ -1,7 +1,9 @@
 // The flow math on the GPU (the f64 reference is src/flow/): the forward process with the
 // training target, the weighted loss with its gradient, and the exact marginal velocity of a
 // finite data set. Times and noise come from the counter-based generator (the library
-// philox.wgsl): t from STREAM_T (counter = sample), eps from STREAM_EPS (counter = element).
+// philox.wgsl): t from STREAM_T (counter = sample), eps from STREAM_EPS (counter = element),
+// both counted from the batch's first_sample (0 for a whole batch; a rank of a data-parallel run
+// noises its slice of the global batch as one process would).
 //
 // Configuration by override constants, their values generated from src/shaders.rs: SCHEDULE
 // (SCHEDULE_RF, SCHEDULE_COSINE, SCHEDULE_LDM_LINEAR, SCHEDULE_EDM), SAMPLER (SAMPLER_UNIFORM,
@@ -30,9 +32,9 @@ struct Params {
     samp_s: f32,      // lognorm s
     w_pm: f32,        // edm weighting
     w_ps: f32,
+    first_sample: u32, // forward_process: the global index of sample 0 in the random streams
     _pad0: u32,
     _pad1: u32,
-    _pad2: u32,
 }
 
 @group(1) @binding(0) var<uniform> params: Params;
@@ -231,7 +233,7 @@ fn forward_process(@builtin(local_invocation_index) lid: u32, @builtin(workgroup
     let e = linear_index(lid, wid, nwg);
     if (e >= params.batch * params.dim) { return; }
     let sample = e / params.dim;
-    let wt = words(STREAM_T, sample);
+    let wt = words(STREAM_T, params.first_sample + sample);
     let t = sample_t(wt);
     var x: f32;
     var eps: f32;
@@ -240,7 +242,7 @@ fn forward_process(@builtin(local_invocation_index) lid: u32, @builtin(workgroup
         x = x0[row];
         eps = x0[row + params.dim];
     } else {
-        let we = words(STREAM_EPS, e);
+        let we = words(STREAM_EPS, params.first_sample * params.dim + e);
         x = x0[e];
         eps = normal(we.x, we.y);
     }

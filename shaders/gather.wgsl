@@ -1,5 +1,7 @@
 // A training batch gathered on the GPU: sample b takes data row floor(u * rows) with u from the
-// counter generator's STREAM_BATCH (counter = b; the library philox.wgsl), and its label.
+// counter generator's STREAM_BATCH (counter = first_sample + b; the library philox.wgsl), and its
+// label. first_sample is 0 for a whole batch; a rank of a data-parallel run gathers its slice of
+// the global batch, samples first_sample.. of it, exactly as one process would draw them.
 
 struct Params {
     batch: u32,
@@ -8,8 +10,8 @@ struct Params {
     step: u32,
     seed_lo: u32,
     seed_hi: u32,
+    first_sample: u32,
     _pad0: u32,
-    _pad1: u32,
 }
 
 @group(0) @binding(0) var<storage, read> data: array<f32>;            // [rows, D]
@@ -27,7 +29,7 @@ fn gather_batch(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id
     if (e >= params.batch * params.dim) { return; }
     let sample = e / params.dim;
     let seed = vec2(params.seed_lo, params.seed_hi);
-    let u = unit_uniform(random_words(seed, params.step, STREAM_BATCH, sample).x);
+    let u = unit_uniform(random_words(seed, params.step, STREAM_BATCH, params.first_sample + sample).x);
     let row = min(u32(u * f32(params.rows)), params.rows - 1u);
     gathered[e] = data[row * params.dim + e % params.dim];
     if (e % params.dim == 0u) { gathered_labels[sample] = labels[row]; }

@@ -695,12 +695,25 @@ impl GpuDataset {
     /// example and its noise) and their labels `[batch]` (f32 class numbers, as
     /// `Model::forward` takes them), drawn for `(seed, step)`; recorded, not yet run.
     pub fn batch(&self, batch: usize, seed: u64, step: u32) -> Result<(Tensor, Tensor)> {
+        self.batch_slice(batch, 0, seed, step)
+    }
+
+    /// Samples `first_sample..first_sample + batch` of the batch of (seed, step) that
+    /// [`GpuDataset::batch`] would draw with a larger batch: a rank's slice of a global batch.
+    pub fn batch_slice(
+        &self,
+        batch: usize,
+        first_sample: usize,
+        seed: u64,
+        step: u32,
+    ) -> Result<(Tensor, Tensor)> {
         if batch == 0 {
             return Err(Error::Config(
                 "a batch of 0 examples: use at least 1".into(),
             ));
         }
-        let (x, labels) = crate::ops::gather_batch(&self.x, &self.labels, batch, seed, step)?;
+        let (x, labels) =
+            crate::ops::gather_batch_slice(&self.x, &self.labels, batch, first_sample, seed, step)?;
         if self.paired {
             let d = self.x.shape()[1] / 2;
             return Ok((x.reshape(&[batch, 2, d])?, labels));

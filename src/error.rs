@@ -48,6 +48,9 @@ pub enum Error {
     /// Numbers that must be finite are not: a diverged run's loss or weights, or samples that
     /// blow up. Nothing is written from them.
     NonFinite(String),
+    /// A data-parallel job stopped on every rank because one or more ranks failed (the
+    /// message names each failing rank and what it met; `train::distributed`).
+    Ranks(String),
 }
 
 /// Shorthand used across the crate.
@@ -85,7 +88,9 @@ impl fmt::Display for Error {
                 write!(f, "kernel `{kernel}` failed to compile: {message}")
             }
             Error::Gpu(m) => write!(f, "GPU error: {m}"),
-            Error::Io(m) | Error::Checkpoint(m) | Error::Data(m) => write!(f, "{m}"),
+            Error::Io(m) | Error::Checkpoint(m) | Error::Data(m) | Error::Ranks(m) => {
+                write!(f, "{m}")
+            }
             Error::Config(m) => write!(f, "invalid setting: {m}"),
             Error::NonFinite(m) => write!(f, "not finite: {m}"),
         }

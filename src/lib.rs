@@ -23,6 +23,9 @@
 //!   [`Trainer`] on a data set ([`Trainer::step`]) or on the batches the program brings
 //!   ([`Trainer::step_on`]), and the command line's run loop as [`train::Run`] (run directory,
 //!   checkpoints, sample grids, NaN stop, resume, progress events).
+//! - **Several GPUs**: [`train::distributed`] trains one run on N ranks, data parallel, one
+//!   gradient all-reduce per step over a [`train::Collective`]; with the `mpi` feature the
+//!   `mpi` module is that transport on MPI (`mpirun -np N rectiflow train`).
 //! - **Few steps**: [`reflow::generate_pairs`] draws (noise, sample) pairs from a trained flow
 //!   and [`train::Run::create_from_weights`] trains a straighter flow (or, with the time
 //!   sampler `grid:K`, a `K`-step generator) on them; `--solver rk45` ([`rk45`]) integrates
@@ -94,6 +97,8 @@ pub mod eval;
 pub mod flow;
 pub mod gpu;
 pub mod limits;
+#[cfg(feature = "mpi")]
+pub mod mpi;
 pub mod nn;
 pub mod npy;
 pub mod ops;

@@ -48,6 +48,22 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Under an MPI launcher only `train` runs on every rank; any other command runs on rank 0
+    // alone (the others leave at once), as one process would run it.
+    #[cfg(feature = "mpi")]
+    let _world = match &cli.command {
+        Command::Train(_) => None,
+        _ => match rectiflow::mpi::World::launched() {
+            Ok(Some(world)) if rectiflow::train::Collective::rank(&world) > 0 => {
+                return ExitCode::SUCCESS;
+            }
+            Ok(world) => world,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     let result = match cli.command {
         Command::Train(args) => cli::train(*args),
         Command::Sample(args) => cli::sample(args).map(|()| cli::RunEnd::Finished),
@@ -60,6 +76,7 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(cli::RunEnd::Finished) => ExitCode::SUCCESS,
+        Ok(cli::RunEnd::FailedQuietly) => ExitCode::FAILURE,
         Ok(cli::RunEnd::Interrupted(signal)) => ExitCode::from((128 + signal).clamp(1, 255) as u8),
         Err(e) => {
             eprintln!("error: {e}");

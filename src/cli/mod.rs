@@ -4,6 +4,8 @@
 //! [`rectiflow::eval`] for `eval`, [`rectiflow::reflow`] and `train::Run` for `reflow` and
 //! `distill`, [`rectiflow::study`] for `study`.
 
+#[cfg(feature = "mpi")]
+mod ranks;
 mod reflow;
 mod sample;
 mod study;
@@ -21,4 +23,8 @@ pub enum RunEnd {
     Finished,
     /// A signal (its number: SIGINT 2, SIGTERM 15) stopped it after a checkpoint was saved.
     Interrupted(i32),
+    /// It failed on a rank of a data-parallel job, and the message was printed already (rank
+    /// 0 prints it; the other ranks exit 1 without one of their own).
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+    FailedQuietly,
 }

@@ -90,7 +90,7 @@ pub struct TrainArgs {
     #[arg(long)]
     overwrite: bool,
     #[command(flatten)]
-    cadence: Cadence,
+    pub(super) cadence: Cadence,
 }
 
 /// How often a training run reads its loss, saves and draws samples, and whether it shows a
@@ -132,6 +132,22 @@ fn parsed<T>(text: &Option<String>, parse: fn(&str) -> Result<T>) -> Result<Opti
 }
 
 pub fn train(a: TrainArgs) -> Result<RunEnd> {
+    check_flags(&a)?;
+    // Under an MPI launcher with more than one rank: the data-parallel run (src/cli/ranks.rs).
+    #[cfg(feature = "mpi")]
+    if let Some(world) = rectiflow::mpi::World::launched()? {
+        use rectiflow::train::Collective;
+        if world.size() > 1 {
+            return super::ranks::train(a, world);
+        }
+    }
+    let gpu = Gpu::new()?;
+    let mut run = open_run(&a, &gpu)?;
+    drive(&mut run, a.cadence.quiet)
+}
+
+/// Refuse flags that contradict each other (before anything is opened).
+fn check_flags(a: &TrainArgs) -> Result<()> {
     use rectiflow::Error;
     if a.resume && a.overwrite {
         return Err(Error::Config(
@@ -147,6 +163,19 @@ pub fn train(a: TrainArgs) -> Result<RunEnd> {
         return Err(Error::Config("--steps 0: train at least 1 step".into()));
     }
     // Every flag with a value of its own is parsed (and so checked) before anything happens.
+    parsed(&a.data, DataSpec::parse)?;
+    parsed(&a.model, ModelKind::parse)?;
+    parsed(&a.schedule, Schedule::parse)?;
+    parsed(&a.pred, Prediction::parse)?;
+    parsed(&a.weighting, Weighting::parse)?;
+    parsed(&a.t_sampler, TimeSampler::parse)?;
+    parsed(&a.preconditioning, Preconditioning::parse)?;
+    Ok(())
+}
+
+/// The run the flags describe on `gpu`, created or opened to resume (the directory checked and
+/// locked, the data loaded, `config.json` written): everything `train` does before training.
+pub(super) fn open_run(a: &TrainArgs, gpu: &Gpu) -> Result<Run> {
     let data_flag = parsed(&a.data, DataSpec::parse)?;
     let kind_flag = parsed(&a.model, ModelKind::parse)?;
     let schedule = parsed(&a.schedule, Schedule::parse)?;
@@ -164,10 +193,9 @@ pub fn train(a: TrainArgs) -> Result<RunEnd> {
     if !a.resume {
         check_new(&out, a.overwrite)?;
     }
-    let gpu = Gpu::new()?;
-    let budget = Budget::of(&gpu);
+    let budget = Budget::of(gpu);
     let resumable = if a.resume {
-        Some(Run::open(&gpu, &out)?)
+        Some(Run::open(gpu, &out)?)
     } else {
         None
     };
@@ -245,18 +273,17 @@ pub fn train(a: TrainArgs) -> Result<RunEnd> {
         ..defaults.clone()
     };
     let opts = a.cadence.options();
-    let mut run = match resumable {
+    let run = match resumable {
         Some(resumable) => {
-            let run = resumable.resume(&gpu, config, Some(&data), a.allow_changes, opts)?;
+            let run = resumable.resume(gpu, config, Some(&data), a.allow_changes, opts)?;
             for c in run.changes() {
                 eprintln!("resuming with {} {} (the run had {})", c.flag, c.new, c.old);
             }
             run
         }
-        None => Run::create(&gpu, &out, config, Some(&data), a.overwrite, opts)?,
+        None => Run::create(gpu, &out, config, Some(&data), a.overwrite, opts)?,
     };
-    drop(data);
-    drive(&mut run, a.cadence.quiet)
+    Ok(run)
 }
 
 /// Train `run` to its end with a progress bar (hidden when `quiet`), and say how it ended.

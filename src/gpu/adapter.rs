@@ -59,6 +59,10 @@ const WANTED_FEATURES: wgpu::Features = wgpu::Features::SHADER_F16
 pub struct GpuOptions {
     /// Adapter name filter (overrides `RECTIFLOW_ADAPTER`).
     pub adapter: Option<String>,
+    /// Which of several equally good adapters to take (counted modulo their number): a rank
+    /// of a data-parallel job passes its rank among the machine's ranks, so that each takes
+    /// its own GPU. `None` (or 0): the first.
+    pub adapter_index: Option<usize>,
     /// Backend name (overrides `RECTIFLOW_BACKEND`).
     pub backend: Option<String>,
     /// Never use immediates, even where supported (parameters go through the uniform arena).
@@ -203,14 +207,27 @@ pub(super) fn open(opts: &GpuOptions) -> Result<Opened> {
     let adapters = pollster::block_on(instance.enumerate_adapters(backends));
     let found: Vec<String> = adapters.iter().map(|a| report(a).summary()).collect();
     let wanted = opts.adapter.clone().or_else(|| env_nonempty(ENV_ADAPTER));
-    let chosen = adapters
+    let usable: Vec<wgpu::Adapter> = adapters
         .into_iter()
         .filter(|a| report(a).compute)
         .filter(|a| match &wanted {
             Some(w) => a.get_info().name.to_lowercase().contains(&w.to_lowercase()),
             None => true,
         })
-        .min_by_key(|a| adapter_rank(a.get_info().device_type));
+        .collect();
+    // The best kind present (hardware first), then the index among adapters of that kind.
+    let best = usable
+        .iter()
+        .map(|a| adapter_rank(a.get_info().device_type))
+        .min();
+    let mut of_best: Vec<wgpu::Adapter> = usable
+        .into_iter()
+        .filter(|a| Some(adapter_rank(a.get_info().device_type)) == best)
+        .collect();
+    let chosen = match of_best.len() {
+        0 => None,
+        n => Some(of_best.swap_remove(opts.adapter_index.unwrap_or(0) % n)),
+    };
     let Some(adapter) = chosen else {
         return Err(Error::NoAdapter { wanted, found });
     };

@@ -39,7 +39,9 @@ kernel_params! {
         /// The edm weighting's (PM, PS).
         w_pm: f32,
         w_ps: f32,
-        _pad: [u32; 3],
+        /// forward_process: the global index of sample 0 in the random streams.
+        first_sample: u32,
+        _pad: [u32; 2],
     }
 }
 
@@ -79,6 +81,10 @@ pub struct Process {
     pub label_dropout: f32,
     /// The null label's number.
     pub null_label: u32,
+    /// The global index of the batch's first sample in the random streams of t, the noise and
+    /// label dropout: 0 for a whole batch; a rank of a data-parallel run noises its slice of the
+    /// global batch from its first sample on, exactly as one process would.
+    pub first_sample: u32,
 }
 
 impl Process {
@@ -338,6 +344,7 @@ impl FlowKernels {
             t_max: process.t_max,
             shift: process.shift,
             p_drop: process.label_dropout,
+            first_sample: process.first_sample,
             ..settings.params(b, d)
         };
         let mut overrides = settings.overrides().to_vec();

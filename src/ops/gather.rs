@@ -17,7 +17,9 @@ kernel_params! {
         step: u32,
         seed_lo: u32,
         seed_hi: u32,
-        _pad: [u32; 2],
+        /// The global index of sample 0 in the batch stream (a rank's slice of a global batch).
+        first_sample: u32,
+        _pad: u32,
     }
 }
 
@@ -36,6 +38,20 @@ pub fn gather_batch(
     data: &Tensor,
     labels: &Tensor,
     batch: usize,
+    seed: u64,
+    step: u32,
+) -> Result<(Tensor, Tensor)> {
+    gather_batch_slice(data, labels, batch, 0, seed, step)
+}
+
+/// Samples `first_sample..first_sample + batch` of the batch [`gather_batch`] would draw from
+/// (seed, step) with a batch that large: the slice of a global batch that one rank of a
+/// data-parallel run trains on. The rows are those one process would draw, bit for bit.
+pub fn gather_batch_slice(
+    data: &Tensor,
+    labels: &Tensor,
+    batch: usize,
+    first_sample: usize,
     seed: u64,
     step: u32,
 ) -> Result<(Tensor, Tensor)> {
@@ -61,7 +77,8 @@ pub fn gather_batch(
         step,
         seed_lo: seed as u32,
         seed_hi: (seed >> 32) as u32,
-        _pad: [0; 2],
+        first_sample: first_sample as u32,
+        _pad: 0,
     };
     gpu.dispatch(
         &GATHER_BATCH,

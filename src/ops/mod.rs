@@ -28,7 +28,7 @@ pub use elementwise::{
 pub use embed::{
     embedding, embedding_backward, timestep_embedding, timestep_embedding_backward, MAX_PERIOD,
 };
-pub use gather::gather_batch;
+pub use gather::{gather_batch, gather_batch_slice};
 pub use launch::launch;
 pub use layout::{
     concat_tokens, copy, copy_into, copy_tokens, patchify, split_tokens, transpose, unpatchify,

@@ -10,15 +10,19 @@
 //! [`Trainer::check_finite`] is the guard run before a checkpoint is written. The run loop of
 //! the command line (run directory and its lock, checkpoint cadence, sample grids, NaN stop,
 //! resume, signals, progress) is [`Run`], in [`mod@run`]; [`fit()`] is the plain supervised loop the
-//! evaluation's classifier is trained with.
+//! evaluation's classifier is trained with. Data-parallel training over several processes
+//! ([`Trainer::join_ranks`], [`Run::join_ranks`], [`Run::follow`]) is in [`distributed`]: there
+//! a step is two submissions with the gradient averaged across the ranks between them.
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod distributed;
 pub mod fit;
 pub mod objective;
 pub mod run;
 
 pub use config::{Footprint, ModelKind, TrainConfig, MAX_BATCH};
+pub use distributed::{Collective, Ranks};
 pub use fit::{fit, FitOptions};
 pub use objective::{FlowConfig, Objective};
 pub use run::{Change, Event, Resumable, Run, RunEnd, RunOptions, StopHandle, Summary};
@@ -210,8 +214,11 @@ pub struct Trainer {
     data: Option<GpuDataset>,
     /// Steps taken.
     pub step: u64,
-    /// The last step's mean loss `[1]`, per-sample losses and times `[B]`, on the GPU.
+    /// The last step's mean loss `[1]`, per-sample losses and times `[B]`, on the GPU (this
+    /// rank's slice on one rank of a job).
     pub last: Option<(Tensor, Tensor, Tensor)>,
+    /// The data-parallel job this trainer is one rank of ([`Trainer::join_ranks`]).
+    ranks: Option<Ranks>,
 }
 
 impl Trainer {
@@ -256,6 +263,7 @@ impl Trainer {
             data: None,
             step: 0,
             last: None,
+            ranks: None,
         })
     }
 
@@ -324,17 +332,26 @@ impl Trainer {
     }
 
     /// Record one training step on a batch drawn from the trainer's data set and submit it
-    /// (without waiting).
+    /// (without waiting). One rank of a data-parallel job ([`Trainer::join_ranks`]) draws its
+    /// slice of the global batch and waits for the other ranks' gradients.
     pub fn step(&mut self) -> Result<()> {
-        let Some(data) = &self.data else {
-            return Err(Error::Config(
+        let batch = match &self.data {
+            None => Err(Error::Config(
                 "this trainer has no data set of its own (made with Trainer::without_data): \
                  bring each batch with Trainer::step_on"
                     .into(),
-            ));
+            )),
+            Some(data) => {
+                let (seed, step) = (self.config.seed, self.step as u32);
+                match &self.ranks {
+                    None => data.batch(self.config.batch, seed, step),
+                    Some(ranks) => ranks
+                        .slice(self.config.batch)
+                        .and_then(|(first, n)| data.batch_slice(n, first, seed, step)),
+                }
+            }
         };
-        let (x0, labels) = data.batch(self.config.batch, self.config.seed, self.step as u32)?;
-        self.step_with(&x0, Some(&labels))
+        self.step_with(batch.map(|(x0, labels)| (x0, Some(labels))))
     }
 
     /// Whether the trainer's data set holds reflow pairs (each example with its own noise).
@@ -342,13 +359,33 @@ impl Trainer {
         self.data.as_ref().is_some_and(GpuDataset::is_paired)
     }
 
+    /// A step whose batch the program could not bring (`e`): the error, after — on one rank of
+    /// a job — taking part in the step's reduction, so that every rank stops with it.
+    pub(crate) fn step_failed(&mut self, e: Error) -> Result<()> {
+        match self.ranks {
+            None => Err(e),
+            Some(_) => self.step_with(Err(e)),
+        }
+    }
+
     /// Record one training step on a batch the program brings and submit it (without waiting):
     /// `batch` `[B, C, H, W]` for images or `[B, D]` for points (f32, any `B` the device holds;
     /// `[B, C * H * W]` is taken too), and one label per example (`0..classes`, or `classes`
     /// itself for an example without a class), or `None` for unlabelled examples. Label dropout,
     /// the time and the noise are drawn as for [`Trainer::step`], from the run's seed and the
-    /// step number.
+    /// step number. On one rank of a data-parallel job each rank brings its own slice, of one
+    /// size on every rank, and rank r's samples are numbered from `r B` in the random streams.
     pub fn step_on(&mut self, batch: &Tensor, labels: Option<&[u32]>) -> Result<()> {
+        let checked = self.check_batch(batch, labels);
+        self.step_with(checked)
+    }
+
+    /// A program's batch and labels checked and made ready for [`Trainer::step_with`].
+    fn check_batch(
+        &self,
+        batch: &Tensor,
+        labels: Option<&[u32]>,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let shape = &self.config.model.shape;
         let dim: usize = shape.iter().product();
         let b = batch.shape().first().copied().unwrap_or(0);
@@ -396,20 +433,59 @@ impl Trainer {
                 Some(Tensor::from_slice(self.gpu(), &[b], &values)?)
             }
         };
-        let x0 = batch.reshape(&[b, dim])?;
-        self.step_with(&x0, labels.as_ref())
+        Ok((batch.reshape(&[b, dim])?, labels))
     }
 
     /// One step on `x0` `[B, dim]` (or reflow pairs `[B, 2, dim]`) with labels `[B]` (f32 class
-    /// numbers; `None`: the null class).
-    fn step_with(&mut self, x0: &Tensor, labels: Option<&Tensor>) -> Result<()> {
+    /// numbers; `None`: the null class), or on a batch that could not be made (on one rank of
+    /// a job, every rank must take part in the step's reduction, even one that failed).
+    ///
+    /// One process: forward, backward and AdamW in one submission, nothing read back. One rank
+    /// of a job: forward and backward in one submission, the gradient read back, summed across
+    /// ranks with every rank's health and stop request (`distributed`), scaled by 1/N and
+    /// uploaded, then AdamW in a second submission.
+    fn step_with(&mut self, batch: Result<(Tensor, Option<Tensor>)>) -> Result<()> {
+        let Some(ranks) = self.ranks.clone() else {
+            let (x0, labels) = batch?;
+            self.record_forward_backward(&x0, labels.as_ref(), 0)?;
+            return self.record_update();
+        };
+        let n = self.params.values().numel();
+        let local = batch.and_then(|(x0, labels)| {
+            let first = ranks.rank() * x0.shape()[0];
+            self.record_forward_backward(&x0, labels.as_ref(), first)?;
+            self.params.grads()?.to_vec()
+        });
+        let mut grads = ranks.sum_checked(local, n)?;
+        let scale = 1.0 / ranks.size() as f32;
+        grads.iter_mut().for_each(|g| *g *= scale);
+        let next = self.step + 1;
+        let applied = self
+            .params
+            .grads()
+            .and_then(|g| g.write(&grads))
+            .and_then(|()| self.record_update());
+        if let Err(e) = applied {
+            // Reported at the next reduction, where every rank learns of it.
+            self.step = next;
+            ranks.carry(e);
+        }
+        Ok(())
+    }
+
+    /// Record the noising, the network, the loss and backward for a batch whose first sample
+    /// is sample `first_sample` of the step's global batch (0 on one process).
+    fn record_forward_backward(
+        &mut self,
+        x0: &Tensor,
+        labels: Option<&Tensor>,
+        first_sample: usize,
+    ) -> Result<()> {
         let (seed, step) = (self.config.seed, self.step as u32);
         self.params.zero_grads()?;
-        let noised = if x0.shape().len() == 3 {
-            self.flow.forward_process_pairs(x0, labels, seed, step)?
-        } else {
-            self.flow.forward_process(x0, labels, seed, step)?
-        };
+        let noised = self
+            .flow
+            .forward_process_slice(x0, labels, seed, step, first_sample)?;
         let mut tape = Tape::new();
         let z = tape.constant(noised.z);
         // The network's time input: t, or EDM's c_noise (the loss weighs by t itself).
@@ -419,18 +495,98 @@ impl Trainer {
             .forward(&mut tape, &self.params, &z, &t, &noised.labels)?;
         let loss = self.flow.loss(out.value(), &noised.target, &noised.t)?;
         tape.backward_with(&out, loss.grad)?;
-        self.opt.step(&self.params)?;
         self.last = Some((loss.loss, loss.per_sample, noised.t));
+        Ok(())
+    }
+
+    /// Record AdamW on the gradients in place and submit everything recorded.
+    fn record_update(&mut self) -> Result<()> {
+        self.opt.step(&self.params)?;
         self.step += 1;
         self.params.values().gpu().flush()
     }
 
-    /// The last step's mean loss (waits for the GPU).
+    /// The last step's mean loss (waits for the GPU). On one rank of a job, the mean over the
+    /// global batch (every rank must read it at the same step).
     pub fn read_loss(&self) -> Result<f32> {
-        match &self.last {
-            Some((loss, _, _)) => Ok(loss.to_vec()?[0]),
-            None => Err(Error::Config("no step taken yet".into())),
+        let Some((loss, _, _)) = &self.last else {
+            return Err(Error::Config("no step taken yet".into()));
+        };
+        match &self.ranks {
+            None => Ok(loss.to_vec()?[0]),
+            Some(ranks) => {
+                let all = ranks.gather_checked(loss.to_vec(), 1)?;
+                Ok(mean_of_ranks(&all))
+            }
         }
+    }
+
+    /// The last step's mean loss, per-sample losses and times (of the global batch, in sample
+    /// order, on one rank of a job: every rank must read them at the same step).
+    pub fn read_logged(&self) -> Result<(f32, Vec<f32>, Vec<f32>)> {
+        let Some((loss, per, t)) = &self.last else {
+            return Err(Error::Config("no step taken yet".into()));
+        };
+        let Some(ranks) = &self.ranks else {
+            return Ok((loss.to_vec()?[0], per.to_vec()?, t.to_vec()?));
+        };
+        let b = per.numel();
+        let local = (|| {
+            let mut v = loss.to_vec()?;
+            v.extend(per.to_vec()?);
+            v.extend(t.to_vec()?);
+            Ok(v)
+        })();
+        let all = ranks.gather_checked(local, 1 + 2 * b)?;
+        let rows: Vec<&[f32]> = all.chunks(1 + 2 * b).collect();
+        let losses: Vec<f32> = rows.iter().map(|r| r[0]).collect();
+        let per = rows.iter().flat_map(|r| r[1..1 + b].to_vec()).collect();
+        let t = rows.iter().flat_map(|r| r[1 + b..].to_vec()).collect();
+        Ok((mean_of_ranks(&losses), per, t))
+    }
+
+    /// Make this trainer rank `ranks.rank()` of a data-parallel job (every rank calls it at the
+    /// same point, with the same configuration): refused on every rank when the ranks do not
+    /// divide the global batch; then rank 0's weights, EMA, moments and step are broadcast, so
+    /// every rank starts (or resumes) from the same state.
+    pub fn join_ranks(&mut self, ranks: Ranks) -> Result<()> {
+        ranks.agree(ranks.slice(self.config.batch).map(|_| ()))?;
+        let (m, v) = self.opt.moments();
+        let buffers = [self.params.values(), self.opt.ema(), m, v];
+        let read = if ranks.is_root() {
+            buffers
+                .iter()
+                .map(|b| b.to_vec())
+                .collect::<Result<Vec<_>>>()
+        } else {
+            Ok(Vec::new())
+        };
+        let mut state = ranks.agree(read)?;
+        let n = self.params.values().numel();
+        state.resize(buffers.len(), Vec::new());
+        for values in &mut state {
+            values.resize(n, 0.0);
+            ranks.broadcast_f32(values);
+        }
+        let step = ranks.broadcast_bytes(self.step.to_le_bytes().to_vec());
+        let step = u64::from_le_bytes(step.try_into().unwrap_or([0; 8]));
+        let written = if ranks.is_root() {
+            Ok(())
+        } else {
+            self.params
+                .values()
+                .write(&state[0])
+                .and_then(|()| self.opt.restore(&state[2], &state[3], &state[1], step))
+        };
+        ranks.agree(written)?;
+        self.step = step;
+        self.ranks = Some(ranks);
+        Ok(())
+    }
+
+    /// The job this trainer is a rank of, if any ([`Trainer::join_ranks`]).
+    pub fn ranks(&self) -> Option<&Ranks> {
+        self.ranks.as_ref()
     }
 
     /// The parameters with the EMA weights as values (sharing the optimiser's EMA buffer).
@@ -535,6 +691,12 @@ impl Trainer {
         self.step = ck.step;
         Ok(())
     }
+}
+
+/// The mean of the ranks' mean losses (equal slices: the global batch's mean), summed in rank
+/// order in f64, so every rank gets the same number.
+fn mean_of_ranks(losses: &[f32]) -> f32 {
+    (losses.iter().map(|&l| l as f64).sum::<f64>() / losses.len().max(1) as f64) as f32
 }
 
 /// Refuse a data set that does not fit the configuration: another example shape, no examples,

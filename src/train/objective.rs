@@ -66,6 +66,7 @@ impl FlowConfig {
             shift: self.shift,
             label_dropout: self.label_dropout,
             null_label: self.null_label,
+            first_sample: 0,
         }
     }
 
@@ -118,6 +119,31 @@ impl Objective {
     ) -> Result<Noised> {
         self.kernels
             .forward_process_pairs(pairs, labels, &self.config.process(), seed, step)
+    }
+
+    /// [`Objective::forward_process`] (or, for pairs `[B, 2, D]`, [`Objective::forward_process_pairs`])
+    /// on samples `first_sample..first_sample + B` of a step's global batch: t, the noise and label
+    /// dropout drawn as one process drawing the whole batch would draw them for those samples
+    /// (a rank's slice in data-parallel training).
+    pub fn forward_process_slice(
+        &self,
+        x0: &Tensor,
+        labels: Option<&Tensor>,
+        seed: u64,
+        step: u32,
+        first_sample: usize,
+    ) -> Result<Noised> {
+        let process = Process {
+            first_sample: first_sample as u32,
+            ..self.config.process()
+        };
+        if x0.shape().len() == 3 {
+            self.kernels
+                .forward_process_pairs(x0, labels, &process, seed, step)
+        } else {
+            self.kernels
+                .forward_process(x0, labels, &process, seed, step)
+        }
     }
 
     /// The weighted loss of a network output against the target at times `t`, its gradient with

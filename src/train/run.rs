@@ -16,7 +16,10 @@
 //! - stopping: [`StopHandle::stop`] from another thread, or (with `catch_signals`) SIGINT and
 //!   SIGTERM, save a checkpoint at the end of the current step and end the run
 //!   ([`RunEnd::Stopped`]); a second signal exits the process at once with 128 + its number;
-//! - progress: [`Event`]s to a callback.
+//! - progress: [`Event`]s to a callback;
+//! - several ranks ([`super::distributed`]): rank 0's run joins the job ([`Run::join_ranks`]), the
+//!   other ranks run the same loop writing nothing ([`Run::follow`]); every rank takes the same
+//!   steps, reads the loss at the same steps and stops, fails or finishes at the same step.
 #![warn(missing_docs)]
 
 use super::{open_checkpoint, StartingWeights, TrainConfig, Trainer};
@@ -258,12 +261,14 @@ pub enum RunEnd {
     },
 }
 
-/// A training run that owns its directory (it holds the lock until dropped).
+/// A training run that owns its directory (it holds the lock until dropped), or, on a rank other
+/// than 0 of a data-parallel job ([`Run::follow`]), the same loop writing nothing.
 pub struct Run {
     trainer: Trainer,
     dir: PathBuf,
     opts: RunOptions,
-    _lock: RunLock,
+    /// `None` on a rank that writes nothing.
+    _lock: Option<RunLock>,
     stop: StopHandle,
     signals: Vec<signal_hook::SigId>,
     last_saved: Option<u64>,
@@ -326,7 +331,50 @@ impl Run {
         let lock = RunLock::acquire(dir)?;
         // Decided again under the lock: another run may have started here since the first look.
         check_new(dir, overwrite)?;
-        Run::begin(trainer, dir, lock, opts, Vec::new(), None, grid_n)
+        Run::begin(trainer, dir, Some(lock), opts, Vec::new(), None, grid_n)
+    }
+
+    /// The run loop on rank `r > 0` of a data-parallel job, whose rank 0 owns the run directory:
+    /// `trainer` has joined the job ([`Trainer::join_ranks`]) with rank 0's state; this run takes
+    /// the same steps, reads the loss at the same steps and stops, fails or finishes at the same
+    /// step as rank 0, and writes nothing. `dir` is rank 0's run directory (named in messages,
+    /// so that every rank's say the same). Signals are caught as `opts` says (the ranks agree
+    /// on a stop at each step).
+    pub fn follow(trainer: Trainer, dir: &Path, opts: RunOptions) -> Result<Run> {
+        if trainer.ranks().is_none_or(|r| r.is_root()) {
+            return Err(Error::Config(
+                "Run::follow is for a rank other than 0 of a data-parallel job: join the \
+                 trainer to the job first (Trainer::join_ranks); rank 0 runs Run::create or \
+                 Run::open"
+                    .into(),
+            ));
+        }
+        let grid_n = opts.grid_samples(&trainer.config);
+        // Rank 0's checkpoint is at the step the ranks start from, if it is past 0 (a resume).
+        let last_saved = (trainer.step > 0).then_some(trainer.step);
+        Run::begin(trainer, dir, None, opts, Vec::new(), last_saved, grid_n)
+    }
+
+    /// Make this run rank 0 of a data-parallel job (every rank calls [`Trainer::join_ranks`] at
+    /// the same point; the others then [`Run::follow`]): its state is broadcast to the other
+    /// ranks, and its signals now set the stop the ranks agree over at each step. The error
+    /// after the collective part (installing the signal handlers) is this rank's alone: agree
+    /// on it ([`super::Ranks::agree`]).
+    pub fn join_ranks(&mut self, ranks: super::Ranks) -> Result<()> {
+        self.trainer.join_ranks(ranks.clone())?;
+        self.stop = ranks.stop_handle();
+        if self.opts.catch_signals {
+            for id in self.signals.drain(..) {
+                signal_hook::low_level::unregister(id);
+            }
+            self.signals = catch_signals(&self.stop)?;
+        }
+        Ok(())
+    }
+
+    /// Whether this process writes the run directory (one process, or rank 0 of a job).
+    fn writes(&self) -> bool {
+        self._lock.is_some()
     }
 
     /// Open the run in `dir` to resume it: the directory is locked before its checkpoint is
@@ -359,13 +407,17 @@ impl Run {
     fn begin(
         trainer: Trainer,
         dir: &Path,
-        lock: RunLock,
+        lock: Option<RunLock>,
         opts: RunOptions,
         changes: Vec<Change>,
         last_saved: Option<u64>,
         grid_n: usize,
     ) -> Result<Run> {
-        let stop = StopHandle::default();
+        // On a rank of a job the stop the ranks agree over is the one the signals set.
+        let stop = trainer
+            .ranks()
+            .map_or_else(StopHandle::default, |r| r.stop_handle());
+        let writes = lock.is_some();
         let mut run = Run {
             trainer,
             dir: dir.to_path_buf(),
@@ -381,8 +433,10 @@ impl Run {
         if run.opts.catch_signals {
             run.signals = catch_signals(&run.stop)?;
         }
-        let config = run.trainer.config.to_json();
-        write_atomically(&[(&dir.join(CONFIG_FILE), config.as_bytes())])?;
+        if writes {
+            let config = run.trainer.config.to_json();
+            write_atomically(&[(&dir.join(CONFIG_FILE), config.as_bytes())])?;
+        }
         Ok(run)
     }
 
@@ -423,169 +477,231 @@ impl Run {
         on_event: impl FnMut(Event),
     ) -> Result<RunEnd> {
         self.run_loop(
-            &mut |tr: &mut Trainer| {
-                let (examples, labels) = batch(tr.step)?;
-                tr.step_on(&examples, labels.as_deref())
+            &mut |tr: &mut Trainer| match batch(tr.step) {
+                Ok((examples, labels)) => tr.step_on(&examples, labels.as_deref()),
+                Err(e) => tr.step_failed(e),
             },
             on_event,
         )
     }
 
+    /// The loop. On one rank of a job every rank runs it with the same steps, reads and
+    /// decisions: the stop is the one the ranks agreed at the step's reduction, an error met
+    /// by one rank outside a reduction (rank 0 writing) is carried to the next reduction or to
+    /// the final [`Ranks::settle`](super::Ranks::settle), and an error the ranks agreed on
+    /// ends the loop on every rank.
     fn run_loop(
         &mut self,
         take_step: &mut dyn FnMut(&mut Trainer) -> Result<()>,
         mut on_event: impl FnMut(Event),
     ) -> Result<RunEnd> {
+        let ranks = self.trainer.ranks().cloned();
+        let start = Instant::now();
+        let first = self.trainer.step;
+        let mut logged = Logged::default();
+        let mut ended = None;
+        while self.trainer.step < self.trainer.config.steps {
+            take_step(&mut self.trainer)?;
+            let stop = match &ranks {
+                Some(r) => r.agreed_stop(),
+                None => self.stop.requested(),
+            };
+            match self.after_step(stop, &mut logged, &mut on_event) {
+                Ok(None) => {}
+                Ok(Some(end)) => {
+                    ended = Some(end);
+                    break;
+                }
+                Err(e) => match &ranks {
+                    Some(r) if !r.failed() => r.carry(e),
+                    _ => return Err(e),
+                },
+            }
+        }
+        let end = match ended {
+            Some(end) => Ok(end),
+            None => self.finish(start, first, logged),
+        };
+        let Some(r) = &ranks else { return end };
+        match end {
+            Ok(end) => r.settle().map(|()| end),
+            Err(e) => {
+                r.carry(e);
+                Err(r.settle().err().unwrap_or_else(|| {
+                    Error::Ranks("a carried error passed the final agreement".into())
+                }))
+            }
+        }
+    }
+
+    /// What a run does after step `s` is taken (`stop`: whether it was asked to stop, and
+    /// how): read the loss when due, draw a sample grid, write a checkpoint (rank 0 alone, on
+    /// a job), report; `Some` when the run stops here.
+    fn after_step(
+        &mut self,
+        stop: Option<Option<i32>>,
+        logged: &mut Logged,
+        on_event: &mut impl FnMut(Event),
+    ) -> Result<Option<RunEnd>> {
         let ckpt_path = self.checkpoint_path();
         let final_png = self.dir.join(SAMPLES_FILE);
-        let kept = |last: Option<u64>| match last {
+        let last_saved = self.last_saved;
+        let kept = || match last_saved {
             Some(step) => format!(
                 "the last checkpoint written, from step {step}, is kept at {}",
                 ckpt_path.display()
             ),
             None => "no checkpoint was written".into(),
         };
-        let start = Instant::now();
-        let first = self.trainer.step;
-        let mut smoothed: Option<f32> = None;
-        let mut log: Vec<serde_json::Value> = Vec::new();
-        let mut losses: Vec<LossPoint> = Vec::new();
         let (log_every, checkpoint_every, sample_every) = (
             self.opts.log_every,
             self.opts.checkpoint_every,
             self.opts.sample_every,
         );
-        while self.trainer.step < self.trainer.config.steps {
-            let tr = &mut self.trainer;
-            take_step(tr)?;
-            let s = tr.step;
-            let end = s == tr.config.steps;
-            let stop = self.stop.requested();
-            let save_now = due(s, checkpoint_every) || end || stop.is_some();
-            if due(s, log_every) || save_now {
-                let loss = tr.read_loss()?;
-                if !loss.is_finite() {
-                    return Err(Error::NonFinite(format!(
-                        "the loss became {loss} at step {s}; stopped without saving ({}). Try a lower --lr (this run: {})",
-                        kept(self.last_saved),
-                        tr.config.lr
-                    )));
-                }
-                let sm = smoothed.map_or(loss, |v| 0.9 * v + 0.1 * loss);
-                smoothed = Some(sm);
-                on_event(Event::Loss {
-                    step: s,
-                    loss,
-                    smoothed: sm,
-                });
-                let (_, per, t) = tr.last.as_ref().expect("a step was taken");
-                let bins = t_bins(&per.to_vec()?, &t.to_vec()?);
-                losses.push(LossPoint {
-                    step: s,
-                    loss: f64::from(loss),
-                    t_bins: bins.iter().map(|b| b.map(f64::from)).collect(),
-                });
-                log.push(serde_json::json!({ "step": s, "loss": loss, "t_bins": bins }));
+        let writes = self.writes();
+        let tr = &self.trainer;
+        let s = tr.step;
+        let end = s == tr.config.steps;
+        let save_now = due(s, checkpoint_every) || end || stop.is_some();
+        if due(s, log_every) || save_now {
+            let (loss, per, t) = tr.read_logged()?;
+            if !loss.is_finite() {
+                return Err(Error::NonFinite(format!(
+                    "the loss became {loss} at step {s}; stopped without saving ({}). Try a lower --lr (this run: {})",
+                    kept(),
+                    tr.config.lr
+                )));
             }
-            // The final grid is drawn before the final checkpoint: a model whose samples are not
-            // finite does not replace the last checkpoint.
-            let grid = if end {
-                Some(final_png.clone())
-            } else if due(s, sample_every) && stop.is_none() {
-                Some(self.dir.join(format!("samples_{s:06}.png")))
-            } else {
-                None
-            };
-            if let Some(png) = grid {
-                if let Err(why) = sample_grid(&self.trainer, &png, self.grid_n, 0)? {
-                    return Err(Error::NonFinite(format!(
-                        "{why}, though the loss is finite: the model diverges when sampled. Stopped \
-                         without writing them or a checkpoint ({}). Try a lower --lr (this run: {})",
-                        kept(self.last_saved),
-                        self.trainer.config.lr
-                    )));
-                }
-                on_event(Event::Samples {
-                    step: s,
-                    path: &png,
-                });
-                if end && due(s, sample_every) {
-                    let step_png = self.dir.join(format!("samples_{s:06}.png"));
-                    let bytes = std::fs::read(&final_png).map_err(|e| {
-                        Error::Io(format!("cannot read {}: {e}", final_png.display()))
-                    })?;
-                    write_atomically(&[(&step_png, &bytes)])?;
-                }
-            }
-            if save_now {
-                if let Err(e) = self.trainer.check_finite() {
-                    return Err(Error::NonFinite(format!(
-                        "{}; stopped without saving ({}). Try a lower --lr (this run: {})",
-                        e.to_string().trim_start_matches("not finite: "),
-                        kept(self.last_saved),
-                        self.trainer.config.lr
-                    )));
-                }
-                self.trainer.checkpoint()?.save(&ckpt_path)?;
-                self.last_saved = Some(s);
-                on_event(Event::Checkpoint {
-                    step: s,
-                    path: &ckpt_path,
-                });
-            }
-            on_event(Event::Step {
+            let sm = logged.smoothed.map_or(loss, |v| 0.9 * v + 0.1 * loss);
+            logged.smoothed = Some(sm);
+            on_event(Event::Loss {
                 step: s,
-                steps: self.trainer.config.steps,
+                loss,
+                smoothed: sm,
             });
-            if let (Some(signal), false) = (stop, end) {
-                return Ok(RunEnd::Stopped {
-                    signal,
-                    step: s,
-                    checkpoint: ckpt_path,
-                });
+            let bins = t_bins(&per, &t);
+            logged.losses.push(LossPoint {
+                step: s,
+                loss: f64::from(loss),
+                t_bins: bins.iter().map(|b| b.map(f64::from)).collect(),
+            });
+            logged
+                .log
+                .push(serde_json::json!({ "step": s, "loss": loss, "t_bins": bins }));
+        }
+        // The final grid is drawn before the final checkpoint: a model whose samples are not
+        // finite does not replace the last checkpoint.
+        let grid = if !writes {
+            None
+        } else if end {
+            Some(final_png.clone())
+        } else if due(s, sample_every) && stop.is_none() {
+            Some(self.dir.join(format!("samples_{s:06}.png")))
+        } else {
+            None
+        };
+        if let Some(png) = grid {
+            if let Err(why) = sample_grid(&self.trainer, &png, self.grid_n, 0)? {
+                return Err(Error::NonFinite(format!(
+                    "{why}, though the loss is finite: the model diverges when sampled. Stopped \
+                     without writing them or a checkpoint ({}). Try a lower --lr (this run: {})",
+                    kept(),
+                    self.trainer.config.lr
+                )));
+            }
+            on_event(Event::Samples {
+                step: s,
+                path: &png,
+            });
+            if end && due(s, sample_every) {
+                let step_png = self.dir.join(format!("samples_{s:06}.png"));
+                let bytes = std::fs::read(&final_png)
+                    .map_err(|e| Error::Io(format!("cannot read {}: {e}", final_png.display())))?;
+                write_atomically(&[(&step_png, &bytes)])?;
             }
         }
+        if save_now && writes {
+            if let Err(e) = self.trainer.check_finite() {
+                return Err(Error::NonFinite(format!(
+                    "{}; stopped without saving ({}). Try a lower --lr (this run: {})",
+                    e.to_string().trim_start_matches("not finite: "),
+                    kept(),
+                    self.trainer.config.lr
+                )));
+            }
+            self.trainer.checkpoint()?.save(&ckpt_path)?;
+            on_event(Event::Checkpoint {
+                step: s,
+                path: &ckpt_path,
+            });
+        }
+        if save_now {
+            // On a rank that writes nothing, rank 0 saved (had it failed, the ranks would stop
+            // at the next reduction), so that the ranks' messages name the same checkpoint.
+            self.last_saved = Some(s);
+        }
+        on_event(Event::Step {
+            step: s,
+            steps: self.trainer.config.steps,
+        });
+        Ok(match (stop, end) {
+            (Some(signal), false) => Some(RunEnd::Stopped {
+                signal,
+                step: s,
+                checkpoint: ckpt_path,
+            }),
+            _ => None,
+        })
+    }
+
+    /// The end of a run that trained every step: `metrics.json` (by the process that writes),
+    /// and the summary.
+    fn finish(&self, start: Instant, first: u64, logged: Logged) -> Result<RunEnd> {
         let secs = start.elapsed().as_secs_f64();
         let taken = self.trainer.step - first;
         let steps = taken as f64;
-        let mpath = self.dir.join(METRICS_FILE);
-        // The losses of earlier segments of a resumed run (from the metrics.json about to be
-        // replaced) are kept as `earlier_log`, so the loss curve covers the whole run.
-        let earlier = earlier_losses(&mpath, first);
-        let mut metrics = serde_json::json!({
-            "steps": self.trainer.step,
-            "seconds": secs,
-            "steps_per_second": steps / secs,
-            "samples_per_second": steps * self.trainer.config.batch as f64 / secs,
-            "adapter": self.trainer.gpu().adapter_info().name,
-            "log": log,
-        });
-        if !earlier.is_empty() {
-            let entries: Vec<serde_json::Value> = earlier
-                .iter()
-                .map(|p| serde_json::json!({ "step": p.step, "loss": p.loss, "t_bins": p.t_bins }))
-                .collect();
-            metrics["earlier_log"] = entries.into();
-        }
-        let text = serde_json::to_string_pretty(&metrics).expect("metrics serialise");
-        let mut curve = earlier;
-        curve.extend(losses);
-        let config = &self.trainer.config;
-        let title = format!("{}, {}: training loss", config.data, config.model.kind);
-        let curve_path = self.dir.join(LOSS_CURVE_FILE);
-        // Fewer than two losses make no curve; then only metrics.json is written.
-        match (curve.len() >= 2)
-            .then(|| loss_curve_png(&curve, &title, 900, 540))
-            .transpose()
-        {
-            Ok(Some(png)) => {
-                write_atomically(&[(&mpath, text.as_bytes()), (&curve_path, &png)])?;
+        if self.writes() {
+            let mpath = self.dir.join(METRICS_FILE);
+            // The losses of earlier segments of a resumed run (from the metrics.json about to be
+            // replaced) are kept as `earlier_log`, so the loss curve covers the whole run.
+            let earlier = earlier_losses(&mpath, first);
+            let ranks = self.trainer.ranks().map_or(1, |r| r.size());
+            let mut metrics = serde_json::json!({
+                "steps": self.trainer.step,
+                "seconds": secs,
+                "steps_per_second": steps / secs,
+                "samples_per_second": steps * self.trainer.config.batch as f64 / secs,
+                "adapter": self.trainer.gpu().adapter_info().name,
+                "ranks": ranks,
+                "log": logged.log,
+            });
+            if !earlier.is_empty() {
+                let entries: Vec<serde_json::Value> = earlier
+                    .iter()
+                    .map(|p| serde_json::json!({ "step": p.step, "loss": p.loss, "t_bins": p.t_bins }))
+                    .collect();
+                metrics["earlier_log"] = entries.into();
             }
-            Ok(None) => write_atomically(&[(&mpath, text.as_bytes())])?,
-            Err(e) => {
-                // The metrics are kept even when their picture cannot be drawn.
-                write_atomically(&[(&mpath, text.as_bytes())])?;
-                return Err(e);
+            let text = serde_json::to_string_pretty(&metrics).expect("metrics serialise");
+            let mut curve = earlier;
+            curve.extend(logged.losses);
+            let config = &self.trainer.config;
+            let title = format!("{}, {}: training loss", config.data, config.model.kind);
+            let curve_path = self.dir.join(LOSS_CURVE_FILE);
+            // Fewer than two losses make no curve; then only metrics.json is written.
+            match (curve.len() >= 2)
+                .then(|| loss_curve_png(&curve, &title, 900, 540))
+                .transpose()
+            {
+                Ok(Some(png)) => {
+                    write_atomically(&[(&mpath, text.as_bytes()), (&curve_path, &png)])?;
+                }
+                Ok(None) => write_atomically(&[(&mpath, text.as_bytes())])?,
+                Err(e) => {
+                    // The metrics are kept even when their picture cannot be drawn.
+                    write_atomically(&[(&mpath, text.as_bytes())])?;
+                    return Err(e);
+                }
             }
         }
         Ok(RunEnd::Finished(Summary {
@@ -593,12 +709,19 @@ impl Run {
             steps_taken: taken,
             seconds: secs,
             steps_per_second: steps / secs,
-            samples: final_png,
-            checkpoint: ckpt_path,
+            samples: self.dir.join(SAMPLES_FILE),
+            checkpoint: self.checkpoint_path(),
         }))
     }
 }
 
+/// The losses a run has read: their moving average, the metrics log and the loss curve's points.
+#[derive(Default)]
+struct Logged {
+    smoothed: Option<f32>,
+    log: Vec<serde_json::Value>,
+    losses: Vec<LossPoint>,
+}
 impl Drop for Run {
     fn drop(&mut self) {
         for id in self.signals.drain(..) {
@@ -690,7 +813,15 @@ impl Resumable {
             trainer.attach(gpu, data)?;
         }
         let last = Some(ck.step);
-        Run::begin(trainer, &self.dir, self.lock, opts, changes, last, grid_n)
+        Run::begin(
+            trainer,
+            &self.dir,
+            Some(self.lock),
+            opts,
+            changes,
+            last,
+            grid_n,
+        )
     }
 }
 

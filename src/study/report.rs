@@ -180,6 +180,22 @@ pub struct Report {
     pub files: Vec<PathBuf>,
 }
 
+/// A Markdown table's header: the `first` columns (the first left-aligned), then one per
+/// setting.
+fn table_head(first: &[&str], settings: &[Setting]) -> String {
+    let mut header = String::from("|");
+    let mut rule = String::from("|");
+    for (i, c) in first.iter().enumerate() {
+        header += &format!(" {c} |");
+        rule += if i == 0 { " --- |" } else { " ---: |" };
+    }
+    for s in settings {
+        header += &format!(" {} |", s.label());
+        rule += " ---: |";
+    }
+    format!("{header}\n{rule}\n")
+}
+
 fn fmt_value(v: f64) -> String {
     if !v.is_finite() {
         "diverged".into()
@@ -289,14 +305,16 @@ pub fn write_report(dir: &Path, plan: &Plan) -> Result<Report> {
         plan.samples,
         floor.map_or(String::new(), |f| format!(", real-vs-real floor {}", fmt_value(f)))
     );
-    let mut header =
-        "| formulation | rank (all) | rank (≤ 5 steps) | rank (> 5 steps) | SD3 |".to_string();
-    let mut rule = "| --- | ---: | ---: | ---: | ---: |".to_string();
-    for s in &plan.settings {
-        header += &format!(" {} |", s.label());
-        rule += " ---: |";
-    }
-    let _ = writeln!(md, "{header}\n{rule}");
+    md += &table_head(
+        &[
+            "formulation",
+            "rank (all)",
+            "rank (≤ 5 steps)",
+            "rank (> 5 steps)",
+            "SD3",
+        ],
+        &plan.settings,
+    );
     for &i in &order {
         let f = &formulations[i];
         let sd3 = sd3_ranks(f).map_or("-".into(), |r| {
@@ -387,13 +405,7 @@ pub fn write_report(dir: &Path, plan: &Plan) -> Result<Report> {
                 fmt_value(f)
             ))
         );
-        let mut header = "| formulation |".to_string();
-        let mut rule = "| --- |".to_string();
-        for s in &plan.settings {
-            header += &format!(" {} |", s.label());
-            rule += " ---: |";
-        }
-        let _ = writeln!(md, "{header}\n{rule}");
+        md += &table_head(&["formulation"], &plan.settings);
         for &i in &order {
             let _ = write!(md, "| {} |", formulations[i].name);
             for cell in &r.cells[i] {

@@ -358,6 +358,18 @@ fn a_study_runs_sharded_resumes_after_kill_and_reuses_matching_runs() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("formulation"));
     assert!(!out.join("plan.json").exists());
+    for (flags, want) in [
+        (["--seeds", "5000"], "--seeds 5000"),
+        (["--n", "100000000000"], "use a smaller --n"),
+        (["--rank-by", "fd"], "not measured on points"),
+    ] {
+        let mut a = vec!["study", "--out", &o, "--quiet"];
+        a.extend(flags);
+        let e = run(&a);
+        let text = String::from_utf8_lossy(&e.stderr);
+        assert!(!e.status.success() && text.contains(want), "{text}");
+        assert!(!out.exists(), "{flags:?} wrote {}", out.display());
+    }
     let bad = run(&args(two, "30", &["--shard", "2/2"]));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--shard"));
 

@@ -50,6 +50,9 @@ pub const DEFAULT_FORMULATIONS: [&str; 8] = [
 /// Euler steps of the default sampler settings.
 pub const DEFAULT_SAMPLE_STEPS: [usize; 6] = [1, 2, 5, 10, 25, 50];
 
+/// Most seeds a study trains per formulation.
+pub const MAX_SEEDS: u64 = 1000;
+
 /// Settings with at most this many steps are the "few-step" ones of the average ranks.
 pub const FEW_STEPS: usize = 5;
 
@@ -437,8 +440,11 @@ impl Plan {
             }
             f.apply(&self.base).validate()?;
         }
-        if self.seeds == 0 {
-            return Err(Error::Config("--seeds 0: train at least one seed".into()));
+        if self.seeds == 0 || self.seeds > MAX_SEEDS {
+            return Err(Error::Config(format!(
+                "--seeds {}: give 1 to {MAX_SEEDS}",
+                self.seeds
+            )));
         }
         if self.settings.is_empty() {
             return Err(Error::Config("--sample-steps: give at least one".into()));
@@ -667,6 +673,8 @@ pub fn run_study(
 ) -> Result<StudyEnd> {
     plan.validate()?;
     Reference::check(data, &plan.base.data)?;
+    // The samples of one measurement, and the toy's reference draws of as many, must fit.
+    crate::sample::check_sample_count(&plan.base.model, plan.samples, &Budget::of(gpu))?;
     plan.store(dir, shard.count > 1)?;
     let runs = plan.runs(dir)?;
     let mine: Vec<&RunSpec> = runs

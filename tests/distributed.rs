@@ -5,8 +5,10 @@
 
 mod common;
 
-use rectiflow::data::{self, DataSpec, GpuDataset};
-use rectiflow::train::{Collective, ModelKind, Objective, Ranks, TrainConfig, Trainer};
+use common::tiny::tiny_dit;
+
+use rectiflow::data::{self, GpuDataset};
+use rectiflow::train::{Collective, Objective, Ranks, TrainConfig, Trainer};
 use rectiflow::{Error, Gpu};
 use std::sync::{Arc, Barrier, Mutex};
 
@@ -196,14 +198,9 @@ fn rank_0s_bytes_and_values_reach_every_rank() {
 }
 
 fn dit_config() -> TrainConfig {
-    let mut model = ModelKind::Dit.config(&[1, 8, 8], 10);
-    (model.width, model.depth, model.heads) = (16, 1, 2);
     TrainConfig {
-        batch: 8,
-        seed: 21,
-        label_dropout: 0.3,
         warmup: 0,
-        ..TrainConfig::new(DataSpec::Digits, model)
+        ..tiny_dit()
     }
 }
 

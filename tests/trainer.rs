@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::tiny::tiny_dit;
+
 use common::gpu;
 use rectiflow::data::{self, DataSpec, GpuDataset, Toy};
 use rectiflow::train::run::CHECKPOINT_FILE;
@@ -20,14 +22,7 @@ fn temp_dir(name: &str) -> PathBuf {
 }
 
 fn dit_config() -> TrainConfig {
-    let mut model = ModelKind::Dit.config(&[1, 8, 8], 10);
-    (model.width, model.depth, model.heads) = (16, 1, 2);
-    TrainConfig {
-        batch: 8,
-        seed: 21,
-        label_dropout: 0.3,
-        ..TrainConfig::new(DataSpec::Digits, model)
-    }
+    tiny_dit()
 }
 
 fn moons_config(steps: u64) -> TrainConfig {

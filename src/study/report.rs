@@ -239,24 +239,20 @@ pub fn write_report(dir: &Path, plan: &Plan) -> Result<Report> {
                 let Some(measured) = r.get(s, plan.samples) else {
                     continue;
                 };
+                let row = format!(
+                    "\"{}\",{seed},{},{},{}",
+                    f.name,
+                    s.solver.name(),
+                    s.steps,
+                    s.cfg
+                );
                 if measured.diverged {
-                    let _ = writeln!(
-                        csv,
-                        "\"{}\",{seed},{},{},{},\"diverged\",,",
-                        f.name,
-                        s.solver.name(),
-                        s.steps,
-                        s.cfg
-                    );
+                    let _ = writeln!(csv, "{row},\"diverged\",,");
                 }
                 for m in &measured.metrics {
                     let _ = writeln!(
                         csv,
-                        "\"{}\",{seed},{},{},{},\"{}\",{},{}",
-                        f.name,
-                        s.solver.name(),
-                        s.steps,
-                        s.cfg,
+                        "{row},\"{}\",{},{}",
                         m.metric,
                         m.value,
                         m.floor.map_or(String::new(), |v| v.to_string())

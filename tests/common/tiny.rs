@@ -4,7 +4,7 @@
 use rectiflow::data::{DataSpec, Dataset};
 use rectiflow::flow::{Prediction, Schedule, TimeSampler};
 use rectiflow::nn::ModelConfig;
-use rectiflow::train::{TrainConfig, Trainer};
+use rectiflow::train::{ModelKind, TrainConfig, Trainer};
 use std::path::PathBuf;
 
 /// A small run of `kind` (`mlp`, `dit`, ...) `width` wide on `data`: 100 steps of 64.
@@ -34,6 +34,18 @@ pub fn config(data: &Dataset, kind: &str, width: usize) -> TrainConfig {
         max_grad_norm: 1.0,
         label_dropout: 0.1,
         seed: 3,
+    }
+}
+
+/// A one-block DiT 16 wide on the 8x8 digits, batch 8, label dropout 0.3, seed 21.
+pub fn tiny_dit() -> TrainConfig {
+    let mut model = ModelKind::Dit.config(&[1, 8, 8], 10);
+    (model.width, model.depth, model.heads) = (16, 1, 2);
+    TrainConfig {
+        batch: 8,
+        seed: 21,
+        label_dropout: 0.3,
+        ..TrainConfig::new(DataSpec::Digits, model)
     }
 }
 

@@ -1,5 +1,7 @@
 // Tiled matrix multiply with a fused epilogue, batched:
 //   C[b] = act(alpha * op(A[b]) op(B[b]) + bias)      (+ C[b] when ACCUMULATE)
+// and, with the auxiliary tensor P (same shape as C; see activation.wgsl's AUX): AUX_SAVE_PRE also
+// writes the pre-activation to P; AUX_ACT_GRAD writes alpha op(A) op(B) act'(P) instead.
 // op(A) is A (M x K) or, with TRANS_A, the transpose of a stored K x M matrix; op(B) is B (K x N)
 // or, with TRANS_B, the transpose of a stored N x K matrix. A batch stride of 0 shares a matrix
 // across the batch (a weight applied to every sample).
@@ -30,12 +32,14 @@ struct Params {
 @group(0) @binding(1) var<storage, read> b: array<f32>;
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
+@group(0) @binding(4) var<storage, read_write> aux: array<f32>;
 @group(1) @binding(0) var<uniform> params: Params;
 
 // The same bindings seen as vec4 arrays, used by `matmul_vec4` only.
 @group(0) @binding(0) var<storage, read> a4: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read> b4: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> c4: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> aux4: array<vec4<f32>>;
 
 override WG_M: u32 = 16u;   // invocations along M
 override WG_N: u32 = 16u;   // invocations along N
@@ -47,6 +51,7 @@ override TRANS_B: bool = false;
 override HAS_BIAS: bool = false;
 override ACT: u32 = 0u;     // ACT_NONE, ACT_GELU (tanh) or ACT_SILU (activation.wgsl)
 override ACCUMULATE: bool = false;
+override AUX: u32 = 0u;     // AUX_NONE, AUX_SAVE_PRE or AUX_ACT_GRAD (activation.wgsl)
 
 override BM: u32 = WG_M * TM;
 override BN: u32 = WG_N * TN;
@@ -77,9 +82,9 @@ fn tile_of(wid: vec3<u32>, nwg: vec3<u32>) -> Tile {
                 (r / params.tiles_n) * BM, (r % params.tiles_n) * BN, item < params.batch);
 }
 
-// act(v): the library activation.wgsl.
+// act(v), finish(v, p): the library activation.wgsl.
 
-// alpha * sum + bias, activated, for four consecutive columns starting at `col`.
+// alpha * sum + bias (the pre-activation) for four consecutive columns starting at `col`.
 fn epilogue(sum: vec4<f32>, col: u32) -> vec4<f32> {
     var v = params.alpha * sum;
     if (HAS_BIAS) {
@@ -87,7 +92,7 @@ fn epilogue(sum: vec4<f32>, col: u32) -> vec4<f32> {
             if (col + q < params.n) { v[q] += bias[col + q]; }
         }
     }
-    return vec4(act(v.x), act(v.y), act(v.z), act(v.w));
+    return v;
 }
 
 fn clear_acc() {
@@ -150,7 +155,10 @@ fn store_scalar(t: Tile, tx: u32, ty: u32) {
             for (var q = 0u; q < 4u; q++) {
                 if (col + q < params.n) {
                     let idx = t.c_base + row * params.n + col + q;
-                    var out = v[q];
+                    if (AUX == AUX_SAVE_PRE) { aux[idx] = v[q]; }
+                    var p = 0.0;
+                    if (AUX == AUX_ACT_GRAD) { p = aux[idx]; }
+                    var out = finish(v[q], p);
                     if (ACCUMULATE) { out += c[idx]; }
                     c[idx] = out;
                 }
@@ -231,7 +239,11 @@ fn store_vec4(t: Tile, tx: u32, ty: u32) {
             let col = t.n0 + tx * TN + 4u * j;
             if (col < params.n) {
                 let idx = (t.c_base + row * params.n + col) / 4u;
-                var out = epilogue(acc[i * (TN / 4u) + j], col);
+                let v = epilogue(acc[i * (TN / 4u) + j], col);
+                if (AUX == AUX_SAVE_PRE) { aux4[idx] = v; }
+                var p = vec4(0.0);
+                if (AUX == AUX_ACT_GRAD) { p = aux4[idx]; }
+                var out = vec4(finish(v.x, p.x), finish(v.y, p.y), finish(v.z, p.z), finish(v.w, p.w));
                 if (ACCUMULATE) { out += c4[idx]; }
                 c4[idx] = out;
             }

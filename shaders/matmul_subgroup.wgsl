@@ -14,7 +14,8 @@
 // Operands whose contiguous dimension is a multiple of 4 are read as vec4s, others element by
 // element (A_VEC4, B_VEC4; an element is picked out of its vec4, since bindings are padded to
 // whole vec4s), and C is written as vec4s when N is a multiple of 4 (C_VEC4), so any shape runs
-// here; edge rows and columns are computed from clamped indices, never stored.
+// here; edge rows and columns are computed from clamped indices, never stored. The auxiliary
+// tensor (AUX, as in matmul.wgsl) is read and written at C's indices.
 
 struct Params {
     m: u32,
@@ -35,6 +36,7 @@ struct Params {
 @group(0) @binding(1) var<storage, read> b4: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
 @group(0) @binding(3) var<storage, read_write> c4: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> aux4: array<vec4<f32>>;
 @group(1) @binding(0) var<uniform> params: Params;
 
 // Element i of an operand seen as vec4s (bindings are padded to whole vec4s).
@@ -47,6 +49,7 @@ override TRANS_B: bool = false;
 override HAS_BIAS: bool = false;
 override ACT: u32 = 0u;     // ACT_NONE, ACT_GELU (tanh) or ACT_SILU (activation.wgsl)
 override ACCUMULATE: bool = false;
+override AUX: u32 = 0u;     // AUX_NONE, AUX_SAVE_PRE or AUX_ACT_GRAD (activation.wgsl)
 override A_VEC4: bool = true;
 override B_VEC4: bool = true;
 override C_VEC4: bool = true;
@@ -60,7 +63,16 @@ var<private> acc: array<vec4<f32>, 32>;  // row i of the tile, this lane's 4 col
 var<private> a_reg: array<vec4<f32>, 4>; // TM / 8 vec4 of A (which rows and k: see below)
 var<private> b_reg: array<vec4<f32>, 4>; // this lane's 4 columns at k0 + q
 
-// act(v): the library activation.wgsl.
+// act(v), finish(v, p): the library activation.wgsl.
+
+// Element i of the output and the auxiliary tensor: finish and store it (any layout).
+fn store_element(e: u32, v: f32) {
+    var p = 0.0;
+    if (AUX == AUX_SAVE_PRE) { aux4[e / 4u][e % 4u] = v; }
+    if (AUX == AUX_ACT_GRAD) { p = aux4[e / 4u][e % 4u]; }
+    let out = finish(v, p);
+    if (ACCUMULATE) { c4[e / 4u][e % 4u] += out; } else { c4[e / 4u][e % 4u] = out; }
+}
 
 // Loads of four consecutive elements along an operand's contiguous dimension: one vec4 where
 // that dimension is a multiple of 4, else four elements. Indices past the edge are clamped
@@ -195,26 +207,23 @@ fn matmul_subgroup(@builtin(subgroup_invocation_id) lane: u32, @builtin(workgrou
         if (row < M) {
             if (HAS_BIAS && TRANS_C) { bv = vec4(bias[row]); }
             let v = params.alpha * acc[i] + bv;
-            let out = vec4(act(v.x), act(v.y), act(v.z), act(v.w));
             if (TRANS_C) {
                 // Element (row, own + j) of C^T is element (own + j, row) of C, stored [N, M].
                 for (var j = 0u; j < 4u; j++) {
-                    if (own + j < N) {
-                        let e = c_base + (own + j) * M + row;
-                        if (ACCUMULATE) { c4[e / 4u][e % 4u] += out[j]; } else { c4[e / 4u][e % 4u] = out[j]; }
-                    }
+                    if (own + j < N) { store_element(c_base + (own + j) * M + row, v[j]); }
                 }
                 continue;
             }
             let at = c_base + row * N + own;
             if (C_VEC4) {
+                var p = vec4(0.0);
+                if (AUX == AUX_SAVE_PRE) { aux4[at / 4u] = v; }
+                if (AUX == AUX_ACT_GRAD) { p = aux4[at / 4u]; }
+                let out = vec4(finish(v.x, p.x), finish(v.y, p.y), finish(v.z, p.z), finish(v.w, p.w));
                 if (ACCUMULATE) { c4[at / 4u] += out; } else { c4[at / 4u] = out; }
             } else {
                 for (var j = 0u; j < 4u; j++) {
-                    if (own + j < N) {
-                        let e = at + j;
-                        if (ACCUMULATE) { c4[e / 4u][e % 4u] += out[j]; } else { c4[e / 4u][e % 4u] = out[j]; }
-                    }
+                    if (own + j < N) { store_element(at + j, v[j]); }
                 }
             }
         }

@@ -189,6 +189,18 @@ codes! {
 }
 
 codes! {
+    /// What the matmul epilogue does with its auxiliary tensor (`AUX` of both matmul shaders).
+    pub mod matmul_aux ("AUX_") {
+        /// Nothing: no auxiliary tensor.
+        NONE = 0,
+        /// Write the pre-activation `alpha op(A) op(B) + bias` there as well as `act` of it to C.
+        SAVE_PRE = 1,
+        /// Read a pre-activation `p` there and write `alpha op(A) op(B) act'(p)` to C.
+        ACT_GRAD = 2,
+    }
+}
+
+codes! {
     /// The noise schedules of `flow.wgsl` (`SCHEDULE`).
     pub mod schedule ("SCHEDULE_") {
         RF = 0,
@@ -321,14 +333,14 @@ shader!(
 shader!(
     MATMUL,
     "matmul",
-    with_constants(&[activation::WGSL]),
+    with_constants(&[activation::WGSL, matmul_aux::WGSL]),
     with_libraries(&[&ACTIVATION])
 );
 shader!(
     MATMUL_SUBGROUP,
     "matmul_subgroup",
     requiring(wgpu::Features::SUBGROUP),
-    with_constants(&[activation::WGSL]),
+    with_constants(&[activation::WGSL, matmul_aux::WGSL]),
     with_libraries(&[&ACTIVATION])
 );
 shader!(CAST, "cast", requiring(wgpu::Features::SHADER_F16));

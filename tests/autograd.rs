@@ -7,6 +7,7 @@ mod common;
 use common::{assert_close, assert_grad, f64s, gpu, rand_vec, reference as cpu, upload};
 use rectiflow::autograd::{functions as f, Tape};
 use rectiflow::gpu::{Gpu, GpuOptions};
+use rectiflow::ops::Activation;
 use rectiflow::optim::{AdamW, AdamWConfig};
 use rectiflow::params::{Init, ParamId, Params, ParamsBuilder};
 
@@ -141,6 +142,73 @@ fn two_layer_network_gradient_of_every_parameter() {
         "loss {gpu_loss} vs {want_loss}"
     );
     check_all_param_grads(&p, reference);
+}
+
+/// Activations fused into linear layers: `linear_act` saves the pre-activation and the next
+/// linear layer's input gradient applies the derivative in its epilogue; an activation's output
+/// that also feeds another op (a LayerNorm here) gets that op's gradient through the
+/// derivative as well; the input's gradient comes back through a fused layer.
+#[test]
+fn fused_activation_chain_gradient_of_every_parameter_and_the_input() {
+    let g = gpu();
+    let (n, inp, hid, out) = (6, 5, 9, 3);
+    let mut b = ParamsBuilder::new();
+    let xavier = |fan_in, fan_out| Init::XavierUniform { fan_in, fan_out };
+    let w1 = b.add("l1.weight", &[hid, inp], xavier(inp, hid));
+    let b1 = b.add("l1.bias", &[hid], Init::Normal { std: 0.3 });
+    let w2 = b.add("l2.weight", &[hid, hid], xavier(hid, hid));
+    let b2 = b.add("l2.bias", &[hid], Init::Normal { std: 0.3 });
+    let w3 = b.add("l3.weight", &[out, hid], xavier(hid, out));
+    let b3 = b.add("l3.bias", &[out], Init::Normal { std: 0.1 });
+    let w4 = b.add("l4.weight", &[out, hid], xavier(hid, out));
+    let p = b.build(g, 11).unwrap();
+    let x = rand_vec(n * inp, 21);
+    let target = rand_vec(n * out, 22);
+
+    p.zero_grads().unwrap();
+    let mut tape = Tape::new();
+    let xv = tape.input(upload(g, &[n, inp], &x));
+    let tv = tape.constant(upload(g, &[n, out], &target));
+    let ps: Vec<_> = [w1, b1, w2, b2, w3, b3, w4]
+        .iter()
+        .map(|&id| tape.param(&p, id))
+        .collect();
+    let h1 = f::linear_act(&mut tape, &xv, &ps[0], Some(&ps[1]), Activation::Silu).unwrap();
+    let h2 = f::linear_act(&mut tape, &h1, &ps[2], Some(&ps[3]), Activation::Gelu).unwrap();
+    let y = f::linear(&mut tape, &h2, &ps[4], Some(&ps[5])).unwrap();
+    let side = f::layer_norm(&mut tape, &h1, None, 1e-5).unwrap();
+    let side = f::linear(&mut tape, &side, &ps[6], None).unwrap();
+    let y = f::add(&mut tape, &y, &side).unwrap();
+    let loss = f::mse(&mut tape, &y, &tv).unwrap();
+    let grads = tape.backward(&loss).unwrap();
+    let dx = grads.get(&xv).unwrap().to_vec().unwrap();
+
+    let td = f64s(&target);
+    let reference = |xd: &[f64], ps: &[Vec<f64>]| {
+        let h1: Vec<f64> = linear_ref(xd, &ps[0], Some(&ps[1]), inp, hid)
+            .into_iter()
+            .map(cpu::silu)
+            .collect();
+        let h2: Vec<f64> = linear_ref(&h1, &ps[2], Some(&ps[3]), hid, hid)
+            .into_iter()
+            .map(cpu::gelu)
+            .collect();
+        let y = linear_ref(&h2, &ps[4], Some(&ps[5]), hid, out);
+        let side = linear_ref(
+            &cpu::layer_norm(&h1, hid, None, 1e-5),
+            &ps[6],
+            None,
+            hid,
+            out,
+        );
+        let y: Vec<f64> = y.iter().zip(&side).map(|(a, b)| a + b).collect();
+        mse_ref(&y, &td)
+    };
+    let xd = f64s(&x);
+    check_all_param_grads(&p, |ps| reference(&xd, ps));
+    let base = read_params(&p);
+    let want = cpu::numeric_grad(|v| reference(v, &base), &xd, 1e-4);
+    assert_grad("the input's gradient", &dx, &want);
 }
 
 #[test]

@@ -7,7 +7,8 @@ use common::{
     assert_close, assert_rel, both_profiles, f64s, gpu, gpu_other_profile, gpu_without_subgroups,
     rand_vec, reference as cpu,
 };
-use rectiflow::ops::{self, Activation, MatmulSpec, MatmulTiling};
+use rectiflow::gpu::{GpuOptions, KernelProfile};
+use rectiflow::ops::{self, Activation, MatmulAux, MatmulSpec, MatmulTiling};
 use rectiflow::Gpu;
 use rectiflow::{Error, Tensor};
 
@@ -267,6 +268,7 @@ fn workgroup_grids_beyond_65535_are_split_not_clipped() {
 
 // ---------------------------------------------------------------- matmul
 
+#[derive(Clone, Copy)]
 struct Mm {
     batch: usize,
     a_batched: bool,
@@ -280,8 +282,17 @@ struct Mm {
     bias: bool,
     act: Activation,
     accumulate: bool,
+    aux: Aux,
     tiling: Option<MatmulTiling>,
     context: &'static Gpu,
+}
+
+/// What the matmul's epilogue does with its auxiliary tensor ([`MatmulAux`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Aux {
+    None,
+    SavePre,
+    ActGrad,
 }
 
 impl Mm {
@@ -299,6 +310,7 @@ impl Mm {
             bias: false,
             act: Activation::None,
             accumulate: false,
+            aux: Aux::None,
             tiling: None,
             context: gpu(),
         }
@@ -333,6 +345,14 @@ impl Mm {
         let ta = Tensor::from_slice(g, &a_shape, &a).unwrap();
         let tb = Tensor::from_slice(g, &b_shape, &b).unwrap();
         let tbias = Tensor::from_slice(g, &[n], &bias).unwrap();
+        let batched = self.a_batched || self.b_batched;
+        let out_shape = shape(batched, self.batch, m, n);
+        // The auxiliary tensor: a pre-activation to read, or NaN where the kernel must write.
+        let pre = rand_vec(self.batch * m * n, seed + 4);
+        let taux = match self.aux {
+            Aux::ActGrad => Tensor::from_slice(g, &out_shape, &pre).unwrap(),
+            _ => Tensor::full(g, &out_shape, f32::NAN).unwrap(),
+        };
         let spec = MatmulSpec {
             trans_a: self.trans_a,
             trans_b: self.trans_b,
@@ -340,8 +360,12 @@ impl Mm {
             activation: self.act,
             alpha: Some(self.alpha),
             tiling: self.tiling,
+            aux: match self.aux {
+                Aux::None => MatmulAux::None,
+                Aux::SavePre => MatmulAux::SavePre(&taux),
+                Aux::ActGrad => MatmulAux::ActGrad(&taux),
+            },
         };
-        let batched = self.a_batched || self.b_batched;
         let out = if self.accumulate {
             let out = Tensor::from_slice(g, &shape(batched, self.batch, m, n), &c0).unwrap();
             ops::matmul_into(&ta, &tb, &spec, &out, true).unwrap();
@@ -351,7 +375,12 @@ impl Mm {
         };
         assert_eq!(out.shape(), shape(batched, self.batch, m, n).as_slice());
         let (ad, bd, biasd, c0d) = (f64s(&a), f64s(&b), f64s(&bias), f64s(&c0));
-        let (want, mag) = cpu::matmul(&cpu::MatmulCase {
+        let act_code = match self.act {
+            Activation::None => 0,
+            Activation::Gelu => 1,
+            Activation::Silu => 2,
+        };
+        let case = cpu::MatmulCase {
             a: &ad,
             b: &bd,
             batch: self.batch,
@@ -364,27 +393,63 @@ impl Mm {
             trans_b: self.trans_b,
             alpha: self.alpha as f64,
             bias: self.bias.then_some(&biasd[..]),
-            act: match self.act {
-                Activation::None => 0,
-                Activation::Gelu => 1,
-                Activation::Silu => 2,
-            },
+            act: act_code,
             c0: self.accumulate.then_some(&c0d[..]),
-        });
+        };
+        let (mut want, mut mag) = cpu::matmul(&case);
+        let what = format!(
+            "matmul m={m} k={k} n={n} ta={} tb={} batch={}({}/{}) bias={} act={:?} acc={} aux={:?} \
+             tiling={:?}",
+            self.trans_a, self.trans_b, self.batch, self.a_batched, self.b_batched, self.bias,
+            self.act, self.accumulate, self.aux, self.tiling
+        );
+        let eps = f32::EPSILON as f64 / 2.0;
+        let tolerance = |mag: &[f64], want: &[f64]| -> Vec<f64> {
+            mag.iter()
+                .zip(want)
+                .map(|(&mg, &w)| 1.2 * (k as f64 + 3.0) * eps * mg + 2e-6 * w.abs() + 1e-6)
+                .collect()
+        };
+        match self.aux {
+            Aux::None => {}
+            Aux::SavePre => {
+                // The pre-activation: the same product without the activation.
+                let (pw, pm) = cpu::matmul(&cpu::MatmulCase { act: 0, ..case });
+                assert_close(
+                    &format!("{what}: saved pre-activation"),
+                    &taux.to_vec().unwrap(),
+                    &pw,
+                    &tolerance(&pm, &pw),
+                );
+            }
+            Aux::ActGrad => {
+                // alpha op(A) op(B) act'(p) (+ C): the product without activation, scaled.
+                let (pw, pm) = cpu::matmul(&cpu::MatmulCase {
+                    act: 0,
+                    c0: None,
+                    ..case
+                });
+                let grad = |x: f64| match self.act {
+                    Activation::Gelu => cpu::gelu_grad(x),
+                    Activation::Silu => cpu::silu_grad(x),
+                    Activation::None => 1.0,
+                };
+                for i in 0..want.len() {
+                    let d = grad(pre[i] as f64);
+                    let c = if self.accumulate { c0d[i] } else { 0.0 };
+                    want[i] = pw[i] * d + c;
+                    mag[i] = pm[i] * d.abs() + c.abs();
+                }
+            }
+        }
         // f32 summation of k products in any order: at most (k + 3) ulps of sum |a b| (+ bias,
         // + accumulated value); the activations add a few ulps of their own.
-        let eps = f32::EPSILON as f64 / 2.0;
-        let tol: Vec<f64> = mag
-            .iter()
-            .zip(&want)
-            .map(|(&mg, &w)| 1.2 * (k as f64 + 3.0) * eps * mg + 2e-6 * w.abs() + 1e-6)
-            .collect();
-        let what = format!(
-            "matmul m={m} k={k} n={n} ta={} tb={} batch={}({}/{}) bias={} act={:?} acc={} tiling={:?}",
-            self.trans_a, self.trans_b, self.batch, self.a_batched, self.b_batched, self.bias,
-            self.act, self.accumulate, self.tiling
+        assert_close(
+            &what,
+            &out.to_vec().unwrap(),
+            &want,
+            &tolerance(&mag, &want),
         );
-        assert_close(&what, &out.to_vec().unwrap(), &want, &tol);
     }
 }
 
@@ -482,6 +547,178 @@ fn matmul_epilogue_bias_activation_alpha_accumulate() {
             ..Mm::new(m, k, n)
         }
         .check(seed + 3);
+    }
+}
+
+/// The epilogue's auxiliary tensor: the pre-activation saved beside the activation, and the
+/// product times an activation's derivative (accumulated or not), with every design, on shapes
+/// that are and are not multiples of the tiles (narrow ones computed transposed included).
+#[test]
+fn matmul_epilogue_saves_pre_activation_and_applies_its_derivative() {
+    let mut seed = 5000;
+    let runs = [
+        (gpu(), None),
+        (gpu_other_profile(), None),
+        (gpu(), Some(MatmulTiling::new(16, 16, 4, 4, 16))),
+        (gpu(), Some(MatmulTiling::lanes(16, 8, 8))),
+    ];
+    let subgroup = subgroup_tiling(32).map(|t| (gpu(), Some(t)));
+    for (context, tiling) in runs.into_iter().chain(subgroup) {
+        for (m, k, n) in [
+            (65, 63, 127),
+            (64, 32, 128),
+            (300, 66, 3),
+            (7, 5, 1),
+            (33, 16, 40),
+        ] {
+            for act in [Activation::Gelu, Activation::Silu] {
+                for (trans_a, trans_b) in [(false, false), (false, true), (true, false)] {
+                    let base = Mm {
+                        act,
+                        trans_a,
+                        trans_b,
+                        tiling,
+                        context,
+                        ..Mm::new(m, k, n)
+                    };
+                    Mm {
+                        aux: Aux::SavePre,
+                        bias: true,
+                        alpha: 0.75,
+                        ..base
+                    }
+                    .check(seed);
+                    Mm {
+                        aux: Aux::ActGrad,
+                        alpha: -1.5,
+                        ..base
+                    }
+                    .check(seed + 1);
+                    Mm {
+                        aux: Aux::ActGrad,
+                        accumulate: true,
+                        ..base
+                    }
+                    .check(seed + 2);
+                    seed += 10;
+                }
+            }
+        }
+        // Batched with a shared weight (folded into one product) and per item.
+        for (a_batched, b_batched) in [(true, false), (true, true)] {
+            Mm {
+                batch: 3,
+                a_batched,
+                b_batched,
+                act: Activation::Gelu,
+                aux: Aux::ActGrad,
+                tiling,
+                context,
+                ..Mm::new(17, 20, 36)
+            }
+            .check(seed);
+            seed += 10;
+        }
+    }
+}
+
+/// `A^T B` over a long K (a weight gradient over every token) is split into slices of K on the
+/// CPU profile, each adding into the output: still the product, with a bias added once, alpha
+/// applied to every slice, and the first slice writing or accumulating as asked.
+#[test]
+fn matmul_over_a_long_k_in_slices_matches_reference() {
+    let mut seed = 7000;
+    // Contexts of this test's own, so that other tests' dispatches are not counted.
+    for profile in [KernelProfile::Cpu, KernelProfile::Gpu] {
+        let options = GpuOptions {
+            poison: true,
+            profile: Some(profile),
+            ..Default::default()
+        };
+        let context: &'static Gpu = Box::leak(Box::new(Gpu::with_options(&options).unwrap()));
+        for (m, k, n) in [(40, 1500, 24), (9, 2049, 33), (64, 1025, 8)] {
+            for (bias, accumulate) in [(false, true), (true, false)] {
+                let case = Mm {
+                    trans_a: true,
+                    bias,
+                    accumulate,
+                    alpha: 0.5,
+                    context,
+                    ..Mm::new(m, k, n)
+                };
+                // What a check dispatches besides the product (fills of poisoned outputs):
+                // the same check at a K of one slice.
+                let before = context.dispatch_count();
+                Mm { k: 16, ..case }.check(seed);
+                let others = context.dispatch_count() - before - 1;
+                let before = context.dispatch_count();
+                case.check(seed + 1);
+                seed += 10;
+                let dispatches = context.dispatch_count() - before - others;
+                let want = if context.profile() == KernelProfile::Cpu {
+                    k.div_ceil(512) as u64
+                } else {
+                    1
+                };
+                assert_eq!(
+                    dispatches, want,
+                    "m={m} k={k} n={n}: dispatches of the product"
+                );
+            }
+        }
+    }
+}
+
+/// Misuse of the auxiliary tensor is refused with an error naming it.
+#[test]
+fn matmul_auxiliary_tensor_misuse_is_refused() {
+    let g = gpu();
+    let a = Tensor::full(g, &[8, 4], 1.0).unwrap();
+    let b = Tensor::full(g, &[4, 6], 1.0).unwrap();
+    let wrong = Tensor::zeros(g, &[8, 5]).unwrap();
+    let right = Tensor::zeros(g, &[8, 6]).unwrap();
+    let bias = Tensor::zeros(g, &[6]).unwrap();
+    let cases: [(MatmulSpec, &str); 3] = [
+        (
+            MatmulSpec {
+                activation: Activation::Silu,
+                aux: MatmulAux::SavePre(&wrong),
+                ..Default::default()
+            },
+            "auxiliary tensor must have the output's shape",
+        ),
+        (
+            MatmulSpec {
+                aux: MatmulAux::ActGrad(&right),
+                ..Default::default()
+            },
+            "needs that activation and no bias",
+        ),
+        (
+            MatmulSpec {
+                activation: Activation::Gelu,
+                bias: Some(&bias),
+                aux: MatmulAux::ActGrad(&right),
+                ..Default::default()
+            },
+            "needs that activation and no bias",
+        ),
+    ];
+    for (spec, message) in cases {
+        match ops::matmul_with(&a, &b, &spec) {
+            Err(Error::Shape(m)) => assert!(m.contains(message), "{m}"),
+            other => panic!("expected a shape error ({message}), got {other:?}"),
+        }
+    }
+    let out = Tensor::zeros(g, &[8, 6]).unwrap();
+    let spec = MatmulSpec {
+        activation: Activation::Silu,
+        aux: MatmulAux::SavePre(&right),
+        ..Default::default()
+    };
+    match ops::matmul_into(&a, &b, &spec, &out, true) {
+        Err(Error::Shape(m)) => assert!(m.contains("cannot accumulate"), "{m}"),
+        other => panic!("expected a shape error, got {other:?}"),
     }
 }
 

@@ -2,10 +2,10 @@
 //! through them (the backward kernels of the same op family, side by side with the forward),
 //! with [`Tape::op`]: the closure receives the output's gradient, the gradients and its inputs.
 
-use super::{Tape, Var};
+use super::{Grads, Tape, Var};
 use crate::error::{ensure_shape, Result};
-use crate::ops::{self, MatmulSpec};
-use crate::tensor::Tensor;
+use crate::ops::{self, Activation, MatmulAux, MatmulSpec};
+use crate::tensor::{DType, Tensor};
 
 /// `x W^T + b` over the last dimension: `x` is `[.., in]`, `w` is `[out, in]`, `b` is `[out]`.
 pub fn linear(tape: &mut Tape, x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
@@ -15,14 +15,35 @@ pub fn linear(tape: &mut Tape, x: &Var, w: &Var, b: Option<&Var>) -> Result<Var>
         ..Default::default()
     };
     let y = ops::matmul_with(x.value(), w.value(), &spec)?;
-    let (xv, wv, bv) = (x.clone(), w.clone(), b.cloned());
     let mut inputs = vec![x, w];
     inputs.extend(b);
-    Ok(tape.record(y, &inputs, move |dy, grads| {
+    Ok(tape.record(y, &inputs, linear_backward(x, w, b)))
+}
+
+/// A linear layer's backward, given the gradient `dy` of its output (of its pre-activation for
+/// [`linear_act`]).
+fn linear_backward(
+    x: &Var,
+    w: &Var,
+    b: Option<&Var>,
+) -> impl FnOnce(&Tensor, &mut Grads) -> Result<()> + Send + 'static {
+    let (xv, wv, bv) = (x.clone(), w.clone(), b.cloned());
+    move |dy, grads| {
         let (out, inp) = (wv.shape()[0], wv.shape()[1]);
         let rows = dy.numel() / out;
         if xv.requires_grad() {
-            grads.add(&xv, ops::matmul(dy, wv.value())?)?;
+            match xv.activated() {
+                // x = act(pre): the gradient of pre straight from the epilogue.
+                Some((pre, act)) => {
+                    let spec = MatmulSpec {
+                        activation: act,
+                        aux: MatmulAux::ActGrad(pre),
+                        ..Default::default()
+                    };
+                    grads.add_pre(&xv, ops::matmul_with(dy, wv.value(), &spec)?)?;
+                }
+                None => grads.add(&xv, ops::matmul(dy, wv.value())?)?,
+            }
         }
         let dy2 = dy.reshape(&[rows, out])?;
         if wv.requires_grad() {
@@ -44,23 +65,70 @@ pub fn linear(tape: &mut Tape, x: &Var, w: &Var, b: Option<&Var>) -> Result<Var>
             }
         }
         Ok(())
-    }))
+    }
 }
 
-/// GELU (tanh approximation).
+/// `act(x W^T + b)` in one matmul. When recording, the epilogue saves the pre-activation
+/// beside the output, which keeps its gradient with respect to it (see the tape's header): the
+/// backward is a linear layer's, and the activation's derivative is applied by whichever
+/// consumer's backward hands the gradient over (fused into a linear layer's).
+pub fn linear_act(
+    tape: &mut Tape,
+    x: &Var,
+    w: &Var,
+    b: Option<&Var>,
+    act: Activation,
+) -> Result<Var> {
+    if act == Activation::None {
+        return linear(tape, x, w, b);
+    }
+    let spec = MatmulSpec {
+        trans_b: true,
+        bias: b.map(|b| b.value()),
+        activation: act,
+        ..Default::default()
+    };
+    if !tape.is_recording() {
+        return Ok(tape.constant(ops::matmul_with(x.value(), w.value(), &spec)?));
+    }
+    let mut shape = x.shape()[..x.shape().len() - 1].to_vec();
+    shape.push(w.shape()[0]);
+    let pre = Tensor::uninit(x.value().gpu(), &shape, DType::F32)?;
+    let y = ops::matmul_with(
+        x.value(),
+        w.value(),
+        &MatmulSpec {
+            aux: MatmulAux::SavePre(&pre),
+            ..spec
+        },
+    )?;
+    // The linear layer's backward, given the gradient of the pre-activation.
+    let inner = linear_backward(x, w, b);
+    let mut inputs = vec![x, w];
+    inputs.extend(b);
+    Ok(tape.record_activated(y, pre, act, &inputs, inner))
+}
+
+/// GELU (tanh approximation). Its output keeps its gradient with respect to `x`.
 pub fn gelu(tape: &mut Tape, x: &Var) -> Result<Var> {
     let y = ops::gelu(x.value())?;
-    Ok(tape.op(y, [x], |dy, grads, [x]| {
-        grads.add(x, ops::gelu_backward(x.value(), dy)?)
-    }))
+    activation(tape, x, y, Activation::Gelu)
 }
 
-/// SiLU.
+/// SiLU. Its output keeps its gradient with respect to `x`.
 pub fn silu(tape: &mut Tape, x: &Var) -> Result<Var> {
     let y = ops::silu(x.value())?;
-    Ok(tape.op(y, [x], |dy, grads, [x]| {
-        grads.add(x, ops::silu_backward(x.value(), dy)?)
-    }))
+    activation(tape, x, y, Activation::Silu)
+}
+
+/// Record `y = act(x)`: the gradient it is handed is already that of `x`.
+fn activation(tape: &mut Tape, x: &Var, y: Tensor, act: Activation) -> Result<Var> {
+    let xv = x.clone();
+    Ok(
+        tape.record_activated(y, x.value().clone(), act, &[x], move |dx, grads| {
+            grads.add(&xv, dx.clone())
+        }),
+    )
 }
 
 /// `a + b` (the residual connection).

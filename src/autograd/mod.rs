@@ -7,11 +7,17 @@
 //! closure is dropped once it has run, which frees the activations it saved. A parameter's
 //! gradient accumulates straight into its view of the flat gradient buffer ([`Params::grads`]).
 //! A tape made with [`Tape::no_grad`] records nothing (sampling).
+//!
+//! An activation's output ([`functions::gelu`], [`functions::silu`], [`functions::linear_act`])
+//! keeps its gradient with respect to the pre-activation instead of its own value: a linear
+//! layer that consumes it then computes that gradient in its input-gradient matmul's epilogue
+//! ([`Grads::add_pre`]), and no separate activation-backward pass runs; any other consumer's
+//! gradient goes through [`Grads::add`], which applies the derivative on the way in.
 
 pub mod functions;
 
 use crate::error::{ensure_shape, Result};
-use crate::ops;
+use crate::ops::{self, Activation};
 use crate::params::{ParamId, Params};
 use crate::tensor::Tensor;
 use std::collections::HashMap;
@@ -24,6 +30,9 @@ pub struct Var {
     requires_grad: bool,
     /// For parameters: where the gradient accumulates.
     grad_into: Option<Tensor>,
+    /// For an activation's output `act(pre)`: `pre` and `act`; its gradient is kept with
+    /// respect to `pre` (see the module's header).
+    activated: Option<(Tensor, Activation)>,
 }
 
 impl Var {
@@ -35,6 +44,10 @@ impl Var {
     }
     pub fn requires_grad(&self) -> bool {
         self.requires_grad
+    }
+    /// `(pre, act)` when this value is `act(pre)` and keeps its gradient with respect to `pre`.
+    pub(crate) fn activated(&self) -> Option<(&Tensor, Activation)> {
+        self.activated.as_ref().map(|(p, a)| (p, *a))
     }
 }
 
@@ -91,6 +104,7 @@ impl Tape {
             value,
             requires_grad: requires_grad && self.recording,
             grad_into,
+            activated: None,
         }
     }
 
@@ -124,6 +138,23 @@ impl Tape {
         let out = self.var(value, needed, None);
         if needed {
             self.nodes.push((out.id, Box::new(backward)));
+        }
+        out
+    }
+
+    /// Record `act(pre)` (`value`), a function of `inputs`, whose backward closure is given the
+    /// gradient with respect to `pre` (see the module's header).
+    pub(crate) fn record_activated(
+        &mut self,
+        value: Tensor,
+        pre: Tensor,
+        act: Activation,
+        inputs: &[&Var],
+        backward: impl FnOnce(&Tensor, &mut Grads) -> Result<()> + Send + 'static,
+    ) -> Var {
+        let mut out = self.record(value, inputs, backward);
+        if act != Activation::None {
+            out.activated = Some((pre, act));
         }
         out
     }
@@ -166,7 +197,7 @@ impl Tape {
         let mut grads = Grads {
             map: HashMap::new(),
         };
-        grads.map.insert(output.id, (grad, false));
+        grads.add(output, grad)?;
         while let Some((id, backward)) = self.nodes.pop() {
             // A node's output gradient is complete once every later node has run.
             if let Some((g, _)) = grads.map.remove(&id) {
@@ -190,8 +221,25 @@ impl Grads {
         self.map.get(&v.id).map(|(g, _)| g)
     }
 
-    /// Add `g` to the gradient of `v` (nothing if `v` needs none).
+    /// Add `g`, a gradient with respect to `v`'s value, to the gradient of `v` (nothing if `v`
+    /// needs none). For an activation's output the derivative is applied first.
     pub fn add(&mut self, v: &Var, g: Tensor) -> Result<()> {
+        match v.activated() {
+            Some((pre, act)) if v.requires_grad => {
+                let g = match act {
+                    Activation::Gelu => ops::gelu_backward(pre, &g)?,
+                    Activation::Silu => ops::silu_backward(pre, &g)?,
+                    Activation::None => g,
+                };
+                self.add_pre(v, g)
+            }
+            _ => self.add_pre(v, g),
+        }
+    }
+
+    /// Add `g` to the gradient of `v` as it is kept: with respect to the pre-activation for an
+    /// activation's output (a linear layer's fused input gradient), else as [`Grads::add`].
+    pub(crate) fn add_pre(&mut self, v: &Var, g: Tensor) -> Result<()> {
         if !v.requires_grad {
             return Ok(());
         }
@@ -244,6 +292,11 @@ impl Grads {
         if !v.requires_grad {
             return Ok(None);
         }
+        ensure_shape!(
+            v.activated.is_none(),
+            "an activation's output keeps its gradient with respect to the pre-activation: \
+             add to it with Grads::add rather than in place"
+        );
         if let Some(into) = &v.grad_into {
             return Ok(Some(into.clone()));
         }

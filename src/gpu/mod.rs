@@ -57,6 +57,9 @@ pub(crate) struct GpuInner {
     recorder: Mutex<Recorder>,
     /// A small buffer bound where a kernel's optional input is absent (it reads nothing there).
     absent: Arc<Storage>,
+    /// The same for an optional read-write binding (one buffer cannot be bound both read-only
+    /// and writable in one dispatch).
+    absent_writable: Arc<Storage>,
     /// Errors wgpu reported outside any error scope (only when we own the device).
     uncaptured: Arc<Mutex<Vec<String>>>,
 }
@@ -148,6 +151,9 @@ impl Gpu {
         let absent = pool
             .acquire(16, pool::STORAGE_USAGE, &limits)
             .expect("a 16-byte buffer always fits");
+        let absent_writable = pool
+            .acquire(16, pool::STORAGE_USAGE, &limits)
+            .expect("a 16-byte buffer always fits");
         let pipelines = PipelineCache::new(device.clone(), use_immediates);
         let recorder = Mutex::new(Recorder::new(&limits));
         Gpu {
@@ -165,6 +171,7 @@ impl Gpu {
                 pipelines,
                 recorder,
                 absent,
+                absent_writable,
                 uncaptured,
             }),
         }
@@ -349,6 +356,15 @@ impl Gpu {
             storage: &self.inner.absent,
             offset: 0,
             size: 4,
+        }
+    }
+
+    /// [`Gpu::absent`] for an optional read-write binding (16 bytes: one vec4).
+    pub(crate) fn absent_writable(&self) -> Binding<'_> {
+        Binding::Buffer {
+            storage: &self.inner.absent_writable,
+            offset: 0,
+            size: 16,
         }
     }
 

@@ -3,7 +3,7 @@
 
 use crate::autograd::{functions as f, Tape, Var};
 use crate::error::Result;
-use crate::ops::{self, Activation, MatmulSpec};
+use crate::ops::Activation;
 use crate::params::{Init, ParamId, Params, ParamsBuilder};
 
 /// LayerNorm and RMSNorm epsilon of every network.
@@ -32,9 +32,8 @@ impl Linear {
         f::linear(tape, x, &w, Some(&b))
     }
 
-    /// `act(x W^T + b)`. Without a gradient to record (sampling), the activation runs in the
-    /// matmul's epilogue, one dispatch; when recording, the backward needs the pre-activation,
-    /// so the activation is its own op.
+    /// `act(x W^T + b)`, one matmul with the activation in its epilogue (see
+    /// [`f::linear_act`]).
     pub fn forward_act(
         &self,
         tape: &mut Tape,
@@ -42,23 +41,8 @@ impl Linear {
         x: &Var,
         act: Activation,
     ) -> Result<Var> {
-        if tape.is_recording() {
-            let y = self.forward(tape, p, x)?;
-            return match act {
-                Activation::None => Ok(y),
-                Activation::Gelu => f::gelu(tape, &y),
-                Activation::Silu => f::silu(tape, &y),
-            };
-        }
-        let bias = p.value(self.bias);
-        let spec = MatmulSpec {
-            trans_b: true,
-            bias: Some(&bias),
-            activation: act,
-            ..Default::default()
-        };
-        let y = ops::matmul_with(x.value(), &p.value(self.weight), &spec)?;
-        Ok(tape.constant(y))
+        let (w, b) = (tape.param(p, self.weight), tape.param(p, self.bias));
+        f::linear_act(tape, x, &w, Some(&b), act)
     }
 }
 

@@ -1,5 +1,8 @@
 //! Matrix multiply (`shaders/matmul.wgsl`): `A B`, `A B^T`, `A^T B`, batched, with an optional
-//! bias and activation fused into the epilogue, and optional accumulation into the output.
+//! bias and activation fused into the epilogue, and optional accumulation into the output. The
+//! epilogue may also save the pre-activation beside the activated result, or multiply the
+//! product by an activation's derivative ([`MatmulAux`]): a linear layer then needs no separate
+//! activation pass forward nor backward.
 //!
 //! Shapes: `A` is `[.., M, K]` (`[.., K, M]` with `trans_a`), `B` is `[.., K, N]` (`[.., N, K]`
 //! with `trans_b`). Leading (batch) dimensions must match, or one side may have none, in which
@@ -8,7 +11,7 @@
 use super::ensure_f32;
 use crate::error::{ensure_shape, Error, Result};
 use crate::gpu::{kernel_params, kernels, Cost, Gpu, KernelProfile};
-use crate::shaders::{activation, MATMUL, MATMUL_SUBGROUP};
+use crate::shaders::{activation, matmul_aux, MATMUL, MATMUL_SUBGROUP};
 use crate::tensor::{DType, Tensor};
 
 /// Lanes per subgroup the subgroup kernel is written for (a CPU driver's SIMD width).
@@ -181,6 +184,21 @@ impl MatmulTiling {
     }
 }
 
+/// The epilogue's auxiliary tensor, shaped like the output.
+#[derive(Clone, Copy, Debug, Default)]
+pub enum MatmulAux<'a> {
+    #[default]
+    None,
+    /// Also write the pre-activation `alpha op(A) op(B) + bias` here (the output holds the
+    /// activation of it): what the backward of an activation needs, saved by the forward.
+    SavePre(&'a Tensor),
+    /// This holds a pre-activation `p`; the output is `alpha op(A) op(B) act'(p)`, with `act`
+    /// the spec's activation (not applied to the output) and no bias: the gradient of `p`
+    /// from that of `act(p)` when the product is that gradient (a linear layer's input
+    /// gradient, where its input was `act(p)`).
+    ActGrad(&'a Tensor),
+}
+
 /// Options of a matmul beyond its two operands.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct MatmulSpec<'a> {
@@ -193,6 +211,8 @@ pub struct MatmulSpec<'a> {
     pub alpha: Option<f32>,
     /// Tile shape; `None` picks [`MatmulTiling::choose`].
     pub tiling: Option<MatmulTiling>,
+    /// A second tensor the epilogue writes or reads ([`MatmulAux`]).
+    pub aux: MatmulAux<'a>,
 }
 
 kernel_params! {
@@ -212,15 +232,15 @@ kernel_params! {
 }
 
 kernels! {
-    // a, b, bias (read only where HAS_BIAS), c.
+    // a, b, bias (read only where HAS_BIAS), c, aux (used only where AUX says).
     MATMUL, Params {
-        SCALAR = matmul(Read, Read, Read, ReadWrite);
-        VEC4 = matmul_vec4(Read, Read, Read, ReadWrite);
-        LANES = matmul_lanes(Read, Read, Read, ReadWrite);
-        LANES_VEC4 = matmul_lanes_vec4(Read, Read, Read, ReadWrite);
+        SCALAR = matmul(Read, Read, Read, ReadWrite, ReadWrite);
+        VEC4 = matmul_vec4(Read, Read, Read, ReadWrite, ReadWrite);
+        LANES = matmul_lanes(Read, Read, Read, ReadWrite, ReadWrite);
+        LANES_VEC4 = matmul_lanes_vec4(Read, Read, Read, ReadWrite, ReadWrite);
     }
     MATMUL_SUBGROUP, Params {
-        SUBGROUP = matmul_subgroup(Read, Read, Read, ReadWrite);
+        SUBGROUP = matmul_subgroup(Read, Read, Read, ReadWrite, ReadWrite);
     }
 }
 
@@ -332,7 +352,78 @@ fn record(
             "matmul output must not share a buffer with an input"
         );
     }
+    let (aux, aux_code) = match spec.aux {
+        MatmulAux::None => (None, matmul_aux::NONE),
+        MatmulAux::SavePre(p) => {
+            ensure_shape!(
+                !accumulate,
+                "a matmul that saves its pre-activation cannot accumulate into its output"
+            );
+            (Some(p), matmul_aux::SAVE_PRE)
+        }
+        MatmulAux::ActGrad(p) => {
+            ensure_shape!(
+                spec.activation != Activation::None && spec.bias.is_none(),
+                "a matmul times an activation's derivative needs that activation and no bias"
+            );
+            (Some(p), matmul_aux::ACT_GRAD)
+        }
+    };
+    if let Some(p) = aux {
+        ensure_f32("matmul auxiliary tensor", p)?;
+        ensure_shape!(
+            p.shape() == out.shape(),
+            "the matmul's auxiliary tensor must have the output's shape {:?}, got {:?}",
+            out.shape(),
+            p.shape()
+        );
+        for t in [a, b, out].into_iter().chain(spec.bias) {
+            ensure_shape!(
+                !t.same_buffer(p),
+                "the matmul's auxiliary tensor must not share a buffer with another operand"
+            );
+        }
+    }
     let gpu = a.gpu();
+    // A weight shared by a batch of row-major A (a linear layer over [batch, tokens, features])
+    // is one product of batch * M rows: the same addresses, but whole tiles where M alone
+    // (16 tokens) would leave half of a 32-row tile idle.
+    let folded;
+    let d = if d.a_batched && !d.b_batched && !spec.trans_a {
+        folded = Dims {
+            batch_shape: Vec::new(),
+            m: d.batch_shape.iter().product::<usize>() * d.m,
+            a_batched: false,
+            ..*d
+        };
+        &folded
+    } else {
+        d
+    };
+    if let Some(chunk) = k_chunk(gpu, spec, d) {
+        // One dispatch per slice of K, each adding into the output.
+        for k0 in (0..d.k).step_by(chunk) {
+            let kc = chunk.min(d.k - k0);
+            let slice = Dims {
+                batch_shape: Vec::new(),
+                k: kc,
+                ..*d
+            };
+            let first = MatmulSpec {
+                bias: spec.bias.filter(|_| k0 == 0),
+                ..*spec
+            };
+            record(
+                &a.view(k0 * d.m, &[kc, d.m])?,
+                &b.view(k0 * d.n, &[kc, d.n])?,
+                &first,
+                &slice,
+                out,
+                accumulate || k0 > 0,
+            )?;
+        }
+        return Ok(());
+    }
     let batch: usize = d.batch_shape.iter().product();
     let mut tiling = spec
         .tiling
@@ -403,6 +494,7 @@ fn record(
         ("HAS_BIAS", b2(spec.bias.is_some())),
         ("ACT", act as f64),
         ("ACCUMULATE", b2(accumulate)),
+        ("AUX", aux_code as f64),
     ];
     // The subgroup kernel reads each operand, and writes C, as vec4s where it can.
     let subgroup_shape = [
@@ -425,6 +517,7 @@ fn record(
     let overrides: Vec<(&'static str, f64)> = shape.iter().chain(&epilogue).copied().collect();
 
     let bias = spec.bias.map_or(gpu.absent(), |t| t.binding());
+    let aux_binding = aux.map_or(gpu.absent_writable(), |t| t.binding());
     let groups = (batch * tiles_m * tiles_n) as u64;
     let kernel = match (tiling.design, vec4) {
         (MatmulDesign::Subgroup, _) => &SUBGROUP,
@@ -435,16 +528,49 @@ fn record(
     };
     let cost = Cost {
         flops: 2.0 * (batch * d.m * d.n * d.k) as f64,
-        bytes: 4.0 * (a.numel() + b.numel() + batch * d.m * d.n * (1 + accumulate as usize)) as f64,
+        bytes: 4.0
+            * (a.numel()
+                + b.numel()
+                + batch * d.m * d.n * (1 + accumulate as usize + aux.is_some() as usize))
+                as f64,
     };
     gpu.dispatch_costed(
         kernel,
         &overrides,
-        &[a.binding(), b.binding(), bias, out.binding()],
+        &[a.binding(), b.binding(), bias, out.binding(), aux_binding],
         &p,
         groups,
         cost,
     )
+}
+
+/// Rows of K per dispatch for `A^T B` over many rows (a weight gradient `dY^T X` over every
+/// token of a batch) on a CPU driver.
+///
+/// Why: each tile of such a product walks all of K, streaming a 32-column strip of A and one of
+/// B (at K = 4096, 512 KB each), so the strips the next tiles share have left the core's cache
+/// by the time they are read again. Slices of K make every dispatch's operands small enough to
+/// stay cached while all tiles use them. Measured on the 2-core EPYC (docs/performance.md):
+/// 1.3-1.6x at K = 4096-8192 with slices of 512 (1024 and 256 were slower on most shapes).
+const CPU_K_CHUNK: usize = 512;
+
+/// The K slice for [`record`] to split a product into, if it should: `A^T B` with K beyond
+/// two slices, unbatched, without an epilogue that is not linear in the sum (an activation,
+/// an auxiliary tensor), on the CPU profile, where every slice's views are aligned.
+fn k_chunk(gpu: &Gpu, spec: &MatmulSpec, d: &Dims) -> Option<usize> {
+    let align = gpu.limits().min_storage_buffer_offset_alignment as usize;
+    let aligned = |cols: usize| (CPU_K_CHUNK * cols * 4).is_multiple_of(align);
+    (gpu.profile() == KernelProfile::Cpu
+        && spec.trans_a
+        && !spec.trans_b
+        && d.batch_shape.is_empty()
+        && d.k > 2 * CPU_K_CHUNK
+        && spec.activation == Activation::None
+        && matches!(spec.aux, MatmulAux::None)
+        && spec.tiling.is_none()
+        && aligned(d.m)
+        && aligned(d.n))
+    .then_some(CPU_K_CHUNK)
 }
 
 /// Whether the subgroup kernel can run here: subgroups of exactly 8 lanes.

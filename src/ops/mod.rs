@@ -34,7 +34,7 @@ pub use layout::{
     concat_tokens, copy, copy_into, copy_tokens, patchify, split_tokens, transpose, unpatchify,
 };
 pub use matmul::{
-    matmul, matmul_into, matmul_with, Activation, MatmulDesign, MatmulSpec, MatmulTiling,
+    matmul, matmul_into, matmul_with, Activation, MatmulAux, MatmulDesign, MatmulSpec, MatmulTiling,
 };
 pub use modulate::{
     ada_gate, ada_gate_backward, gate, gate_backward, ln_modulate, ln_modulate_backward, modulate,

@@ -8,6 +8,19 @@ pub fn silu(x: f64) -> f64 {
     x / (1.0 + (-x).exp())
 }
 
+/// d gelu / dx (tanh approximation).
+pub fn gelu_grad(x: f64) -> f64 {
+    let c = (2.0 / std::f64::consts::PI).sqrt();
+    let th = (c * (x + 0.044715 * x * x * x)).tanh();
+    0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * c * (1.0 + 3.0 * 0.044715 * x * x)
+}
+
+/// d silu / dx.
+pub fn silu_grad(x: f64) -> f64 {
+    let s = 1.0 / (1.0 + (-x).exp());
+    s * (1.0 + x * (1.0 - s))
+}
+
 /// Row reductions of a `rows x cols` matrix.
 pub fn reduce_rows(x: &[f64], cols: usize, op: &str) -> Vec<f64> {
     x.chunks(cols)

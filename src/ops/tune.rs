@@ -4,9 +4,10 @@
 //!
 //! For the adapter's matmul design (tiled, lanes or subgroup: see [`MatmulDesign`]) a few legal
 //! tilings, the fixed rule's among them, are timed on one representative shape per class of
-//! shapes ([`CLASSES`]: by the rows of C, its columns and K), and the fastest per class is kept
-//! ([`table`]). That happens once per context, lazily, the first time a matmul picks its tiling,
-//! and takes seconds: a handful of pipelines to compile and a few calls each.
+//! shapes ([`CLASSES`]: by the rows of C, its columns and K), in rounds, side by side; a
+//! candidate replaces the rule for a class when its median speed-up over the rounds is at least
+//! 10% ([`table`]). That happens once per context, lazily, the first time a matmul picks its
+//! tiling, and takes seconds: a handful of pipelines to compile and a few calls each.
 //!
 //! The table is cached in `RECTIFLOW_CACHE_DIR` (else `$XDG_CACHE_HOME/rectiflow`, else
 //! `$HOME/.cache/rectiflow`), one file per key: the adapter (name, vendor, device id, backend),
@@ -199,11 +200,12 @@ pub struct TuneTable {
 const MARGIN: f64 = 0.10;
 
 /// Timing budget per class after the first timed call of each candidate: as many rounds (each
-/// candidate timed once per round, so a load that comes and goes touches them alike) as fit.
+/// candidate timed once per round, side by side, so a load that comes and goes touches them
+/// alike) as fit.
 const CLASS_BUDGET_SECONDS: f64 = 0.15;
-/// Rounds per class, at least and at most (a slow design's long calls, tens of milliseconds,
-/// vary less than the budget would allow rounds for).
-const ROUNDS: (usize, usize) = (1, 12);
+/// Rounds per class, at least and at most (with the first call, three samples at least: a slow
+/// design's long calls get no more than that).
+const ROUNDS: (usize, usize) = (2, 12);
 
 /// Version of the cache file's layout and of the classes and candidates in it: bumping it
 /// retunes.
@@ -299,6 +301,18 @@ fn inputs(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// The median of a few numbers (of an even count, the mean of the middle two).
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let h = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[h]
+    } else {
+        (v[h - 1] + v[h]) / 2.0
+    }
+}
+
 /// Whether two outputs hold the same values (NaN equal to NaN; -0 equal to +0).
 fn same_values(a: &[f32], b: &[f32]) -> bool {
     a.len() == b.len()
@@ -357,8 +371,9 @@ fn tune(gpu: &Gpu) -> Result<(Vec<ClassChoice>, String, f64)> {
         let flops = 2.0 * (m * n * k) as f64;
         let mut reference: Option<Vec<f32>> = None;
         let mut differed = Vec::new();
-        // (tiling, its spec, the fastest call so far)
-        let mut timed: Vec<(MatmulTiling, MatmulSpec, f64)> = Vec::new();
+        // (tiling, its spec, one call's seconds per round: the first after the check, then one
+        // per round of the candidates in turn)
+        let mut timed: Vec<(MatmulTiling, MatmulSpec, Vec<f64>)> = Vec::new();
         for tiling in candidates(gpu, class) {
             let spec = MatmulSpec {
                 tiling: Some(tiling),
@@ -378,27 +393,30 @@ fn tune(gpu: &Gpu) -> Result<(Vec<ClassChoice>, String, f64)> {
                 Some(_) => {}
             }
             let first = time_call(&s, timestamps, start.elapsed().as_secs_f64(), &run)?;
-            timed.push((tiling, spec, first));
+            timed.push((tiling, spec, vec![first]));
         }
-        let round: f64 = timed.iter().map(|t| t.2).sum();
+        let round: f64 = timed.iter().map(|t| t.2[0]).sum();
         let rounds = ((CLASS_BUDGET_SECONDS / round) as usize).clamp(ROUNDS.0, ROUNDS.1);
         for _ in 0..rounds {
-            for (_, spec, fastest) in timed.iter_mut() {
+            for (_, spec, times) in timed.iter_mut() {
                 let run = || matmul_into(&a, &b, spec, &out, false);
-                *fastest = fastest.min(time_call(&s, timestamps, *fastest, &run)?);
+                times.push(time_call(&s, timestamps, times[0], &run)?);
             }
         }
-        let timed: Vec<(MatmulTiling, f64)> = timed
-            .iter()
-            .map(|&(t, _, secs)| (t, flops / secs / 1e9))
-            .collect();
-        let (rule, rule_gflops) = timed[0];
+        // A candidate's speed-up over the rule is the median over rounds of the two timed side
+        // by side, so a load that comes and goes between rounds does not decide; its rate, the
+        // median call's.
+        let rule_times = timed[0].2.clone();
+        let (rule, rule_gflops) = (timed[0].0, flops / median(&rule_times) / 1e9);
         let (tiling, gflops) = timed
             .iter()
-            .copied()
-            .filter(|&(_, g)| g > rule_gflops * (1.0 + MARGIN))
-            .max_by(|x, y| x.1.total_cmp(&y.1))
-            .unwrap_or((rule, rule_gflops));
+            .map(|(t, _, times)| {
+                let ratios: Vec<f64> = rule_times.iter().zip(times).map(|(r, c)| r / c).collect();
+                (*t, flops / median(times) / 1e9, median(&ratios))
+            })
+            .filter(|&(_, g, speedup)| speedup >= 1.0 + MARGIN && g > rule_gflops)
+            .max_by(|x, y| x.2.total_cmp(&y.2))
+            .map_or((rule, rule_gflops), |(t, g, _)| (t, g));
         choices.push(ClassChoice {
             class: *class,
             tiling,

@@ -178,5 +178,14 @@ fn info() -> rectiflow::Result<()> {
             "subgroup size", i.subgroup_min_size, i.subgroup_max_size
         );
     }
+    // Tunes here, if there is no cached table yet (seconds).
+    let tuning = rectiflow::ops::tune::table(&g);
+    println!(
+        "\nMatmul tile tuning ({}=on|off|force; cache directory: {}, else $XDG_CACHE_HOME/rectiflow, \
+         else ~/.cache/rectiflow):",
+        gpu::ENV_TUNE,
+        gpu::ENV_CACHE_DIR
+    );
+    print!("{}", tuning.summary(&g));
     Ok(())
 }

@@ -4,6 +4,9 @@
 //! holder exits, however it exits (`kill -9` included), so a stale lock cannot outlive its run.
 //! The `.lock` file itself stays (an empty file): removing it would let a process that opened it
 //! just before the removal lock a file no one else can see any more.
+//!
+//! [`lock_exclusive`] is the waiting kind, for files that processes take turns to update (a
+//! study's plan, the tuned matmul tiles in the cache directory).
 #![warn(missing_docs)]
 
 use crate::error::{Error, Result};
@@ -12,6 +15,19 @@ use std::path::{Path, PathBuf};
 
 /// The lock file's name inside a run directory.
 pub const LOCK_FILE: &str = ".lock";
+
+/// Wait for an exclusive advisory lock on the file `path` (created if missing, and left in
+/// place afterwards, as a run directory's `.lock` is), held until the returned file is dropped.
+/// Two opens of the file, even in one process, exclude each other.
+pub fn lock_exclusive(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .and_then(|f| f.lock().map(|()| f))
+        .map_err(|e| Error::Io(format!("cannot lock {}: {e}", path.display())))
+}
 
 /// An exclusive lock on a run directory, held until dropped.
 #[derive(Debug)]

@@ -3,7 +3,8 @@
 
 use super::{rand_vec, time_cpu, time_gpu, Options, Row};
 use crate::error::Result;
-use crate::ops::{self, Activation, MatmulDesign, MatmulSpec, MatmulTiling};
+use crate::ops::tune;
+use crate::ops::{self, Activation, MatmulSpec, MatmulTiling};
 use crate::{Gpu, Tensor};
 use std::time::Duration;
 
@@ -151,6 +152,38 @@ fn bench_attention(
     ])
 }
 
+/// Per shape class of the matmul tuning (`ops::tune`), at the class's shape: the fixed rule's
+/// tiling and, where it differs, the tuned one (timed here with the benchmark's budget, so the
+/// figures are steadier than the tuner's quick look).
+fn tuned_classes(gpu: &Gpu, budget: Duration) -> Result<Vec<Row>> {
+    let table = tune::table(gpu);
+    let mut rows = Vec::new();
+    for (i, class) in tune::CLASSES.iter().enumerate() {
+        let rule = MatmulTiling::fixed_rule(gpu, class.m, class.n, 1);
+        let tuned = table.choices.get(i).map(|c| c.tiling);
+        let mut run = |label: &str, tiling: MatmulTiling| -> Result<()> {
+            let spec = MatmulSpec {
+                tiling: Some(tiling),
+                ..Default::default()
+            };
+            let name = format!("{}: {label} {}", class.name, tune::tiling_name(&tiling));
+            let mkn = (class.m, class.k, class.n);
+            rows.push(bench_matmul(gpu, &name, 1, mkn, spec, budget, false)?);
+            Ok(())
+        };
+        match tuned {
+            Some(t) if t != rule => {
+                run("rule", rule)?;
+                run("tuned", t)?;
+            }
+            Some(_) => run("rule = tuned", rule)?,
+            // Tuning is off, or failed: the rules only.
+            None => run("rule (untuned)", rule)?,
+        }
+    }
+    Ok(rows)
+}
+
 /// The kernel table (or, with `opts.sweep`, the matmul tile shapes at one size).
 pub fn kernels(gpu: &Gpu, opts: &Options) -> Result<Vec<Row>> {
     let quick = opts.quick;
@@ -186,14 +219,7 @@ pub fn kernels(gpu: &Gpu, opts: &Options) -> Result<Vec<Row>> {
                 tiling: Some(tiling),
                 ..Default::default()
             };
-            let t = tiling;
-            let name = match t.design {
-                MatmulDesign::Lanes => format!("lanes wg{} t{}x{}", t.wg_n, t.tm, t.tn),
-                MatmulDesign::Subgroup => format!("subgroup t{}x32", t.tm),
-                MatmulDesign::Tiled => {
-                    format!("tiled wg{}x{} t{}x{} k{}", t.wg_m, t.wg_n, t.tm, t.tn, t.bk)
-                }
-            };
+            let name = tune::tiling_name(&tiling);
             rows.push(bench_matmul(gpu, &name, 1, (n, n, n), spec, budget, false)?);
         }
         return Ok(rows);
@@ -246,6 +272,7 @@ pub fn kernels(gpu: &Gpu, opts: &Options) -> Result<Vec<Row>> {
             rows.push(bench_matmul(gpu, name, 1, mkn, spec, budget, true)?);
         }
     }
+    rows.extend(tuned_classes(gpu, budget)?);
     let heads = MatmulSpec {
         trans_b: true,
         ..Default::default()

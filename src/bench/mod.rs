@@ -210,6 +210,8 @@ pub struct Report {
 
 /// Measure `suite` on `gpu`.
 pub fn run(gpu: &Gpu, suite: Suite, opts: &Options) -> Result<Report> {
+    // Tune (or read the tuned table) before anything is timed.
+    crate::ops::tune::table(gpu);
     let mut report = Report {
         machine: Machine::of(gpu),
         kernels: Vec::new(),

@@ -4,6 +4,7 @@
 
 use super::requirements;
 use crate::error::{Error, Result};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 /// Environment variable: pick the adapter whose name contains this text (case-insensitive).
@@ -24,6 +25,73 @@ pub const ENV_NO_SUBGROUPS: &str = "RECTIFLOW_NO_SUBGROUPS";
 
 /// Environment variable: `cpu` or `gpu`, the kernel designs to use (see [`KernelProfile`]).
 pub const ENV_PROFILE: &str = "RECTIFLOW_PROFILE";
+
+/// Environment variable: `on` (the default), `off` or `force`: the per-adapter matmul tile
+/// tuning and its cache on disk (see [`TuneMode`] and `ops::tune`).
+pub const ENV_TUNE: &str = "RECTIFLOW_TUNE";
+
+/// Environment variable: the directory of rectiflow's caches on disk (the tuned matmul tiles);
+/// default `$XDG_CACHE_HOME/rectiflow`, else `$HOME/.cache/rectiflow`.
+pub const ENV_CACHE_DIR: &str = "RECTIFLOW_CACHE_DIR";
+
+/// How the matmul tile shapes are chosen on a context (`RECTIFLOW_TUNE`; `ops::tune` does the
+/// work, the first time a matmul picks its tiling).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TuneMode {
+    /// Use the table cached on disk for this adapter, driver and engine; time the candidates
+    /// and write the table when there is none (or it is damaged, or made for something else).
+    #[default]
+    On,
+    /// The fixed rules per kernel profile; nothing is timed, read or written.
+    Off,
+    /// Time the candidates again and overwrite the cached table.
+    Force,
+}
+
+impl TuneMode {
+    /// `on`, `off` or `force` (any case); anything else is an [`Error::Config`] naming
+    /// `RECTIFLOW_TUNE` and the accepted values.
+    pub fn parse(name: &str) -> Result<TuneMode> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "on" => Ok(TuneMode::On),
+            "off" => Ok(TuneMode::Off),
+            "force" => Ok(TuneMode::Force),
+            _ => Err(Error::Config(format!(
+                "{ENV_TUNE}={name:?}: use on (tune once per adapter, cached), off (fixed tile \
+                 rules, no cache) or force (tune again and overwrite the cache)"
+            ))),
+        }
+    }
+
+    /// The mode `RECTIFLOW_TUNE` asks for (`On` when unset or empty).
+    pub fn from_env() -> Result<TuneMode> {
+        env_nonempty(ENV_TUNE).map_or(Ok(TuneMode::On), |v| TuneMode::parse(&v))
+    }
+
+    /// `on`, `off` or `force`, as the variable takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            TuneMode::On => "on",
+            TuneMode::Off => "off",
+            TuneMode::Force => "force",
+        }
+    }
+}
+
+/// The cache directory the environment names: `RECTIFLOW_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/rectiflow`, else `$HOME/.cache/rectiflow`; `None` when none of them is set.
+pub fn cache_dir_from_env() -> Option<PathBuf> {
+    if let Some(dir) = env_nonempty(ENV_CACHE_DIR) {
+        return Some(PathBuf::from(dir));
+    }
+    // The XDG spec ignores a relative XDG_CACHE_HOME.
+    if let Some(xdg) = env_nonempty("XDG_CACHE_HOME").map(PathBuf::from) {
+        if xdg.is_absolute() {
+            return Some(xdg.join("rectiflow"));
+        }
+    }
+    env_nonempty("HOME").map(|home| PathBuf::from(home).join(".cache").join("rectiflow"))
+}
 
 /// Which design each op picks where there are two. A GPU shares data through workgroup memory;
 /// a CPU driver (lavapipe) runs a workgroup's lanes as coroutines that switch at every barrier,
@@ -74,6 +142,10 @@ pub struct GpuOptions {
     /// Use no subgroup operations even where the adapter has them (also
     /// `RECTIFLOW_NO_SUBGROUPS=1`).
     pub no_subgroups: bool,
+    /// Matmul tile tuning (overrides `RECTIFLOW_TUNE`).
+    pub tune: Option<TuneMode>,
+    /// Where the tuned table is cached (overrides `RECTIFLOW_CACHE_DIR` and its defaults).
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// The resolved settings a context is built with.
@@ -83,17 +155,23 @@ pub(super) struct Settings {
     pub poison: bool,
     /// `None`: from the adapter's type.
     pub profile: Option<KernelProfile>,
+    pub tune: TuneMode,
+    /// `None`: no cache directory could be named (tuning then stays in memory).
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Settings {
-    /// A host's device: nothing asked for.
-    pub fn plain() -> Settings {
-        Settings {
+    /// A host's device: nothing asked for but the tuning, which follows the environment as it
+    /// does for a device of rectiflow's own.
+    pub fn host() -> Result<Settings> {
+        Ok(Settings {
             no_immediates: false,
             no_subgroups: false,
             poison: false,
             profile: None,
-        }
+            tune: TuneMode::from_env()?,
+            cache_dir: cache_dir_from_env(),
+        })
     }
 }
 
@@ -264,6 +342,8 @@ pub(super) fn open(opts: &GpuOptions) -> Result<Opened> {
         no_subgroups: opts.no_subgroups || flag(ENV_NO_SUBGROUPS),
         poison: opts.poison || flag(ENV_POISON),
         profile,
+        tune: opts.tune.map_or_else(TuneMode::from_env, Ok)?,
+        cache_dir: opts.cache_dir.clone().or_else(cache_dir_from_env),
     };
     Ok(Opened {
         device,

@@ -16,8 +16,9 @@ mod recorder;
 pub mod requirements;
 
 pub use adapter::{
-    list_adapters, AdapterReport, GpuOptions, KernelProfile, ENV_ADAPTER, ENV_BACKEND,
-    ENV_NO_IMMEDIATES, ENV_NO_SUBGROUPS, ENV_POISON, ENV_PROFILE,
+    cache_dir_from_env, list_adapters, AdapterReport, GpuOptions, KernelProfile, TuneMode,
+    ENV_ADAPTER, ENV_BACKEND, ENV_CACHE_DIR, ENV_NO_IMMEDIATES, ENV_NO_SUBGROUPS, ENV_POISON,
+    ENV_PROFILE, ENV_TUNE,
 };
 pub(crate) use kernel::{kernel_params, kernels, Binding};
 pub use kernel::{Access, Kernel, KernelParams, ParamsLayout, Shader};
@@ -30,7 +31,9 @@ use adapter::Settings;
 use pipeline::PipelineCache;
 use pool::BufferPool;
 use recorder::Recorder;
-use std::sync::{Arc, Mutex};
+use std::any::Any;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Size in bytes of every kernel's parameter block (immediates or one arena slot).
 pub(crate) const PARAMS_BYTES: usize = 128;
@@ -62,6 +65,11 @@ pub(crate) struct GpuInner {
     absent_writable: Arc<Storage>,
     /// Errors wgpu reported outside any error scope (only when we own the device).
     uncaptured: Arc<Mutex<Vec<String>>>,
+    tune: TuneMode,
+    cache_dir: Option<PathBuf>,
+    /// The ops layer's matmul tile table (`ops::tune`), made the first time a matmul picks its
+    /// tiling; untyped, since this layer does not know the ops' types.
+    matmul_tuning: OnceLock<Box<dyn Any + Send + Sync>>,
 }
 
 kernel_params! {
@@ -111,7 +119,10 @@ impl Gpu {
     /// `IMMEDIATES`, ...). A device whose limits fall short of what the kernels need (see
     /// [`requirements`]; wgpu's default limits are enough) is refused with an [`Error::Device`]
     /// naming the limit and the value needed. rectiflow does not install an uncaptured-error
-    /// handler on a borrowed device; its own work runs inside error scopes.
+    /// handler on a borrowed device; its own work runs inside error scopes. The matmul tile
+    /// tuning follows `RECTIFLOW_TUNE` and `RECTIFLOW_CACHE_DIR` as for [`Gpu::new`] (a value of
+    /// `RECTIFLOW_TUNE` other than `on`, `off` or `force` is an [`Error::Config`]); it runs on
+    /// buffers and submissions of its own, never the host's.
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Result<Gpu> {
         let info = device.adapter_info();
         requirements::check(&device.limits(), &info.name)?;
@@ -120,7 +131,7 @@ impl Gpu {
             queue,
             info,
             Arc::new(Mutex::new(Vec::new())),
-            Settings::plain(),
+            Settings::host()?,
         ))
     }
 
@@ -173,8 +184,35 @@ impl Gpu {
                 absent,
                 absent_writable,
                 uncaptured,
+                tune: settings.tune,
+                cache_dir: settings.cache_dir,
+                matmul_tuning: OnceLock::new(),
             }),
         }
+    }
+
+    /// A second context on the same device and queue, with the same kernel designs, but a pool,
+    /// pipeline cache and recorder of its own: what it records is submitted on its own and
+    /// never mixed with this context's pending work (the matmul tuner times kernels on one).
+    /// It does no tuning itself and does not poison its tensors.
+    pub(crate) fn detached(&self) -> Gpu {
+        let i = &self.inner;
+        Self::build(
+            i.device.clone(),
+            i.queue.clone(),
+            i.info.clone(),
+            // Errors of this context's own work are caught by the error scopes around each of
+            // its submissions; the device's handler keeps reporting to the original.
+            Arc::new(Mutex::new(Vec::new())),
+            Settings {
+                no_immediates: !i.use_immediates,
+                no_subgroups: i.subgroup_size.is_none(),
+                poison: false,
+                profile: Some(i.profile),
+                tune: TuneMode::Off,
+                cache_dir: None,
+            },
+        )
     }
 
     pub fn device(&self) -> &wgpu::Device {
@@ -212,6 +250,21 @@ impl Gpu {
     /// The kernel designs the ops pick (CPU drivers: barrier-free).
     pub fn profile(&self) -> KernelProfile {
         self.inner.profile
+    }
+
+    /// How matmul tile shapes are chosen here (`RECTIFLOW_TUNE`, [`GpuOptions::tune`]; the table
+    /// itself: `ops::tune::table`).
+    pub fn tune_mode(&self) -> TuneMode {
+        self.inner.tune
+    }
+    /// The directory of rectiflow's caches on disk (`RECTIFLOW_CACHE_DIR`, else the XDG cache
+    /// directory); `None` when none could be named.
+    pub fn cache_dir(&self) -> Option<&Path> {
+        self.inner.cache_dir.as_deref()
+    }
+    /// The slot `ops::tune` keeps its table in, once per context.
+    pub(crate) fn matmul_tuning(&self) -> &OnceLock<Box<dyn Any + Send + Sync>> {
+        &self.inner.matmul_tuning
     }
 
     /// Counters of the buffer pool (buffers created and reused, bytes live and peak).

@@ -97,14 +97,22 @@ impl MatmulTiling {
         }
     }
 
+    /// The tile for an `m x n` output over `k` and `batch` items: the table tuned on this
+    /// adapter (`ops::tune`, unless `RECTIFLOW_TUNE=off`) where the shape falls in one of its
+    /// classes, else [`MatmulTiling::fixed_rule`].
+    pub fn choose(gpu: &Gpu, m: usize, n: usize, k: usize, batch: usize) -> Self {
+        super::tune::tuned_tiling(gpu, m, n, k, batch)
+            .unwrap_or_else(|| Self::fixed_rule(gpu, m, n, batch))
+    }
+
     /// The tile measured fastest on this kind of adapter for an `m x n` output over `batch`
-    /// items (see docs/performance.md).
+    /// items (see docs/performance.md), without tuning.
     ///
     /// CPU profile (lanes): as many lanes as N needs, at most 16 (a 128-column panel of B stays
     /// in cache; wider panels measured no faster at 1024 and slower at 2048), 8 x 8 outputs
     /// each; fewer rows per workgroup when there would be too few workgroups for the cores.
     /// GPU profile (tiled): a 64 x 64 tile, or 32 x 32 when that leaves too few workgroups.
-    pub fn choose(gpu: &Gpu, m: usize, n: usize, batch: usize) -> Self {
+    pub fn fixed_rule(gpu: &Gpu, m: usize, n: usize, batch: usize) -> Self {
         let workgroups = |t: MatmulTiling| {
             let (bm, bn) = t.tile();
             batch * m.div_ceil(bm as usize) * n.div_ceil(bn as usize)
@@ -427,7 +435,7 @@ fn record(
     let batch: usize = d.batch_shape.iter().product();
     let mut tiling = spec
         .tiling
-        .unwrap_or_else(|| MatmulTiling::choose(gpu, d.m, d.n, batch));
+        .unwrap_or_else(|| MatmulTiling::choose(gpu, d.m, d.n, d.k, batch));
     tiling.validate(gpu)?;
     // The subgroup kernel's tiles are 32 columns wide: a narrow C (a layer with a few outputs)
     // is computed as C^T = op(B)^T op(A)^T, whose rows are the narrow side, and stored
@@ -451,7 +459,7 @@ fn record(
             },
         );
         if spec.tiling.is_none() {
-            tiling = MatmulTiling::choose(gpu, d.n, d.m, batch);
+            tiling = MatmulTiling::choose(gpu, d.n, d.m, d.k, batch);
         }
         (b, a, &swapped.0, &swapped.1)
     } else {

@@ -19,6 +19,7 @@ mod random;
 mod reduce;
 pub mod solver;
 pub mod texture;
+pub mod tune;
 
 pub use attention::{attention, attention_backward, MAX_HEAD_DIM};
 pub use cast::{to_f16, to_f32};

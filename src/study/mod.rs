@@ -538,13 +538,7 @@ impl Plan {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::Io(format!("cannot create {}: {e}", dir.display())))?;
         let lock_path = dir.join(".plan.lock");
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .and_then(|f| f.lock().map(|()| f))
-            .map_err(|e| Error::Io(format!("cannot lock {}: {e}", lock_path.display())))?;
+        let lock = crate::rundir::lock_exclusive(&lock_path)?;
         if let Some(old) = Plan::load(dir)? {
             if old == *self {
                 drop(lock);

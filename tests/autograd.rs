@@ -211,6 +211,71 @@ fn fused_activation_chain_gradient_of_every_parameter_and_the_input() {
     assert_grad("the input's gradient", &dx, &want);
 }
 
+/// Activations whose gradient cannot go through a linear layer's fused epilogue: of a
+/// parameter (its pre-activation shares the flat buffer with the weight that consumes it), and
+/// consumed by a kernel that adds gradients in place (adaLN reading a SiLU of the conditioning
+/// directly); and backward seeded on an activation's output.
+#[test]
+fn activations_of_parameters_and_in_place_consumers_get_their_gradients() {
+    let g = gpu();
+    let (bsz, t, c) = (2, 3, 4);
+    let mut b = ParamsBuilder::new();
+    let cond = b.add("cond", &[bsz, 2 * c], Init::Normal { std: 0.8 });
+    let w = b.add(
+        "side.weight",
+        &[c, 2 * c],
+        Init::XavierUniform {
+            fan_in: 2 * c,
+            fan_out: c,
+        },
+    );
+    let p = b.build(g, 5).unwrap();
+    let x = rand_vec(bsz * t * c, 31);
+    let (t1, t2) = (rand_vec(bsz * t * c, 32), rand_vec(bsz * c, 33));
+
+    p.zero_grads().unwrap();
+    let mut tape = Tape::new();
+    let xv = tape.constant(upload(g, &[bsz, t, c], &x));
+    let (tv1, tv2) = (
+        tape.constant(upload(g, &[bsz, t, c], &t1)),
+        tape.constant(upload(g, &[bsz, c], &t2)),
+    );
+    let (pc, pw) = (tape.param(&p, cond), tape.param(&p, w));
+    let ada = f::silu(&mut tape, &pc).unwrap();
+    let y = f::ln_modulate(&mut tape, &xv, &ada, 0, 1, 1e-6).unwrap();
+    let side = f::linear(&mut tape, &ada, &pw, None).unwrap();
+    let l1 = f::mse(&mut tape, &y, &tv1).unwrap();
+    let l2 = f::mse(&mut tape, &side, &tv2).unwrap();
+    let loss = f::add(&mut tape, &l1, &l2).unwrap();
+    tape.backward(&loss).unwrap();
+
+    let (xd, t1d, t2d) = (f64s(&x), f64s(&t1), f64s(&t2));
+    check_all_param_grads(&p, |ps| {
+        let ada: Vec<f64> = ps[0].iter().map(|&v| cpu::silu(v)).collect();
+        let y = cpu::ln_modulate(&xd, t, c, &ada, 2, 0, 1, 1e-6);
+        let side = linear_ref(&ada, &ps[1], None, 2 * c, c);
+        mse_ref(&y, &t1d) + mse_ref(&side, &t2d)
+    });
+
+    // Seeded on an activation's output: the input's gradient is the seed times the derivative.
+    let e = rand_vec(10, 34);
+    let seed = rand_vec(10, 35);
+    let mut tape = Tape::new();
+    let ev = tape.input(upload(g, &[10], &e));
+    let h = f::gelu(&mut tape, &ev).unwrap();
+    let grads = tape.backward_with(&h, upload(g, &[10], &seed)).unwrap();
+    let want: Vec<f64> = e
+        .iter()
+        .zip(&seed)
+        .map(|(&x, &s)| cpu::gelu_grad(x as f64) * s as f64)
+        .collect();
+    assert_grad(
+        "backward seeded on GELU's output",
+        &grads.get(&ev).unwrap().to_vec().unwrap(),
+        &want,
+    );
+}
+
 #[test]
 fn dit_style_block_gradient_of_every_parameter() {
     // adaLN from a conditioning vector, LayerNorm, modulation, attention, gated residual.

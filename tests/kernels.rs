@@ -7,7 +7,7 @@ use common::{
     assert_close, assert_rel, both_profiles, f64s, gpu, gpu_other_profile, gpu_without_subgroups,
     rand_vec, reference as cpu,
 };
-use rectiflow::gpu::{GpuOptions, KernelProfile};
+use rectiflow::gpu::{GpuOptions, KernelProfile, TuneMode};
 use rectiflow::ops::{self, Activation, MatmulAux, MatmulSpec, MatmulTiling};
 use rectiflow::Gpu;
 use rectiflow::{Error, Tensor};
@@ -633,6 +633,7 @@ fn matmul_over_a_long_k_in_slices_matches_reference() {
         let options = GpuOptions {
             poison: true,
             profile: Some(profile),
+            tune: Some(TuneMode::Off),
             ..Default::default()
         };
         let context: &'static Gpu = Box::leak(Box::new(Gpu::with_options(&options).unwrap()));
@@ -718,6 +719,15 @@ fn matmul_auxiliary_tensor_misuse_is_refused() {
     };
     match ops::matmul_into(&a, &b, &spec, &out, true) {
         Err(Error::Shape(m)) => assert!(m.contains("cannot accumulate"), "{m}"),
+        other => panic!("expected a shape error, got {other:?}"),
+    }
+    let spec = MatmulSpec {
+        activation: Activation::Silu,
+        aux: MatmulAux::SavePre(&out),
+        ..Default::default()
+    };
+    match ops::matmul_into(&a, &b, &spec, &out, false) {
+        Err(Error::Shape(m)) => assert!(m.contains("must not share a buffer"), "{m}"),
         other => panic!("expected a shape error, got {other:?}"),
     }
 }

@@ -33,8 +33,9 @@ fn linear_backward(
         let rows = dy.numel() / out;
         if xv.requires_grad() {
             match xv.activated() {
-                // x = act(pre): the gradient of pre straight from the epilogue.
-                Some((pre, act)) => {
+                // x = act(pre): the gradient of pre straight from the epilogue (unless pre
+                // shares a buffer with an operand: an activated parameter, say).
+                Some((pre, act)) if !pre.same_buffer(dy) && !pre.same_buffer(wv.value()) => {
                     let spec = MatmulSpec {
                         activation: act,
                         aux: MatmulAux::ActGrad(pre),
@@ -42,7 +43,7 @@ fn linear_backward(
                     };
                     grads.add_pre(&xv, ops::matmul_with(dy, wv.value(), &spec)?)?;
                 }
-                None => grads.add(&xv, ops::matmul(dy, wv.value())?)?,
+                _ => grads.add(&xv, ops::matmul(dy, wv.value())?)?,
             }
         }
         let dy2 = dy.reshape(&[rows, out])?;

@@ -11,8 +11,9 @@
 //! An activation's output ([`functions::gelu`], [`functions::silu`], [`functions::linear_act`])
 //! keeps its gradient with respect to the pre-activation instead of its own value: a linear
 //! layer that consumes it then computes that gradient in its input-gradient matmul's epilogue
-//! ([`Grads::add_pre`]), and no separate activation-backward pass runs; any other consumer's
-//! gradient goes through [`Grads::add`], which applies the derivative on the way in.
+//! ([`Grads::add_pre`]), and no separate activation-backward pass runs for it; any other
+//! consumer's gradient goes through [`Grads::add`], which applies the derivative on the way in
+//! (what kernels add in place is converted when the activation's node runs).
 
 pub mod functions;
 
@@ -153,7 +154,7 @@ impl Tape {
         backward: impl FnOnce(&Tensor, &mut Grads) -> Result<()> + Send + 'static,
     ) -> Var {
         let mut out = self.record(value, inputs, backward);
-        if act != Activation::None {
+        if act != Activation::None && out.requires_grad {
             out.activated = Some((pre, act));
         }
         out
@@ -196,10 +197,12 @@ impl Tape {
         );
         let mut grads = Grads {
             map: HashMap::new(),
+            pending: HashMap::new(),
         };
         grads.add(output, grad)?;
         while let Some((id, backward)) = self.nodes.pop() {
             // A node's output gradient is complete once every later node has run.
+            grads.settle(id)?;
             if let Some((g, _)) = grads.map.remove(&id) {
                 backward(&g, &mut grads)?;
             }
@@ -213,6 +216,10 @@ pub struct Grads {
     /// The gradient of each value, and whether this map owns its buffer (made here, so it may
     /// be added into in place) or shares it with whoever handed it over.
     map: HashMap<usize, (Tensor, bool)>,
+    /// Gradients of activations' outputs that kernels added into in place, with respect to the
+    /// output's value: converted (the derivative applied) and added to `map` when the node
+    /// that made the output runs ([`Grads::settle`]).
+    pending: HashMap<usize, (Var, Tensor)>,
 }
 
 impl Grads {
@@ -269,6 +276,15 @@ impl Grads {
         }
     }
 
+    /// Add what kernels accumulated in place for the value `id` (an activation's output) through
+    /// [`Grads::add`], which applies the derivative.
+    fn settle(&mut self, id: usize) -> Result<()> {
+        match self.pending.remove(&id) {
+            Some((v, g)) => self.add(&v, g),
+            None => Ok(()),
+        }
+    }
+
     /// Where a parameter's gradient accumulates, for ops that can add into it directly (a
     /// matmul with accumulation) instead of producing a tensor to add.
     pub(crate) fn target<'v>(&self, v: &'v Var) -> Option<&'v Tensor> {
@@ -287,16 +303,22 @@ impl Grads {
 
     /// A buffer that kernels may add `v`'s gradient into in place (several ops writing parts of
     /// it, say): the parameter's gradient view, or one owned by this map, zero to begin with
-    /// (a gradient handed over before is copied into it). `None` if `v` needs no gradient.
+    /// (a gradient handed over before is copied into it); for an activation's output, one with
+    /// respect to its value, whose derivative is applied once every consumer has added in.
+    /// `None` if `v` needs no gradient.
     pub(crate) fn accumulator(&mut self, v: &Var) -> Result<Option<Tensor>> {
         if !v.requires_grad {
             return Ok(None);
         }
-        ensure_shape!(
-            v.activated.is_none(),
-            "an activation's output keeps its gradient with respect to the pre-activation: \
-             add to it with Grads::add rather than in place"
-        );
+        if v.activated.is_some() {
+            // In place means with respect to the value: a buffer of its own, settled later.
+            if let Some((_, g)) = self.pending.get(&v.id) {
+                return Ok(Some(g.clone()));
+            }
+            let g = Tensor::zeros(v.value.gpu(), v.shape())?;
+            self.pending.insert(v.id, (v.clone(), g.clone()));
+            return Ok(Some(g));
+        }
         if let Some(into) = &v.grad_into {
             return Ok(Some(into.clone()));
         }

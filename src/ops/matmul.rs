@@ -1,8 +1,9 @@
 //! Matrix multiply (`shaders/matmul.wgsl`): `A B`, `A B^T`, `A^T B`, batched, with an optional
 //! bias and activation fused into the epilogue, and optional accumulation into the output. The
 //! epilogue may also save the pre-activation beside the activated result, or multiply the
-//! product by an activation's derivative ([`MatmulAux`]): a linear layer then needs no separate
-//! activation pass forward nor backward.
+//! product by an activation's derivative ([`MatmulAux`]): a linear layer followed by an
+//! activation and another linear layer then needs no separate activation pass, forward or
+//! backward.
 //!
 //! Shapes: `A` is `[.., M, K]` (`[.., K, M]` with `trans_a`), `B` is `[.., K, N]` (`[.., N, K]`
 //! with `trans_b`). Leading (batch) dimensions must match, or one side may have none, in which

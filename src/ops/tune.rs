@@ -380,7 +380,9 @@ fn tune(gpu: &Gpu) -> Result<(Vec<ClassChoice>, String, f64)> {
                 ..Default::default()
             };
             let run = || matmul_into(&a, &b, &spec, &out, false);
-            // The first call compiles the pipeline; its output is checked against the rule's.
+            // The first call compiles the pipeline; its output is checked against the rule's,
+            // over NaN so that an element a candidate leaves unwritten cannot pass.
+            crate::ops::fill(&out, f32::NAN)?;
             let start = Instant::now();
             run()?;
             let got = out.to_vec()?;

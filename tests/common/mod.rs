@@ -6,15 +6,19 @@ pub mod reference;
 pub mod tiny;
 
 use rand::{Rng, SeedableRng};
-use rectiflow::gpu::{Gpu, GpuOptions, KernelProfile};
+use rectiflow::gpu::{Gpu, GpuOptions, KernelProfile, TuneMode};
 use std::sync::OnceLock;
 
-/// The test context: every new tensor is filled with NaN, so unwritten outputs show.
+/// The test context: every new tensor is filled with NaN, so unwritten outputs show. The test
+/// contexts keep the fixed tile rules (no tuning: the tests' tile shapes do not depend on what a
+/// cache holds, and tests timed side by side would write noisy tables into the user's cache);
+/// `tests/tune.rs` tests the tuning, and the tests that force every design test every tile.
 pub fn gpu() -> &'static Gpu {
     static GPU: OnceLock<Gpu> = OnceLock::new();
     GPU.get_or_init(|| {
         Gpu::with_options(&GpuOptions {
             poison: true,
+            tune: Some(TuneMode::Off),
             ..Default::default()
         })
         .unwrap_or_else(|e| panic!("{e}"))
@@ -33,6 +37,7 @@ pub fn gpu_other_profile() -> &'static Gpu {
         Gpu::with_options(&GpuOptions {
             poison: true,
             profile: Some(profile),
+            tune: Some(TuneMode::Off),
             ..Default::default()
         })
         .unwrap_or_else(|e| panic!("{e}"))
@@ -52,6 +57,7 @@ pub fn gpu_without_subgroups() -> &'static Gpu {
         Gpu::with_options(&GpuOptions {
             poison: true,
             no_subgroups: true,
+            tune: Some(TuneMode::Off),
             ..Default::default()
         })
         .unwrap_or_else(|e| panic!("{e}"))

@@ -559,8 +559,9 @@ fn record(
 /// Why: each tile of such a product walks all of K, streaming a 32-column strip of A and one of
 /// B (at K = 4096, 512 KB each), so the strips the next tiles share have left the core's cache
 /// by the time they are read again. Slices of K make every dispatch's operands small enough to
-/// stay cached while all tiles use them. Measured on the 2-core EPYC (docs/performance.md):
-/// 1.3-1.6x at K = 4096-8192 with slices of 512 (1024 and 256 were slower on most shapes).
+/// stay cached while all tiles use them. Measured on the 2-core EPYC through lavapipe
+/// (docs/performance.md, "Second round"): 1.2-1.4x at K = 4096-8192 with slices of 512 (1024
+/// was better on one shape of three, 256 slower).
 const CPU_K_CHUNK: usize = 512;
 
 /// The K slice for [`record`] to split a product into, if it should: `A^T B` with K beyond

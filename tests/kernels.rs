@@ -482,10 +482,9 @@ fn subgroup_tiling(tm: u32) -> Option<MatmulTiling> {
     t.validate(gpu()).ok().map(|_| t)
 }
 
-/// Every shape and layout with each profile's own tile choice, and with every design forced.
-#[test]
-fn matmul_every_layout_matches_reference() {
-    let mut seed = 1000;
+/// Each profile's own tile choice, and every design forced (the subgroup design and the
+/// context without subgroups where this adapter has subgroups).
+fn every_design() -> Vec<(&'static Gpu, Option<MatmulTiling>)> {
     let runs = [
         (gpu(), None),
         (gpu_other_profile(), None),
@@ -496,7 +495,14 @@ fn matmul_every_layout_matches_reference() {
     let without = gpu()
         .subgroup_size()
         .map(|_| (gpu_without_subgroups(), None));
-    for (context, tiling) in runs.into_iter().chain(subgroup).chain(without) {
+    runs.into_iter().chain(subgroup).chain(without).collect()
+}
+
+/// Every shape and layout with each profile's own tile choice, and with every design forced.
+#[test]
+fn matmul_every_layout_matches_reference() {
+    let mut seed = 1000;
+    for (context, tiling) in every_design() {
         for (m, k, n) in shapes_to_test() {
             for (trans_a, trans_b) in [(false, false), (false, true), (true, false), (true, true)] {
                 Mm {
@@ -556,14 +562,7 @@ fn matmul_epilogue_bias_activation_alpha_accumulate() {
 #[test]
 fn matmul_epilogue_saves_pre_activation_and_applies_its_derivative() {
     let mut seed = 5000;
-    let runs = [
-        (gpu(), None),
-        (gpu_other_profile(), None),
-        (gpu(), Some(MatmulTiling::new(16, 16, 4, 4, 16))),
-        (gpu(), Some(MatmulTiling::lanes(16, 8, 8))),
-    ];
-    let subgroup = subgroup_tiling(32).map(|t| (gpu(), Some(t)));
-    for (context, tiling) in runs.into_iter().chain(subgroup) {
+    for (context, tiling) in every_design() {
         for (m, k, n) in [
             (65, 63, 127),
             (64, 32, 128),

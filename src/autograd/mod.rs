@@ -11,7 +11,7 @@
 //! An activation's output ([`functions::gelu`], [`functions::silu`], [`functions::linear_act`])
 //! keeps its gradient with respect to the pre-activation instead of its own value: a linear
 //! layer that consumes it then computes that gradient in its input-gradient matmul's epilogue
-//! ([`Grads::add_pre`]), and no separate activation-backward pass runs for it; any other
+//! (`Grads::add_pre`), and no separate activation-backward pass runs for it; any other
 //! consumer's gradient goes through [`Grads::add`], which applies the derivative on the way in
 //! (what kernels add in place is converted when the activation's node runs).
 

@@ -79,6 +79,12 @@ fn assert_valid(path: &Path) {
     assert_eq!(v["key"]["engine"], env!("CARGO_PKG_VERSION"));
 }
 
+/// `dir` holds the table `file` and its lock, and nothing else (no temporary file left behind).
+fn assert_only_table_and_lock(dir: &Path, file: &Path) {
+    let stem = file.file_stem().unwrap().to_string_lossy().into_owned();
+    assert_eq!(files(dir), [format!("{stem}.json"), format!("{stem}.lock")]);
+}
+
 #[test]
 fn the_first_run_tunes_and_writes_the_cache_and_the_second_reads_it() {
     let dir = temp_dir("tune-first");
@@ -86,17 +92,7 @@ fn the_first_run_tunes_and_writes_the_cache_and_the_second_reads_it() {
     assert_eq!(first.source, "tuned");
     assert!(first.file.starts_with(&dir), "{}", first.file.display());
     assert_valid(&first.file);
-    let stem = first
-        .file
-        .file_stem()
-        .unwrap()
-        .to_string_lossy()
-        .into_owned();
-    // The table and its lock; no temporary file left behind.
-    assert_eq!(
-        files(&dir),
-        [format!("{stem}.json"), format!("{stem}.lock")]
-    );
+    assert_only_table_and_lock(&dir, &first.file);
     let written = std::fs::read(&first.file).unwrap();
     // `on` spelled out is the default; the file is read, nothing timed, nothing rewritten.
     let second = info(&dir, Some("on"));
@@ -254,16 +250,7 @@ fn two_processes_started_together_tune_once_and_agree() {
     assert_eq!(infos[0].file, infos[1].file);
     assert!(infos.iter().all(|i| i.stderr.is_empty()));
     assert_valid(&infos[0].file);
-    let stem = infos[0]
-        .file
-        .file_stem()
-        .unwrap()
-        .to_string_lossy()
-        .into_owned();
-    assert_eq!(
-        files(&dir),
-        [format!("{stem}.json"), format!("{stem}.lock")]
-    );
+    assert_only_table_and_lock(&dir, &infos[0].file);
 }
 
 /// Contexts that between them run every matmul design this machine has, tuning afresh into

@@ -131,6 +131,86 @@ fn binary_ops_reject_mismatched_shapes() {
     assert!(matches!(ops::axpy(1.0, &a, &a), Err(Error::Shape(_))));
 }
 
+/// Sums over tokens (`[B, T, C] -> [B, C]`, `[T, C] -> [C]`: bias gradients), written and
+/// accumulated, with C a multiple of 4 (the vec4 kernel) and not (the scalar one), on both
+/// profiles, and of a view at an offset into its buffer.
+#[test]
+fn sum_tokens_matches_reference() {
+    let mut seed = 9000;
+    for g in both_profiles() {
+        for shape in [
+            vec![7, 12],
+            vec![300, 64],
+            vec![3, 17, 36],
+            vec![2, 5, 7],
+            vec![1, 1],
+            vec![65, 257],
+        ] {
+            let (b, t, c) = match shape[..] {
+                [t, c] => (1, t, c),
+                [b, t, c] => (b, t, c),
+                _ => unreachable!(),
+            };
+            let x = rand_vec(b * t * c, seed);
+            let init = rand_vec(b * c, seed + 1);
+            seed += 10;
+            let tx = Tensor::from_slice(g, &shape, &x).unwrap();
+            let out_shape = if shape.len() == 2 {
+                vec![c]
+            } else {
+                vec![b, c]
+            };
+            let sums = ops::sum_tokens(&tx).unwrap();
+            let added = Tensor::from_slice(g, &out_shape, &init).unwrap();
+            ops::sum_tokens_into(&tx, &added, true).unwrap();
+            let mut want = vec![0.0f64; b * c];
+            let mut mag = vec![0.0f64; b * c];
+            for bi in 0..b {
+                for ti in 0..t {
+                    for ci in 0..c {
+                        let v = x[(bi * t + ti) * c + ci] as f64;
+                        want[bi * c + ci] += v;
+                        mag[bi * c + ci] += v.abs();
+                    }
+                }
+            }
+            let eps = f32::EPSILON as f64 / 2.0;
+            let tol: Vec<f64> = mag
+                .iter()
+                .map(|m| (t as f64 + 2.0) * eps * m + 1e-30)
+                .collect();
+            assert_eq!(sums.shape(), out_shape.as_slice());
+            assert_close(
+                &format!("sum_tokens {shape:?}"),
+                &sums.to_vec().unwrap(),
+                &want,
+                &tol,
+            );
+            let want_added: Vec<f64> = want.iter().zip(&init).map(|(w, &i)| w + i as f64).collect();
+            let tol_added: Vec<f64> = tol
+                .iter()
+                .zip(&init)
+                .map(|(t, &i)| t + eps * (i.abs() as f64))
+                .collect();
+            assert_close(
+                &format!("sum_tokens_into (accumulate) {shape:?}"),
+                &added.to_vec().unwrap(),
+                &want_added,
+                &tol_added,
+            );
+        }
+        // A [4, 8] view 8 elements (32 bytes) into its buffer: the rows before it are not summed.
+        let x = rand_vec(40, 9999);
+        let whole = Tensor::from_slice(g, &[5, 8], &x).unwrap();
+        let view = whole.view(8, &[4, 8]).unwrap();
+        let got = ops::sum_tokens(&view).unwrap().to_vec().unwrap();
+        let want: Vec<f64> = (0..8)
+            .map(|ci| (1..5).map(|ti| x[ti * 8 + ci] as f64).sum())
+            .collect();
+        assert_close("sum_tokens of a view", &got, &want, &[1e-5; 8]);
+    }
+}
+
 #[test]
 fn row_reductions_match_reference() {
     // Both kernel designs (see common::gpu_other_profile).

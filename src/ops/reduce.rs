@@ -21,6 +21,7 @@ kernels! {
         REDUCE_ROWS = reduce_rows(Read, ReadWrite);
         REDUCE_ROWS_SERIAL = reduce_rows_serial(Read, ReadWrite);
         SUM_TOKENS = sum_tokens(Read, ReadWrite);
+        SUM_TOKENS_VEC4 = sum_tokens_vec4(Read, ReadWrite);
     }
 }
 
@@ -106,14 +107,29 @@ pub fn sum_tokens_into(x: &Tensor, out: &Tensor, accumulate: bool) -> Result<()>
         tokens: t as u32,
         _pad: 0,
     };
-    let groups = (b * c).div_ceil(64) as u64;
     let acc = if accumulate { 1.0 } else { 0.0 };
-    x.gpu().dispatch(
+    let gpu = x.gpu();
+    if c.is_multiple_of(4) && x.vec4_aligned() && out.vec4_aligned() {
+        // Four columns per invocation; on a CPU driver a workgroup is one SIMD register's worth.
+        let wg = if gpu.profile() == KernelProfile::Cpu {
+            8
+        } else {
+            64
+        };
+        return gpu.dispatch(
+            &SUM_TOKENS_VEC4,
+            &[("ACCUMULATE", acc), ("SUM_WG", wg as f64)],
+            &[x.binding(), out.binding()],
+            &p,
+            (b * c / 4).div_ceil(wg) as u64,
+        );
+    }
+    gpu.dispatch(
         &SUM_TOKENS,
         &[("ACCUMULATE", acc)],
         &[x.binding(), out.binding()],
         &p,
-        groups,
+        (b * c).div_ceil(64) as u64,
     )
 }
 

@@ -89,7 +89,9 @@ pub fn linear_act(
         activation: act,
         ..Default::default()
     };
-    if !tape.is_recording() {
+    // Nothing to differentiate: no pre-activation to save.
+    let needed = x.requires_grad() || w.requires_grad() || b.is_some_and(Var::requires_grad);
+    if !tape.is_recording() || !needed {
         return Ok(tape.constant(ops::matmul_with(x.value(), w.value(), &spec)?));
     }
     let mut shape = x.shape()[..x.shape().len() - 1].to_vec();

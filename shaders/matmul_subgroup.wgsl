@@ -15,7 +15,10 @@
 // element (A_VEC4, B_VEC4; an element is picked out of its vec4, since bindings are padded to
 // whole vec4s), and C is written as vec4s when N is a multiple of 4 (C_VEC4), so any shape runs
 // here; edge rows and columns are computed from clamped indices, never stored. The auxiliary
-// tensor (AUX, as in matmul.wgsl) is read and written at C's indices.
+// tensor (AUX, as in matmul.wgsl) is read and written at C's indices; with AUX_ROW_SUMS (this
+// kernel only) it is `[batch, M]` and gets the sums of op(A)'s rows over K (not scaled): a
+// linear layer's bias gradient (the sum of dY over tokens) beside its weight gradient dY^T X,
+// from the A values the product loads anyway.
 
 struct Params {
     m: u32,
@@ -49,7 +52,7 @@ override TRANS_B: bool = false;
 override HAS_BIAS: bool = false;
 override ACT: u32 = 0u;     // ACT_NONE, ACT_GELU (tanh) or ACT_SILU (activation.wgsl)
 override ACCUMULATE: bool = false;
-override AUX: u32 = 0u;     // AUX_NONE, AUX_SAVE_PRE or AUX_ACT_GRAD (activation.wgsl)
+override AUX: u32 = 0u;     // AUX_NONE, AUX_SAVE_PRE, AUX_ACT_GRAD or AUX_ROW_SUMS
 override A_VEC4: bool = true;
 override B_VEC4: bool = true;
 override C_VEC4: bool = true;
@@ -62,6 +65,7 @@ const LANES: u32 = 8u;
 var<private> acc: array<vec4<f32>, 32>;  // row i of the tile, this lane's 4 columns
 var<private> a_reg: array<vec4<f32>, 4>; // TM / 8 vec4 of A (which rows and k: see below)
 var<private> b_reg: array<vec4<f32>, 4>; // this lane's 4 columns at k0 + q
+var<private> row_sums: array<f32, 32>;   // AUX_ROW_SUMS: row i of op(A) summed over K so far
 
 // act(v), finish(v, p): the library activation.wgsl.
 
@@ -124,6 +128,15 @@ fn load_b_cols(base: u32, k: u32, n: u32) -> vec4<f32> {
     return select(v, vec4(0.0), k >= params.k);
 }
 
+// The products of one K step for row `i` of the tile, whose A values at k0 .. k0 + 4 are the
+// broadcasts `av`: summed in registers first, so an accumulator (which lives in memory on a CPU
+// driver, and whose update in a loop is masked) is read and written once per 4 multiply-adds.
+fn row_step(i: u32, av: vec4<f32>) {
+    acc[i] += fma(vec4(av.x), b_reg[0], fma(vec4(av.y), b_reg[1],
+              fma(vec4(av.z), b_reg[2], vec4(av.w) * b_reg[3])));
+    if (AUX == AUX_ROW_SUMS) { row_sums[i] += (av.x + av.y) + (av.z + av.w); }
+}
+
 @compute @workgroup_size(8)
 fn matmul_subgroup(@builtin(subgroup_invocation_id) lane: u32, @builtin(workgroup_id) wid: vec3<u32>,
                    @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -142,19 +155,20 @@ fn matmul_subgroup(@builtin(subgroup_invocation_id) lane: u32, @builtin(workgrou
     let K = params.k;
     for (var k0 = 0u; k0 < K; k0 += 4u) {
         // B at k0 .. k0 + 4 for this lane's columns; k past K reads as 0.
+        let n = n0 + 4u * lane;
         if (TRANS_B) {
             // Stored N x K: four consecutive k of each column, transposed in registers.
-            let r0 = load_b_row(b_base, n0 + 4u * lane, k0);
-            let r1 = load_b_row(b_base, n0 + 4u * lane + 1u, k0);
-            let r2 = load_b_row(b_base, n0 + 4u * lane + 2u, k0);
-            let r3 = load_b_row(b_base, n0 + 4u * lane + 3u, k0);
+            let r0 = load_b_row(b_base, n, k0);
+            let r1 = load_b_row(b_base, n + 1u, k0);
+            let r2 = load_b_row(b_base, n + 2u, k0);
+            let r3 = load_b_row(b_base, n + 3u, k0);
             b_reg[0] = vec4(r0.x, r1.x, r2.x, r3.x);
             b_reg[1] = vec4(r0.y, r1.y, r2.y, r3.y);
             b_reg[2] = vec4(r0.z, r1.z, r2.z, r3.z);
             b_reg[3] = vec4(r0.w, r1.w, r2.w, r3.w);
         } else {
             for (var q = 0u; q < 4u; q++) {
-                b_reg[q] = load_b_cols(b_base, k0 + q, n0 + 4u * lane);
+                b_reg[q] = load_b_cols(b_base, k0 + q, n);
             }
         }
         // A: TM rows x 4 k, TM / 8 vec4 per lane.
@@ -171,26 +185,42 @@ fn matmul_subgroup(@builtin(subgroup_invocation_id) lane: u32, @builtin(workgrou
         }
         // Small constant loops: the compiler unrolls them, so every index below is a constant
         // and the arrays live in registers.
-        for (var q = 0u; q < 4u; q++) {
-            let bq = b_reg[q];
-            if (TRANS_A) {
-                // Rows 4 j .. 4 j + 4 at k0 + q are vec4 number e = q (TM / 4) + j.
-                for (var j = 0u; j < TM / 4u; j++) {
-                    let e = q * (TM / 4u) + j;
-                    let v = a_reg[e / LANES];
-                    let src = e % LANES;
-                    acc[4u * j] = fma(vec4(subgroupShuffle(v.x, src)), bq, acc[4u * j]);
-                    acc[4u * j + 1u] = fma(vec4(subgroupShuffle(v.y, src)), bq, acc[4u * j + 1u]);
-                    acc[4u * j + 2u] = fma(vec4(subgroupShuffle(v.z, src)), bq, acc[4u * j + 2u]);
-                    acc[4u * j + 3u] = fma(vec4(subgroupShuffle(v.w, src)), bq, acc[4u * j + 3u]);
-                }
-            } else {
-                // Row 8 v + s at k0 + q is component q of lane s's vec4 v.
-                for (var v = 0u; v < TM / LANES; v++) {
-                    let x = a_reg[v][q];
-                    for (var s = 0u; s < LANES; s++) {
-                        acc[LANES * v + s] = fma(vec4(subgroupShuffle(x, s)), bq, acc[LANES * v + s]);
+        if (TRANS_A) {
+            // Row 4 j + x at k0 + q is component x of vec4 number e = q (TM / 4) + j, which
+            // lane e % 8 holds as its a_reg[e / 8].
+            for (var j = 0u; j < TM / 4u; j++) {
+                for (var x = 0u; x < 4u; x++) {
+                    var av: vec4<f32>;
+                    for (var q = 0u; q < 4u; q++) {
+                        let e = q * (TM / 4u) + j;
+                        av[q] = subgroupShuffle(a_reg[e / LANES][x], e % LANES);
                     }
+                    row_step(4u * j + x, av);
+                }
+            }
+        } else {
+            // Row 8 v + s at k0 .. k0 + 4 is lane s's vec4 v.
+            for (var v = 0u; v < TM / LANES; v++) {
+                let x = a_reg[v];
+                for (var s = 0u; s < LANES; s++) {
+                    let av = vec4(subgroupShuffle(x.x, s), subgroupShuffle(x.y, s),
+                                  subgroupShuffle(x.z, s), subgroupShuffle(x.w, s));
+                    row_step(LANES * v + s, av);
+                }
+            }
+        }
+    }
+    if (AUX == AUX_ROW_SUMS && n0 == 0u && lane == 0u) {
+        // Every lane holds the same sums (A's values are broadcast): one writes them, in the
+        // first column tile.
+        for (var i = 0u; i < TM; i++) {
+            let row = m0 + i;
+            if (row < M) {
+                let e = item * M + row;
+                if (ACCUMULATE) {
+                    aux4[e / 4u][e % 4u] += row_sums[i];
+                } else {
+                    aux4[e / 4u][e % 4u] = row_sums[i];
                 }
             }
         }

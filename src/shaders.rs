@@ -197,6 +197,9 @@ codes! {
         SAVE_PRE = 1,
         /// Read a pre-activation `p` there and write `alpha op(A) op(B) act'(p)` to C.
         ACT_GRAD = 2,
+        /// Also write (or add, when accumulating) the sums of op(A)'s rows over K there,
+        /// `[.., M]`, not scaled by alpha (the subgroup kernel only).
+        ROW_SUMS = 3,
     }
 }
 

@@ -374,6 +374,13 @@ impl Tensor {
         self.storage.buffer() == other.storage.buffer()
     }
 
+    /// Whether two tensors share bytes (views of one buffer that overlap).
+    pub(crate) fn overlaps(&self, other: &Tensor) -> bool {
+        self.same_buffer(other)
+            && self.offset < other.offset + other.byte_len()
+            && other.offset < self.offset + self.byte_len()
+    }
+
     /// Whether the byte offset allows 16-byte (vec4) access.
     pub(crate) fn vec4_aligned(&self) -> bool {
         self.offset.is_multiple_of(16)

@@ -8,7 +8,7 @@ use common::{
     rand_vec, reference as cpu,
 };
 use rectiflow::gpu::{GpuOptions, KernelProfile, TuneMode};
-use rectiflow::ops::{self, Activation, MatmulAux, MatmulSpec, MatmulTiling};
+use rectiflow::ops::{self, Activation, MatmulAux, MatmulDesign, MatmulSpec, MatmulTiling};
 use rectiflow::Gpu;
 use rectiflow::{Error, Tensor};
 
@@ -373,6 +373,8 @@ enum Aux {
     None,
     SavePre,
     ActGrad,
+    /// Sums of op(A)'s rows over K (`[M]`; an unbatched `A^T B`).
+    RowSums,
 }
 
 impl Mm {
@@ -429,8 +431,12 @@ impl Mm {
         let out_shape = shape(batched, self.batch, m, n);
         // The auxiliary tensor: a pre-activation to read, or NaN where the kernel must write.
         let pre = rand_vec(self.batch * m * n, seed + 4);
-        let taux = match self.aux {
-            Aux::ActGrad => Tensor::from_slice(g, &out_shape, &pre).unwrap(),
+        // Row sums: what they add to when accumulating, else NaN.
+        let sums0 = rand_vec(m, seed + 5);
+        let taux = match (self.aux, self.accumulate) {
+            (Aux::ActGrad, _) => Tensor::from_slice(g, &out_shape, &pre).unwrap(),
+            (Aux::RowSums, true) => Tensor::from_slice(g, &[m], &sums0).unwrap(),
+            (Aux::RowSums, false) => Tensor::full(g, &[m], f32::NAN).unwrap(),
             _ => Tensor::full(g, &out_shape, f32::NAN).unwrap(),
         };
         let spec = MatmulSpec {
@@ -444,6 +450,7 @@ impl Mm {
                 Aux::None => MatmulAux::None,
                 Aux::SavePre => MatmulAux::SavePre(&taux),
                 Aux::ActGrad => MatmulAux::ActGrad(&taux),
+                Aux::RowSums => MatmulAux::RowSums(&taux),
             },
         };
         let out = if self.accumulate {
@@ -500,6 +507,37 @@ impl Mm {
                     &taux.to_vec().unwrap(),
                     &pw,
                     &tolerance(&pm, &pw),
+                );
+            }
+            Aux::RowSums => {
+                // A is stored [K, M]: row i of op(A) is column i of A (+ what was there).
+                let c0 = |i: usize| {
+                    if self.accumulate {
+                        sums0[i] as f64
+                    } else {
+                        0.0
+                    }
+                };
+                let rows = |f: fn(f64) -> f64| -> Vec<f64> {
+                    (0..m)
+                        .map(|i| (0..k).map(|p| f(ad[p * m + i])).sum::<f64>())
+                        .collect()
+                };
+                let sums: Vec<f64> = rows(|x| x)
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| v + c0(i))
+                    .collect();
+                let sums_mag: Vec<f64> = rows(f64::abs)
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| v + c0(i).abs())
+                    .collect();
+                assert_close(
+                    &format!("{what}: row sums"),
+                    &taux.to_vec().unwrap(),
+                    &sums,
+                    &tolerance(&sums_mag, &sums),
                 );
             }
             Aux::ActGrad => {
@@ -749,6 +787,104 @@ fn matmul_over_a_long_k_in_slices_matches_reference() {
     }
 }
 
+/// Row sums beside an `A^T B` (a bias gradient beside a weight gradient): written or added, with
+/// every design (a pass of their own where the subgroup kernel does not run: other designs, a
+/// narrow output computed transposed), on shapes that are and are not multiples of the tiles,
+/// over K in slices, with the product's own bias, activation and alpha untouched by them.
+#[test]
+fn matmul_row_sums_beside_the_product() {
+    let mut seed = 7500;
+    for (context, tiling) in every_design() {
+        for (m, k, n) in [
+            (65, 63, 127),
+            (64, 32, 128),
+            (300, 66, 3),
+            (7, 5, 1),
+            (33, 16, 40),
+            (40, 1500, 24),
+        ] {
+            for accumulate in [false, true] {
+                let base = Mm {
+                    trans_a: true,
+                    aux: Aux::RowSums,
+                    accumulate,
+                    tiling,
+                    context,
+                    ..Mm::new(m, k, n)
+                };
+                base.check(seed);
+                Mm {
+                    trans_b: true,
+                    bias: true,
+                    act: Activation::Silu,
+                    alpha: -0.5,
+                    ..base
+                }
+                .check(seed + 1);
+                seed += 10;
+            }
+        }
+    }
+    // With slices of K on the CPU profile: one dispatch per slice, no pass of its own.
+    if subgroup_tiling(32).is_some() {
+        let options = GpuOptions {
+            poison: true,
+            profile: Some(KernelProfile::Cpu),
+            tune: Some(TuneMode::Off),
+            ..Default::default()
+        };
+        let context: &'static Gpu = Box::leak(Box::new(Gpu::with_options(&options).unwrap()));
+        let design = MatmulTiling::choose(context, 64, 64, 1536, 1).design;
+        assert_eq!(design, MatmulDesign::Subgroup);
+        let a = Tensor::full(context, &[1536, 64], 1.0).unwrap();
+        let b = Tensor::full(context, &[1536, 64], 1.0).unwrap();
+        let (out, sums) = (
+            Tensor::zeros(context, &[64, 64]).unwrap(),
+            Tensor::zeros(context, &[64]).unwrap(),
+        );
+        let spec = MatmulSpec {
+            trans_a: true,
+            aux: MatmulAux::RowSums(&sums),
+            ..Default::default()
+        };
+        let before = context.dispatch_count();
+        ops::matmul_into(&a, &b, &spec, &out, true).unwrap();
+        assert_eq!(
+            context.dispatch_count() - before,
+            3,
+            "three slices of 512, nothing else"
+        );
+        assert_eq!(sums.to_vec().unwrap(), vec![1536.0; 64]);
+        assert_eq!(out.to_vec().unwrap(), vec![1536.0; 64 * 64]);
+        // The output and the sums as views of one buffer (a flat gradient buffer), apart.
+        let flat = Tensor::zeros(context, &[64 * 64 + 64]).unwrap();
+        let (out, sums) = (
+            flat.view(0, &[64, 64]).unwrap(),
+            flat.view(64 * 64, &[64]).unwrap(),
+        );
+        let spec = MatmulSpec {
+            trans_a: true,
+            aux: MatmulAux::RowSums(&sums),
+            ..Default::default()
+        };
+        ops::matmul_into(&a, &b, &spec, &out, true).unwrap();
+        let mut want = vec![1536.0; 64 * 64];
+        want.extend([1536.0; 64]);
+        assert_eq!(flat.to_vec().unwrap(), want);
+        // Overlapping views are refused.
+        let overlapping = flat.view(64 * 63, &[64]).unwrap();
+        let spec = MatmulSpec {
+            trans_a: true,
+            aux: MatmulAux::RowSums(&overlapping),
+            ..Default::default()
+        };
+        match ops::matmul_into(&a, &b, &spec, &out, true) {
+            Err(Error::Shape(m)) => assert!(m.contains("must not share a buffer"), "{m}"),
+            other => panic!("expected a shape error, got {other:?}"),
+        }
+    }
+}
+
 /// Misuse of the auxiliary tensor is refused with an error naming it.
 #[test]
 fn matmul_auxiliary_tensor_misuse_is_refused() {
@@ -784,6 +920,34 @@ fn matmul_auxiliary_tensor_misuse_is_refused() {
             "needs that activation and no bias",
         ),
     ];
+    let sums = Tensor::zeros(g, &[8]).unwrap();
+    let wrong_sums = Tensor::zeros(g, &[6]).unwrap();
+    let at = Tensor::full(g, &[4, 8], 1.0).unwrap();
+    let row_sums = [
+        (&a, &sums, false, "must be an unbatched A^T B"),
+        (&at, &wrong_sums, true, "one sum per row of op(A): [8]"),
+    ];
+    for (lhs, sums, trans_a, message) in row_sums {
+        let spec = MatmulSpec {
+            trans_a,
+            aux: MatmulAux::RowSums(sums),
+            ..Default::default()
+        };
+        match ops::matmul_with(lhs, &b, &spec) {
+            Err(Error::Shape(m)) => assert!(m.contains(message), "{m}"),
+            other => panic!("expected a shape error ({message}), got {other:?}"),
+        }
+    }
+    let batched = Tensor::full(g, &[2, 4, 8], 1.0).unwrap();
+    let spec = MatmulSpec {
+        trans_a: true,
+        aux: MatmulAux::RowSums(&sums),
+        ..Default::default()
+    };
+    match ops::matmul_with(&batched, &b, &spec) {
+        Err(Error::Shape(m)) => assert!(m.contains("must be an unbatched A^T B"), "{m}"),
+        other => panic!("expected a shape error, got {other:?}"),
+    }
     for (spec, message) in cases {
         match ops::matmul_with(&a, &b, &spec) {
             Err(Error::Shape(m)) => assert!(m.contains(message), "{m}"),

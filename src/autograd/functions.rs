@@ -47,16 +47,26 @@ fn linear_backward(
             }
         }
         let dy2 = dy.reshape(&[rows, out])?;
+        let bv = bv.filter(|b| b.requires_grad());
         if wv.requires_grad() {
-            // dW = dY^T X, accumulated straight into the parameter's gradient when it has one.
+            // dW = dY^T X, accumulated straight into the parameter's gradient when it has one;
+            // the bias gradient (dY summed over tokens) in the same dispatch when both have one.
             let x2 = xv.value().reshape(&[rows, inp])?;
             let spec = MatmulSpec {
                 trans_a: true,
                 ..Default::default()
             };
-            match grads.target(&wv) {
-                Some(target) => ops::matmul_into(&dy2, &x2, &spec, target, true)?,
-                None => grads.add(&wv, ops::matmul_with(&dy2, &x2, &spec)?)?,
+            match (grads.target(&wv), bv.as_ref().map(|b| grads.target(b))) {
+                (Some(target), Some(Some(db))) => {
+                    let spec = MatmulSpec {
+                        aux: MatmulAux::RowSums(db),
+                        ..spec
+                    };
+                    ops::matmul_into(&dy2, &x2, &spec, target, true)?;
+                    return Ok(());
+                }
+                (Some(target), _) => ops::matmul_into(&dy2, &x2, &spec, target, true)?,
+                (None, _) => grads.add(&wv, ops::matmul_with(&dy2, &x2, &spec)?)?,
             }
         }
         if let Some(bv) = &bv {

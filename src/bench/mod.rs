@@ -235,6 +235,17 @@ pub fn run(gpu: &Gpu, suite: Suite, opts: &Options) -> Result<Report> {
     Ok(report)
 }
 
+/// The per-shape matmul table under its heading (nothing when no matmul ran).
+fn format_matmul_shapes(shapes: &[KernelShare]) -> String {
+    if shapes.is_empty() {
+        return String::new();
+    }
+    format!(
+        "matmul by shape (op(A) op(B), M x N x K as dispatched; shares of the whole profile):\n\n{}\n",
+        format_kernels(shapes)
+    )
+}
+
 impl Report {
     /// The report as Markdown tables, machine first.
     pub fn to_markdown(&self) -> String {
@@ -258,6 +269,7 @@ impl Report {
             );
             s += &format_kernels(&st.kernels);
             s += "\n";
+            s += &format_matmul_shapes(&st.matmul_shapes);
         }
         if let Some(sm) = &self.sample {
             s += &format!(
@@ -265,6 +277,8 @@ impl Report {
                 sm.description, sm.seconds, sm.samples_per_second, sm.dispatches, sm.profile_method
             );
             s += &format_kernels(&sm.kernels);
+            s += "\n";
+            s += &format_matmul_shapes(&sm.matmul_shapes);
         }
         s
     }

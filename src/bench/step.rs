@@ -113,8 +113,8 @@ pub struct KernelShare {
     pub gbs: Option<f64>,
 }
 
-fn shares(totals: Vec<KernelTotal>, per: f64) -> Vec<KernelShare> {
-    let sum: f64 = totals.iter().map(|t| t.seconds).sum();
+/// `totals` per step (`per` steps profiled), each with its share of `whole` seconds.
+fn shares(totals: Vec<KernelTotal>, per: f64, whole: f64) -> Vec<KernelShare> {
     totals
         .into_iter()
         .map(|t| KernelShare {
@@ -123,7 +123,7 @@ fn shares(totals: Vec<KernelTotal>, per: f64) -> Vec<KernelShare> {
             gbs: t.gflops().is_none().then(|| t.gbs()).flatten(),
             dispatches: (t.dispatches as f64 / per).round() as usize,
             ms: t.seconds / per * 1e3,
-            share: t.seconds / sum,
+            share: t.seconds / whole,
             kernel: t.kernel,
         })
         .collect()
@@ -145,6 +145,9 @@ pub struct StepReport {
     /// guide to shares, not a second measurement of the step).
     pub profiled_ms_per_step: f64,
     pub kernels: Vec<KernelShare>,
+    /// The matmul dispatches by design and shape (as dispatched: folded batches, K slices and
+    /// transposed narrow outputs show as such); shares of the whole profile.
+    pub matmul_shapes: Vec<KernelShare>,
 }
 
 /// Train `workload` for a few steps: wall time per step, dispatches and buffers per step, and a
@@ -189,7 +192,16 @@ pub fn step(gpu: &Gpu, workload: Workload, opts: &Options) -> Result<StepReport>
         buffers_created_per_step: buffers,
         profile_method: profile.method.to_string(),
         profiled_ms_per_step: profile.total_seconds() / profiled as f64 * 1e3,
-        kernels: shares(profile.by_kernel(), profiled as f64),
+        kernels: shares(
+            profile.by_kernel(),
+            profiled as f64,
+            profile.total_seconds(),
+        ),
+        matmul_shapes: shares(
+            profile.by_matmul_shape(),
+            profiled as f64,
+            profile.total_seconds(),
+        ),
     })
 }
 
@@ -202,6 +214,8 @@ pub struct SampleReport {
     pub dispatches: u64,
     pub profile_method: String,
     pub kernels: Vec<KernelShare>,
+    /// As in [`StepReport::matmul_shapes`].
+    pub matmul_shapes: Vec<KernelShare>,
 }
 
 /// Draw 500 digits (100 with `quick`) from the default DiT at 20 Euler steps with guidance 2
@@ -250,7 +264,8 @@ pub fn sample(gpu: &Gpu, opts: &Options) -> Result<SampleReport> {
         samples_per_second: n as f64 / secs,
         dispatches,
         profile_method: profile.method.to_string(),
-        kernels: shares(profile.by_kernel(), 1.0),
+        kernels: shares(profile.by_kernel(), 1.0, profile.total_seconds()),
+        matmul_shapes: shares(profile.by_matmul_shape(), 1.0, profile.total_seconds()),
     })
 }
 

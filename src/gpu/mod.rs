@@ -24,7 +24,7 @@ pub(crate) use kernel::{kernel_params, kernels, Binding};
 pub use kernel::{Access, Kernel, KernelParams, ParamsLayout, Shader};
 pub use pool::PoolStats;
 pub(crate) use pool::Storage;
-pub use profile::{Cost, DispatchTiming, KernelTotal, Profile, ProfileMethod};
+pub use profile::{Cost, DispatchTiming, KernelTotal, MatmulShape, Profile, ProfileMethod};
 
 use crate::error::{Error, Result};
 use adapter::Settings;
@@ -305,7 +305,10 @@ impl Gpu {
                 _ => 0.0,
             })
             .sum();
-        let cost = Cost { flops: 0.0, bytes };
+        let cost = Cost {
+            bytes,
+            ..Cost::default()
+        };
         self.dispatch_costed(kernel, overrides, bindings, params, groups, cost)
     }
 

@@ -123,6 +123,7 @@ pub fn attention(qkv: &Tensor, heads: usize) -> Result<(Tensor, Tensor)> {
         Cost {
             flops,
             bytes: 4.0 * (qkv.numel() + o.numel() + lse.numel()) as f64,
+            ..Cost::default()
         },
     )?;
     Ok((o, lse))
@@ -170,7 +171,7 @@ pub fn attention_backward(
     let forward = 4.0 * (b * heads * t * t * d) as f64;
     let cost = |share: f64| Cost {
         flops: share * forward,
-        bytes: 0.0,
+        ..Cost::default()
     };
     let (dq, dkv) = if subgroup {
         (&SUBGROUP_DQ, &SUBGROUP_DKV)

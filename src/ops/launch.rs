@@ -45,8 +45,8 @@ pub fn launch<P: bytemuck::Pod>(
     }
     let bindings: Vec<_> = tensors.iter().map(|t| t.binding()).collect();
     let cost = Cost {
-        flops: 0.0,
         bytes: tensors.iter().map(|t| t.byte_len() as f64).sum(),
+        ..Cost::default()
     };
     if let Some(t) = tensors.iter().find(|t| !t.gpu().same_context(gpu)) {
         return Err(Error::Config(format!(

@@ -11,7 +11,7 @@
 
 use super::ensure_f32;
 use crate::error::{ensure_shape, Error, Result};
-use crate::gpu::{kernel_params, kernels, Cost, Gpu, KernelProfile};
+use crate::gpu::{kernel_params, kernels, Cost, Gpu, KernelProfile, MatmulShape};
 use crate::shaders::{activation, matmul_aux, MATMUL, MATMUL_SUBGROUP};
 use crate::tensor::{DType, Tensor};
 
@@ -101,9 +101,19 @@ impl MatmulTiling {
     /// The tile for an `m x n` output over `k` and `batch` items: the table tuned on this
     /// adapter (`ops::tune`, unless `RECTIFLOW_TUNE=off`) where the shape falls in one of its
     /// classes, else [`MatmulTiling::fixed_rule`].
+    ///
+    /// A subgroup tile is then cut to the fewest rows (8 or 16) that hold all of a short C: a
+    /// layer with two outputs, computed transposed, has two rows, and a 32-row tile would
+    /// compute 30 for nothing.
     pub fn choose(gpu: &Gpu, m: usize, n: usize, k: usize, batch: usize) -> Self {
-        super::tune::tuned_tiling(gpu, m, n, k, batch)
-            .unwrap_or_else(|| Self::fixed_rule(gpu, m, n, batch))
+        let t = super::tune::tuned_tiling(gpu, m, n, k, batch)
+            .unwrap_or_else(|| Self::fixed_rule(gpu, m, n, batch));
+        match t.design {
+            MatmulDesign::Subgroup if (m as u32) < t.tm => {
+                MatmulTiling::subgroup(t.tm.min((m as u32).next_power_of_two().max(8)))
+            }
+            _ => t,
+        }
     }
 
     /// The tile measured fastest on this kind of adapter for an `m x n` output over `batch`
@@ -193,7 +203,7 @@ impl MatmulTiling {
     }
 }
 
-/// The epilogue's auxiliary tensor, shaped like the output.
+/// The epilogue's auxiliary tensor: shaped like the output, or `[.., M]` for row sums.
 #[derive(Clone, Copy, Debug, Default)]
 pub enum MatmulAux<'a> {
     #[default]
@@ -206,6 +216,12 @@ pub enum MatmulAux<'a> {
     /// from that of `act(p)` when the product is that gradient (a linear layer's input
     /// gradient, where its input was `act(p)`).
     ActGrad(&'a Tensor),
+    /// Also the sums of `op(A)`'s rows over K, `[M]` (not scaled by alpha), written here (added,
+    /// when the product accumulates into its output): a linear layer's bias gradient
+    /// `sum_tokens(dY)` beside its weight gradient `dY^T X`, from the values the product reads
+    /// anyway. For an unbatched `A^T B`; where the subgroup kernel does not run (other designs,
+    /// a narrow output computed transposed) the sums are a pass of their own.
+    RowSums(&'a Tensor),
 }
 
 /// Options of a matmul beyond its two operands.
@@ -377,21 +393,39 @@ fn record(
             );
             (Some(p), matmul_aux::ACT_GRAD)
         }
+        MatmulAux::RowSums(p) => {
+            ensure_shape!(
+                spec.trans_a && d.batch_shape.is_empty(),
+                "a matmul with row sums must be an unbatched A^T B (trans_a)"
+            );
+            (Some(p), matmul_aux::ROW_SUMS)
+        }
+    };
+    let (aux_shape, whose) = match spec.aux {
+        MatmulAux::RowSums(_) => (vec![d.m], "one sum per row of op(A):"),
+        _ => (out.shape().to_vec(), "the output's shape"),
     };
     if let Some(p) = aux {
         ensure_f32("matmul auxiliary tensor", p)?;
         ensure_shape!(
-            p.shape() == out.shape(),
-            "the matmul's auxiliary tensor must have the output's shape {:?}, got {:?}",
-            out.shape(),
+            p.shape() == aux_shape.as_slice(),
+            "the matmul's auxiliary tensor must have {whose} {aux_shape:?}, got {:?}",
             p.shape()
         );
-        for t in [a, b, out].into_iter().chain(spec.bias) {
+        for t in [a, b].into_iter().chain(spec.bias) {
             ensure_shape!(
                 !t.same_buffer(p),
                 "the matmul's auxiliary tensor must not share a buffer with another operand"
             );
         }
+        // Row sums and the output are both read-write bindings, so they may be views of one
+        // buffer (a weight's and a bias's gradient in the flat gradient buffer) that do not
+        // overlap.
+        let apart = matches!(spec.aux, MatmulAux::RowSums(_)) && !out.overlaps(p);
+        ensure_shape!(
+            apart || !out.same_buffer(p),
+            "the matmul's auxiliary tensor must not share a buffer with another operand"
+        );
     }
     let gpu = a.gpu();
     // A weight shared by a batch of row-major A (a linear layer over [batch, tokens, features])
@@ -409,6 +443,20 @@ fn record(
     } else {
         d
     };
+    if let MatmulAux::RowSums(sums) = spec.aux {
+        // Only the subgroup kernel sums rows, and not for a narrow output it computes
+        // transposed: elsewhere the sums are a pass of their own (A is [K, M] here: its rows
+        // summed over K are its columns' sums), once however the product is split.
+        let tiling = spec.tiling.unwrap_or_else(|| MatmulTiling::choose(gpu, d.m, d.n, d.k, 1));
+        if tiling.design != MatmulDesign::Subgroup || transposed_output(&tiling, d) {
+            let plain = MatmulSpec {
+                aux: MatmulAux::None,
+                ..*spec
+            };
+            record(a, b, &plain, d, out, accumulate)?;
+            return super::reduce::sum_tokens_into(a, sums, accumulate);
+        }
+    }
     if let Some(chunk) = k_chunk(gpu, spec, d) {
         // One dispatch per slice of K, each adding into the output.
         for k0 in (0..d.k).step_by(chunk) {
@@ -441,7 +489,7 @@ fn record(
     // The subgroup kernel's tiles are 32 columns wide: a narrow C (a layer with a few outputs)
     // is computed as C^T = op(B)^T op(A)^T, whose rows are the narrow side, and stored
     // transposed.
-    let transposed = tiling.design == MatmulDesign::Subgroup && d.n < 16 && d.m > d.n;
+    let transposed = transposed_output(&tiling, d);
     let swapped;
     let (a, b, spec, d) = if transposed {
         swapped = (
@@ -542,6 +590,14 @@ fn record(
                 + b.numel()
                 + batch * d.m * d.n * (1 + accumulate as usize + aux.is_some() as usize))
                 as f64,
+        matmul: Some(MatmulShape {
+            m: d.m as u32,
+            n: d.n as u32,
+            k: d.k as u32,
+            batch: batch as u32,
+            trans_a: spec.trans_a,
+            trans_b: spec.trans_b,
+        }),
     };
     gpu.dispatch_costed(
         kernel,
@@ -566,7 +622,7 @@ const CPU_K_CHUNK: usize = 512;
 
 /// The K slice for [`record`] to split a product into, if it should: `A^T B` with K beyond
 /// two slices, unbatched, without an epilogue that is not linear in the sum (an activation,
-/// an auxiliary tensor), on the CPU profile, where every slice's views are aligned (a slice is
+/// an auxiliary tensor other than row sums, which add up over slices as C does), on the CPU profile, where every slice's views are aligned (a slice is
 /// 2048 bytes per column, so with wgpu's alignments of at most 256 bytes always: checked because
 /// a misaligned view would be refused).
 fn k_chunk(gpu: &Gpu, spec: &MatmulSpec, d: &Dims) -> Option<usize> {
@@ -578,11 +634,17 @@ fn k_chunk(gpu: &Gpu, spec: &MatmulSpec, d: &Dims) -> Option<usize> {
         && d.batch_shape.is_empty()
         && d.k > 2 * CPU_K_CHUNK
         && spec.activation == Activation::None
-        && matches!(spec.aux, MatmulAux::None)
+        && matches!(spec.aux, MatmulAux::None | MatmulAux::RowSums(_))
         && spec.tiling.is_none()
         && aligned(d.m)
         && aligned(d.n))
     .then_some(CPU_K_CHUNK)
+}
+
+/// Whether the subgroup kernel computes `C^T` for this product: C narrower than 16 columns
+/// and taller than wide (its 32-column tiles would be mostly idle).
+fn transposed_output(tiling: &MatmulTiling, d: &Dims) -> bool {
+    tiling.design == MatmulDesign::Subgroup && d.n < 16 && d.m > d.n
 }
 
 /// Whether the subgroup kernel can run here: subgroups of exactly 8 lanes.

@@ -27,6 +27,8 @@ struct Params {
 
 // MODE: MODULATE, MODULATE_BACKWARD, GATE or GATE_BACKWARD (generated from src/shaders.rs).
 override MODE: u32 = 0u;
+// ln_modulate_backward: add dx into what the output holds (a gradient summed in place).
+override ACCUMULATE: bool = false;
 
 const WG: u32 = 256u;
 const ITEMS: u32 = 4u;
@@ -82,8 +84,8 @@ fn modulate_backward(@builtin(local_invocation_index) lid: u32, @builtin(workgro
 //   ln_modulate:  y = LN(x) (1 + scale) + shift        (saves mean and 1/std per row)
 //   ada_gate:     y = x + gate h
 // Their backward:
-//   ln_modulate_backward_rows:  dx = rstd (g - mean(g) - xhat mean(g xhat)), g = dy (1 + scale)
-//   ln_modulate_backward_cols:  d_shift += sum_t dy,  d_scale += sum_t dy xhat
+//   ln_modulate_backward:       dx = rstd (g - mean(g) - xhat mean(g xhat)), g = dy (1 + scale),
+//                               d_shift += sum_t dy,  d_scale += sum_t dy xhat
 //   ada_gate_backward:          dh = gate dy,  d_gate += sum_t h dy     (dx is dy itself)
 
 @group(0) @binding(0) var<storage, read> ada_x: array<f32>;          // x, or h for ada_gate_backward
@@ -123,53 +125,50 @@ fn ln_modulate(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
     ada_out2[2u * row + 1u] = rstd;
 }
 
+// One workgroup per sample b: its rows' dx (a row per invocation), then its columns' sums over
+// its tokens (a column per invocation). Both only read the forward's values, so one dispatch
+// does both with no barrier between.
 @compute @workgroup_size(ROWS_WG)
-fn ln_modulate_backward_rows(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
-                             @builtin(num_workgroups) nwg: vec3<u32>) {
-    let row = workgroup_index(wid, nwg) * ROWS_WG + lid;
-    if (row >= params.batch * params.tokens) { return; }
-    let b = row / params.tokens;
+fn ln_modulate_backward(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+                        @builtin(num_workgroups) nwg: vec3<u32>) {
+    let b = workgroup_index(wid, nwg);
+    if (b >= params.batch) { return; }
     let n = params.cols;
-    let base = row * n;
-    let mean = ada_aux[2u * row];
-    let rstd = ada_aux[2u * row + 1u];
-    var sum_g = 0.0;
-    var sum_gx = 0.0;
-    for (var c = 0u; c < n; c++) {
-        let xhat = (ada_x[base + c] - mean) * rstd;
-        let g = ada_dy[base + c] * (1.0 + ada_in[ada_at(b, params.chunk_b, c)]);
-        sum_g += g;
-        sum_gx += g * xhat;
-    }
-    let mg = sum_g / f32(n);
-    let mgx = sum_gx / f32(n);
-    for (var c = 0u; c < n; c++) {
-        let xhat = (ada_x[base + c] - mean) * rstd;
-        let g = ada_dy[base + c] * (1.0 + ada_in[ada_at(b, params.chunk_b, c)]);
-        ada_out[base + c] = rstd * (g - mg - xhat * mgx);
-    }
-}
-
-// One invocation per (sample, column): sums over the sample's tokens.
-@compute @workgroup_size(ROWS_WG)
-fn ln_modulate_backward_cols(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
-                             @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = workgroup_index(wid, nwg) * ROWS_WG + lid;
-    let n = params.cols;
-    if (i >= params.batch * n) { return; }
-    let b = i / n;
-    let c = i % n;
-    var d_shift = 0.0;
-    var d_scale = 0.0;
-    for (var t = 0u; t < params.tokens; t++) {
+    for (var t = lid; t < params.tokens; t += ROWS_WG) {
         let row = b * params.tokens + t;
-        let xhat = (ada_x[row * n + c] - ada_aux[2u * row]) * ada_aux[2u * row + 1u];
-        let dy = ada_dy[row * n + c];
-        d_shift += dy;
-        d_scale += dy * xhat;
+        let base = row * n;
+        let mean = ada_aux[2u * row];
+        let rstd = ada_aux[2u * row + 1u];
+        var sum_g = 0.0;
+        var sum_gx = 0.0;
+        for (var c = 0u; c < n; c++) {
+            let xhat = (ada_x[base + c] - mean) * rstd;
+            let g = ada_dy[base + c] * (1.0 + ada_in[ada_at(b, params.chunk_b, c)]);
+            sum_g += g;
+            sum_gx += g * xhat;
+        }
+        let mg = sum_g / f32(n);
+        let mgx = sum_gx / f32(n);
+        for (var c = 0u; c < n; c++) {
+            let xhat = (ada_x[base + c] - mean) * rstd;
+            let g = ada_dy[base + c] * (1.0 + ada_in[ada_at(b, params.chunk_b, c)]);
+            let dx = rstd * (g - mg - xhat * mgx);
+            if (ACCUMULATE) { ada_out[base + c] += dx; } else { ada_out[base + c] = dx; }
+        }
     }
-    ada_out2[ada_at(b, params.chunk_a, c)] += d_shift;
-    ada_out2[ada_at(b, params.chunk_b, c)] += d_scale;
+    for (var c = lid; c < n; c += ROWS_WG) {
+        var d_shift = 0.0;
+        var d_scale = 0.0;
+        for (var t = 0u; t < params.tokens; t++) {
+            let row = b * params.tokens + t;
+            let xhat = (ada_x[row * n + c] - ada_aux[2u * row]) * ada_aux[2u * row + 1u];
+            let dy = ada_dy[row * n + c];
+            d_shift += dy;
+            d_scale += dy * xhat;
+        }
+        ada_out2[ada_at(b, params.chunk_a, c)] += d_shift;
+        ada_out2[ada_at(b, params.chunk_b, c)] += d_scale;
+    }
 }
 
 // One row (sample b, token t) per invocation: the gate's index is worked out once per row.

@@ -211,6 +211,83 @@ fn fused_activation_chain_gradient_of_every_parameter_and_the_input() {
     assert_grad("the input's gradient", &dx, &want);
 }
 
+/// Gradients summed in place where a value has several consumers: an input read by three
+/// linear layers (the first writes its gradient, the second adds into a copy, the third into
+/// that), an activation read by three linear layers (the fused epilogue adding with respect to
+/// its pre-activation), and the last layer's input also read by a LayerNorm-modulation, whose
+/// backward adds into the gradient the gated residual handed over.
+#[test]
+fn gradients_of_values_with_several_consumers_are_summed_in_place() {
+    let g = gpu();
+    let (bsz, t, inp, hid) = (2, 3, 4, 8);
+    let mut b = ParamsBuilder::new();
+    let xavier = |fan_in, fan_out| Init::XavierUniform { fan_in, fan_out };
+    let ws: Vec<_> = (0..6)
+        .map(|i| {
+            b.add(
+                &format!("w{i}"),
+                &[hid, if i < 3 { inp } else { hid }],
+                xavier(inp, hid),
+            )
+        })
+        .collect();
+    let bias = b.add("bias", &[hid], Init::Normal { std: 0.3 });
+    let ada = b.add("ada", &[bsz, 3 * hid], Init::Normal { std: 0.5 });
+    let p = b.build(g, 12).unwrap();
+    let x = rand_vec(bsz * t * inp, 31);
+    let target = rand_vec(bsz * t * hid, 32);
+
+    p.zero_grads().unwrap();
+    let mut tape = Tape::new();
+    let xv = tape.input(upload(g, &[bsz, t, inp], &x));
+    let tv = tape.constant(upload(g, &[bsz, t, hid], &target));
+    let pv: Vec<_> = ws.iter().map(|&id| tape.param(&p, id)).collect();
+    let (bv, av) = (tape.param(&p, bias), tape.param(&p, ada));
+    let mut h = f::linear(&mut tape, &xv, &pv[0], Some(&bv)).unwrap();
+    for w in &pv[1..3] {
+        let y = f::linear(&mut tape, &xv, w, None).unwrap();
+        h = f::add(&mut tape, &h, &y).unwrap();
+    }
+    let a = f::silu(&mut tape, &h).unwrap();
+    let mut r = f::linear(&mut tape, &a, &pv[3], None).unwrap();
+    for w in &pv[4..6] {
+        let y = f::linear(&mut tape, &a, w, None).unwrap();
+        r = f::add(&mut tape, &r, &y).unwrap();
+    }
+    // r -> ln_modulate(r) -> gated residual r + gate * m.
+    let m = f::ln_modulate(&mut tape, &r, &av, 0, 1, 1e-6).unwrap();
+    let y = f::ada_gate(&mut tape, &r, &m, &av, 2).unwrap();
+    let loss = f::mse(&mut tape, &y, &tv).unwrap();
+    let grads = tape.backward(&loss).unwrap();
+    let dx = grads.get(&xv).unwrap().to_vec().unwrap();
+
+    let td = f64s(&target);
+    let reference = |xd: &[f64], ps: &[Vec<f64>]| {
+        let rows = bsz * t;
+        let mut h = linear_ref(xd, &ps[0], Some(&ps[6]), inp, hid);
+        for w in &ps[1..3] {
+            let y = linear_ref(xd, w, None, inp, hid);
+            h.iter_mut().zip(y).for_each(|(a, b)| *a += b);
+        }
+        let a: Vec<f64> = h.into_iter().map(cpu::silu).collect();
+        let mut r = linear_ref(&a, &ps[3], None, hid, hid);
+        for w in &ps[4..6] {
+            let y = linear_ref(&a, w, None, hid, hid);
+            r.iter_mut().zip(y).for_each(|(a, b)| *a += b);
+        }
+        let m = cpu::ln_modulate(&r, t, hid, &ps[7], 3, 0, 1, 1e-6);
+        let gate = cpu::chunk(&ps[7], 3, hid, 2);
+        let y = cpu::gate(&r, &m, t, hid, &gate);
+        assert_eq!(y.len(), rows * hid);
+        mse_ref(&y, &td)
+    };
+    let xd = f64s(&x);
+    check_all_param_grads(&p, |ps| reference(&xd, ps));
+    let base = read_params(&p);
+    let want = cpu::numeric_grad(|v| reference(v, &base), &xd, 1e-4);
+    assert_grad("the input's gradient", &dx, &want);
+}
+
 /// Activations whose gradient cannot go through a linear layer's fused epilogue: of a
 /// parameter (its pre-activation shares the flat buffer with the weight that consumes it), and
 /// consumed by a kernel that adds gradients in place (adaLN reading a SiLU of the conditioning

@@ -425,6 +425,46 @@ fn attention_at_1024_tokens_never_allocates_a_token_by_token_matrix() {
     );
 }
 
+/// The LayerNorm-modulation backward adds `dx` into a gradient it is given (the residual
+/// stream's, summed in place), with more tokens than a workgroup has invocations (a sample's
+/// rows loop) and its shift and scale gradients still added into their chunks.
+#[test]
+fn ln_modulate_backward_adds_into_a_given_gradient() {
+    let (b, t, c, k) = (2, 70, 8, 3);
+    let (shift, scale) = (1, 2);
+    let n = b * t * c;
+    let g = gpu();
+    let (x, w, prior) = (rand_vec(n, 50), rand_vec(n, 51), rand_vec(n, 52));
+    let ada = rand_vec(b * k * c, 53);
+    let (tx, tw) = (upload(g, &[b, t, c], &x), upload(g, &[b, t, c], &w));
+    let tada = upload(g, &[b, k * c], &ada);
+    let (xd, wd, ad) = (f64s(&x), f64s(&w), f64s(&ada));
+    let eps = 1e-6;
+    let (_, stats) = ops::ln_modulate(&tx, &tada, shift, scale, eps as f32).unwrap();
+    let d_ada = upload(g, &[b, k * c], &vec![0.0; b * k * c]);
+    let dx = upload(g, &[b, t, c], &prior);
+    ops::ln_modulate_backward_into(&tx, &stats, &tada, shift, scale, &tw, &d_ada, &dx, true)
+        .unwrap();
+    let lnm = |x: &[f64], a: &[f64]| cpu::ln_modulate(x, t, c, a, k, shift, scale, eps);
+    let f = |x: &[f64], a: &[f64]| cpu::weighted_sum(&lnm(x, a), &wd);
+    let want: Vec<f64> = cpu::numeric_grad(|x| f(x, &ad), &xd, H)
+        .iter()
+        .zip(&prior)
+        .map(|(g, &p)| g + p as f64)
+        .collect();
+    assert_grad("ln_modulate dx (added)", &dx.to_vec().unwrap(), &want);
+    assert_grad(
+        "ln_modulate d_ada",
+        &d_ada.to_vec().unwrap(),
+        &cpu::numeric_grad(|a| f(&xd, a), &ad, H),
+    );
+    // The gradient may not be bound beside an input it would overwrite.
+    match ops::ln_modulate_backward_into(&tx, &stats, &tada, shift, scale, &tw, &d_ada, &tw, true) {
+        Err(rectiflow::Error::Shape(m)) => assert!(m.contains("must not share a buffer"), "{m}"),
+        other => panic!("expected a shape error, got {other:?}"),
+    }
+}
+
 /// The fused adaLN ops read their vectors as chunks of one conditioning tensor and add their
 /// gradients into the matching chunks of its gradient (which starts with other content here,
 /// to show that they add and touch nothing else).

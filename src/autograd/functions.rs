@@ -41,9 +41,15 @@ fn linear_backward(
                         aux: MatmulAux::ActGrad(pre),
                         ..Default::default()
                     };
-                    grads.add_pre(&xv, ops::matmul_with(dy, wv.value(), &spec)?)?;
+                    grads.add_pre_from(&xv, |dx, accumulate| {
+                        ops::matmul_into(dy, wv.value(), &spec, dx, accumulate)
+                    })?;
                 }
-                _ => grads.add(&xv, ops::matmul(dy, wv.value())?)?,
+                // Added into a gradient the input has already (the conditioning, read by
+                // every block's adaLN), else written.
+                _ => grads.add_from(&xv, |dx, accumulate| {
+                    ops::matmul_into(dy, wv.value(), &MatmulSpec::default(), dx, accumulate)
+                })?,
             }
         }
         let dy2 = dy.reshape(&[rows, out])?;
@@ -363,9 +369,16 @@ pub fn ln_modulate(
     Ok(tape.op(y, [x, ada], move |dy, grads, [x, ada]| {
         // The conditioning's gradient gathers all its chunks in one buffer.
         let d_ada = grads.sink(ada)?;
-        let dx =
-            ops::ln_modulate_backward(x.value(), &stats, ada.value(), shift, scale, dy, &d_ada)?;
-        grads.add(x, dx)
+        let (xv, a) = (x.value(), ada.value());
+        if !x.requires_grad() {
+            ops::ln_modulate_backward(xv, &stats, a, shift, scale, dy, &d_ada)?;
+            return Ok(());
+        }
+        // The residual stream's gradient is summed in the kernel (the gated residual's backward
+        // handed one over already).
+        grads.add_from(x, |dx, accumulate| {
+            ops::ln_modulate_backward_into(xv, &stats, a, shift, scale, dy, &d_ada, dx, accumulate)
+        })
     }))
 }
 

@@ -20,7 +20,7 @@ pub mod functions;
 use crate::error::{ensure_shape, Result};
 use crate::ops::{self, Activation};
 use crate::params::{ParamId, Params};
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 use std::collections::HashMap;
 
 /// A value on the tape: a tensor and what its gradient is for.
@@ -299,6 +299,58 @@ impl Grads {
             Some(d) => Ok(d),
             None => Tensor::zeros(v.value.gpu(), v.shape()),
         }
+    }
+
+    /// Add a gradient of `v` that an op can either write or add in place, `f(out, accumulate)`:
+    /// into [`Grads::accumulator`] where `v` has a gradient already (no separate sum; a
+    /// handed-over one is copied first), else written into a new tensor handed over as by
+    /// [`Grads::add`]. Nothing runs if `v` needs no gradient.
+    pub(crate) fn add_from(
+        &mut self,
+        v: &Var,
+        f: impl FnOnce(&Tensor, bool) -> Result<()>,
+    ) -> Result<()> {
+        if !v.requires_grad {
+            return Ok(());
+        }
+        let has = v.grad_into.is_some()
+            || self.map.contains_key(&v.id)
+            || self.pending.contains_key(&v.id);
+        if has {
+            let into = self.accumulator(v)?.expect("v needs a gradient");
+            return f(&into, true);
+        }
+        let g = Tensor::uninit(v.value.gpu(), v.shape(), DType::F32)?;
+        f(&g, false)?;
+        self.add(v, g)
+    }
+
+    /// As [`Grads::add_from`] for a gradient with respect to the pre-activation of an
+    /// activation's output (as [`Grads::add_pre`] takes it): added in place into the one kept
+    /// with respect to it, if there is one.
+    pub(crate) fn add_pre_from(
+        &mut self,
+        v: &Var,
+        f: impl FnOnce(&Tensor, bool) -> Result<()>,
+    ) -> Result<()> {
+        if !v.requires_grad {
+            return Ok(());
+        }
+        if let Some(into) = &v.grad_into {
+            return f(into, true);
+        }
+        let owned = match self.map.get(&v.id) {
+            Some((g, true)) => g.clone(),
+            Some((g, false)) => ops::copy(g)?,
+            None => {
+                let g = Tensor::uninit(v.value.gpu(), v.shape(), DType::F32)?;
+                f(&g, false)?;
+                return self.add_pre(v, g);
+            }
+        };
+        f(&owned, true)?;
+        self.map.insert(v.id, (owned, true));
+        Ok(())
     }
 
     /// A buffer that kernels may add `v`'s gradient into in place (several ops writing parts of

@@ -447,7 +447,9 @@ fn record(
         // Only the subgroup kernel sums rows, and not for a narrow output it computes
         // transposed: elsewhere the sums are a pass of their own (A is [K, M] here: its rows
         // summed over K are its columns' sums), once however the product is split.
-        let tiling = spec.tiling.unwrap_or_else(|| MatmulTiling::choose(gpu, d.m, d.n, d.k, 1));
+        let tiling = spec
+            .tiling
+            .unwrap_or_else(|| MatmulTiling::choose(gpu, d.m, d.n, d.k, 1));
         if tiling.design != MatmulDesign::Subgroup || transposed_output(&tiling, d) {
             let plain = MatmulSpec {
                 aux: MatmulAux::None,

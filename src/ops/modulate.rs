@@ -31,10 +31,8 @@ kernels! {
         MODULATE_BACKWARD = modulate_backward(Read, Read, Read, Unused, ReadWrite, ReadWrite);
         // The in-place entries: x, ada, aux (h or stats), dy, out, out2 (stats or d_ada).
         LN_MODULATE = ln_modulate(Read, Read, Unused, Unused, ReadWrite, ReadWrite);
-        LN_MODULATE_BACKWARD_ROWS =
-            ln_modulate_backward_rows(Read, Read, Read, Read, ReadWrite, Unused);
-        LN_MODULATE_BACKWARD_COLS =
-            ln_modulate_backward_cols(Read, Unused, Read, Read, Unused, ReadWrite);
+        LN_MODULATE_BACKWARD =
+            ln_modulate_backward(Read, Read, Read, Read, ReadWrite, ReadWrite);
         ADA_GATE = ada_gate(Read, Read, Read, Unused, ReadWrite, Unused);
         ADA_GATE_BACKWARD = ada_gate_backward(Read, Read, Unused, Read, ReadWrite, ReadWrite);
     }
@@ -234,42 +232,69 @@ pub fn ln_modulate_backward(
     dy: &Tensor,
     d_ada: &Tensor,
 ) -> Result<Tensor> {
+    let dx = Tensor::uninit(x.gpu(), x.shape(), DType::F32)?;
+    ln_modulate_backward_into(x, stats, ada, shift, scale, dy, d_ada, &dx, false)?;
+    Ok(dx)
+}
+
+/// [`ln_modulate_backward`] writing `dx` into `dx_out` (shaped like `x`), or adding it to what
+/// `dx_out` holds with `accumulate` (the residual stream's gradient, summed in place).
+#[allow(clippy::too_many_arguments)]
+pub fn ln_modulate_backward_into(
+    x: &Tensor,
+    stats: &Tensor,
+    ada: &Tensor,
+    shift: usize,
+    scale: usize,
+    dy: &Tensor,
+    d_ada: &Tensor,
+    dx_out: &Tensor,
+    accumulate: bool,
+) -> Result<()> {
     let p = ada_params("ln_modulate_backward", x, ada, &[shift, scale])?;
     let rows = x.numel() / x.last_dim();
     ensure_shape!(
-        dy.shape() == x.shape() && d_ada.shape() == ada.shape() && stats.shape() == [rows, 2],
-        "ln_modulate_backward: dy {:?} must match x {:?}, d_ada {:?} ada {:?}, stats {:?} [{rows}, 2]",
+        dy.shape() == x.shape()
+            && dx_out.shape() == x.shape()
+            && d_ada.shape() == ada.shape()
+            && stats.shape() == [rows, 2],
+        "ln_modulate_backward: dy {:?} and dx {:?} must match x {:?}, d_ada {:?} ada {:?}, stats \
+         {:?} [{rows}, 2]",
         dy.shape(),
+        dx_out.shape(),
         x.shape(),
         d_ada.shape(),
         ada.shape(),
         stats.shape()
     );
+    ensure_f32("ln_modulate_backward dx", dx_out)?;
+    for t in [x, stats, ada, dy] {
+        ensure_shape!(
+            !t.same_buffer(dx_out),
+            "ln_modulate_backward: dx must not share a buffer with an input"
+        );
+    }
     let gpu = x.gpu();
-    let dx = Tensor::uninit(gpu, x.shape(), DType::F32)?;
+    // One workgroup per sample: the rows' dx and the columns' sums over tokens.
     gpu.dispatch(
-        &LN_MODULATE_BACKWARD_ROWS,
-        &[],
+        &LN_MODULATE_BACKWARD,
+        &[("ACCUMULATE", accumulate as u32 as f64)],
         &bind(
-            &LN_MODULATE_BACKWARD_ROWS,
+            &LN_MODULATE_BACKWARD,
             gpu,
-            [Some(x), Some(ada), Some(stats), Some(dy), Some(&dx), None],
+            [
+                Some(x),
+                Some(ada),
+                Some(stats),
+                Some(dy),
+                Some(dx_out),
+                Some(d_ada),
+            ],
         ),
         &p,
-        groups(rows, ROWS_PER_GROUP),
+        ada.shape()[0] as u64,
     )?;
-    gpu.dispatch(
-        &LN_MODULATE_BACKWARD_COLS,
-        &[],
-        &bind(
-            &LN_MODULATE_BACKWARD_COLS,
-            gpu,
-            [Some(x), Some(ada), Some(stats), Some(dy), None, Some(d_ada)],
-        ),
-        &p,
-        groups(ada.shape()[0] * x.last_dim(), ROWS_PER_GROUP),
-    )?;
-    Ok(dx)
+    Ok(())
 }
 
 /// The gated residual `x + gate h`, `gate` chunk `chunk` of `ada` `[B, K C]`.

@@ -225,7 +225,7 @@ fn gradients_of_values_with_several_consumers_are_summed_in_place() {
     let ws: Vec<_> = (0..6)
         .map(|i| {
             b.add(
-                &format!("w{i}"),
+                format!("w{i}"),
                 &[hid, if i < 3 { inp } else { hid }],
                 xavier(inp, hid),
             )

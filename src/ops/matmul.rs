@@ -103,8 +103,8 @@ impl MatmulTiling {
     /// classes, else [`MatmulTiling::fixed_rule`].
     ///
     /// A subgroup tile is then cut to the fewest rows (8 or 16) that hold all of a short C: a
-    /// layer with two outputs, computed transposed, has two rows, and a 32-row tile would
-    /// compute 30 for nothing.
+    /// layer with two outputs, computed transposed, has two rows, and a 16-row tile would
+    /// compute 14 for nothing.
     pub fn choose(gpu: &Gpu, m: usize, n: usize, k: usize, batch: usize) -> Self {
         let t = super::tune::tuned_tiling(gpu, m, n, k, batch)
             .unwrap_or_else(|| Self::fixed_rule(gpu, m, n, batch));
@@ -119,6 +119,10 @@ impl MatmulTiling {
     /// The tile measured fastest on this kind of adapter for an `m x n` output over `batch`
     /// items (see docs/performance.md), without tuning.
     ///
+    /// CPU profile with subgroups of 8: 16-row tiles (8 when that leaves too few workgroups for
+    /// the cores). 32-row tiles compute the same but measured 3x slower on lavapipe (most likely
+    /// their unrolled body, twice as long, overflowing the core's instruction caches:
+    /// docs/performance.md).
     /// CPU profile (lanes): as many lanes as N needs, at most 16 (a 128-column panel of B stays
     /// in cache; wider panels measured no faster at 1024 and slower at 2048), 8 x 8 outputs
     /// each; fewer rows per workgroup when there would be too few workgroups for the cores.
@@ -130,10 +134,8 @@ impl MatmulTiling {
         };
         if gpu.profile() == KernelProfile::Cpu && has_subgroups_of_8(gpu) {
             // The largest row block that still gives the cores work to share.
-            [32, 16]
-                .map(MatmulTiling::subgroup)
-                .into_iter()
-                .find(|&t| workgroups(t) >= 16)
+            Some(MatmulTiling::subgroup(16))
+                .filter(|&t| workgroups(t) >= 16)
                 .unwrap_or(MatmulTiling::subgroup(8))
         } else if gpu.profile() == KernelProfile::Cpu {
             let tn = if n > 4 { 8 } else { 4 };

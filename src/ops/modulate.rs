@@ -274,6 +274,10 @@ pub fn ln_modulate_backward_into(
             "ln_modulate_backward: dx must not share a buffer with an input"
         );
     }
+    ensure_shape!(
+        !d_ada.overlaps(dx_out),
+        "ln_modulate_backward: dx and d_ada must not overlap"
+    );
     let gpu = x.gpu();
     // One workgroup per sample: the rows' dx and the columns' sums over tokens.
     gpu.dispatch(

@@ -302,23 +302,23 @@ impl Grads {
     }
 
     /// Add a gradient of `v` that an op can either write or add in place, `f(out, accumulate)`:
-    /// into [`Grads::accumulator`] where `v` has a gradient already (no separate sum; a
-    /// handed-over one is copied first), else written into a new tensor handed over as by
-    /// [`Grads::add`]. Nothing runs if `v` needs no gradient.
+    /// added into the gradient `v` has already (no separate sum; a handed-over one is copied
+    /// first), else written into a new tensor handed over as by [`Grads::add`]. For an
+    /// activation's output (whose gradient is kept with respect to its pre-activation) the
+    /// contribution is always written and handed over by [`Grads::add`], which applies the
+    /// derivative on the way in.
+    /// Nothing runs if `v` needs no gradient.
     pub(crate) fn add_from(
         &mut self,
         v: &Var,
         f: impl FnOnce(&Tensor, bool) -> Result<()>,
     ) -> Result<()> {
+        if v.activated.is_none() {
+            // Value and pre-activation are one: the same in-place rules.
+            return self.add_pre_from(v, f);
+        }
         if !v.requires_grad {
             return Ok(());
-        }
-        let has = v.grad_into.is_some()
-            || self.map.contains_key(&v.id)
-            || self.pending.contains_key(&v.id);
-        if has {
-            let into = self.accumulator(v)?.expect("v needs a gradient");
-            return f(&into, true);
         }
         let g = Tensor::uninit(v.value.gpu(), v.shape(), DType::F32)?;
         f(&g, false)?;
@@ -327,7 +327,7 @@ impl Grads {
 
     /// As [`Grads::add_from`] for a gradient with respect to the pre-activation of an
     /// activation's output (as [`Grads::add_pre`] takes it): added in place into the one kept
-    /// with respect to it, if there is one.
+    /// with respect to it (or the parameter's gradient view), if there is one.
     pub(crate) fn add_pre_from(
         &mut self,
         v: &Var,

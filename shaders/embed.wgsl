@@ -32,18 +32,28 @@ fn frequency(i: u32) -> f32 {
     return exp(-log(params.max_period) * f32(i) / f32(half));
 }
 
-// out [B, dim]
+// Frequencies each invocation of `timestep` computes: both halves of the row from one argument,
+// and one integer division per 16 outputs (a CPU driver divides vectors lane by lane).
+const FREQS: u32 = 8u;
+
+// out [B, dim]; invocation e: row e / chunks, frequencies FREQS * (e % chunks) and on.
 @compute @workgroup_size(WG)
 fn timestep(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
             @builtin(num_workgroups) nwg: vec3<u32>) {
     let e = index(lid, wid, nwg);
-    if (e >= params.batch * params.dim) { return; }
-    let row = e / params.dim;
-    let col = e % params.dim;
     let half = params.dim / 2u;
-    if (col >= 2u * half) { out[e] = 0.0; return; }
-    let arg = params.scale * a[row] * frequency(col % half);
-    out[e] = select(cos(arg), sin(arg), col >= half);
+    let chunks = max(1u, (half + FREQS - 1u) / FREQS);
+    if (e >= params.batch * chunks) { return; }
+    let row = e / chunks;
+    let first = (e % chunks) * FREQS;
+    let base = row * params.dim;
+    let scaled = params.scale * a[row];
+    for (var i = first; i < min(first + FREQS, half); i++) {
+        let arg = scaled * frequency(i);
+        out[base + i] = cos(arg);
+        out[base + half + i] = sin(arg);
+    }
+    if (first == 0u && params.dim > 2u * half) { out[base + params.dim - 1u] = 0.0; }
 }
 
 // dt [B] = sum_i dy[b, i] * d emb[b, i] / dt   (b binds dy)

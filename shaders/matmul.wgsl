@@ -1,7 +1,9 @@
 // Tiled matrix multiply with a fused epilogue, batched:
 //   C[b] = act(alpha * op(A[b]) op(B[b]) + bias)      (+ C[b] when ACCUMULATE)
 // and, with the auxiliary tensor P (same shape as C; see activation.wgsl's AUX): AUX_SAVE_PRE also
-// writes the pre-activation to P; AUX_ACT_GRAD writes alpha op(A) op(B) act'(P) instead.
+// writes the pre-activation to P (with ACCUMULATE, C's old value is part of the pre-activation:
+// C = act(C + alpha op(A) op(B) + bias), the sum of several products activated once);
+// AUX_ACT_GRAD writes alpha op(A) op(B) act'(P) instead.
 // op(A) is A (M x K) or, with TRANS_A, the transpose of a stored K x M matrix; op(B) is B (K x N)
 // or, with TRANS_B, the transpose of a stored N x K matrix. A batch stride of 0 shares a matrix
 // across the batch (a weight applied to every sample).
@@ -155,11 +157,13 @@ fn store_scalar(t: Tile, tx: u32, ty: u32) {
             for (var q = 0u; q < 4u; q++) {
                 if (col + q < params.n) {
                     let idx = t.c_base + row * params.n + col + q;
-                    if (AUX == AUX_SAVE_PRE) { aux[idx] = v[q]; }
+                    var pre = v[q];
+                    if (ACCUMULATE && AUX == AUX_SAVE_PRE) { pre += c[idx]; }
+                    if (AUX == AUX_SAVE_PRE) { aux[idx] = pre; }
                     var p = 0.0;
                     if (AUX == AUX_ACT_GRAD) { p = aux[idx]; }
-                    var out = finish(v[q], p);
-                    if (ACCUMULATE) { out += c[idx]; }
+                    var out = finish(pre, p);
+                    if (ACCUMULATE && AUX != AUX_SAVE_PRE) { out += c[idx]; }
                     c[idx] = out;
                 }
             }
@@ -239,12 +243,13 @@ fn store_vec4(t: Tile, tx: u32, ty: u32) {
             let col = t.n0 + tx * TN + 4u * j;
             if (col < params.n) {
                 let idx = (t.c_base + row * params.n + col) / 4u;
-                let v = epilogue(acc[i * (TN / 4u) + j], col);
+                var v = epilogue(acc[i * (TN / 4u) + j], col);
+                if (ACCUMULATE && AUX == AUX_SAVE_PRE) { v += c4[idx]; }
                 if (AUX == AUX_SAVE_PRE) { aux4[idx] = v; }
                 var p = vec4(0.0);
                 if (AUX == AUX_ACT_GRAD) { p = aux4[idx]; }
                 var out = vec4(finish(v.x, p.x), finish(v.y, p.y), finish(v.z, p.z), finish(v.w, p.w));
-                if (ACCUMULATE) { out += c4[idx]; }
+                if (ACCUMULATE && AUX != AUX_SAVE_PRE) { out += c4[idx]; }
                 c4[idx] = out;
             }
         }

@@ -70,12 +70,15 @@ var<private> row_sums: array<f32, 32>;   // AUX_ROW_SUMS: row i of op(A) summed 
 // act(v), finish(v, p): the library activation.wgsl.
 
 // Element i of the output and the auxiliary tensor: finish and store it (any layout).
+// With AUX_SAVE_PRE, ACCUMULATE adds C's old value to the pre-activation (matmul.wgsl).
 fn store_element(e: u32, v: f32) {
     var p = 0.0;
-    if (AUX == AUX_SAVE_PRE) { aux4[e / 4u][e % 4u] = v; }
+    var pre = v;
+    if (ACCUMULATE && AUX == AUX_SAVE_PRE) { pre += c4[e / 4u][e % 4u]; }
+    if (AUX == AUX_SAVE_PRE) { aux4[e / 4u][e % 4u] = pre; }
     if (AUX == AUX_ACT_GRAD) { p = aux4[e / 4u][e % 4u]; }
-    let out = finish(v, p);
-    if (ACCUMULATE) { c4[e / 4u][e % 4u] += out; } else { c4[e / 4u][e % 4u] = out; }
+    let out = finish(pre, p);
+    if (ACCUMULATE && AUX != AUX_SAVE_PRE) { c4[e / 4u][e % 4u] += out; } else { c4[e / 4u][e % 4u] = out; }
 }
 
 // Loads of four consecutive elements along an operand's contiguous dimension: one vec4 where
@@ -236,7 +239,7 @@ fn matmul_subgroup(@builtin(subgroup_invocation_id) lane: u32, @builtin(workgrou
         let row = m0 + i;
         if (row < M) {
             if (HAS_BIAS && TRANS_C) { bv = vec4(bias[row]); }
-            let v = params.alpha * acc[i] + bv;
+            var v = params.alpha * acc[i] + bv;
             if (TRANS_C) {
                 // Element (row, own + j) of C^T is element (own + j, row) of C, stored [N, M].
                 for (var j = 0u; j < 4u; j++) {
@@ -247,10 +250,11 @@ fn matmul_subgroup(@builtin(subgroup_invocation_id) lane: u32, @builtin(workgrou
             let at = c_base + row * N + own;
             if (C_VEC4) {
                 var p = vec4(0.0);
+                if (ACCUMULATE && AUX == AUX_SAVE_PRE) { v += c4[at / 4u]; }
                 if (AUX == AUX_SAVE_PRE) { aux4[at / 4u] = v; }
                 if (AUX == AUX_ACT_GRAD) { p = aux4[at / 4u]; }
                 let out = vec4(finish(v.x, p.x), finish(v.y, p.y), finish(v.z, p.z), finish(v.w, p.w));
-                if (ACCUMULATE) { c4[at / 4u] += out; } else { c4[at / 4u] = out; }
+                if (ACCUMULATE && AUX != AUX_SAVE_PRE) { c4[at / 4u] += out; } else { c4[at / 4u] = out; }
             } else {
                 for (var j = 0u; j < 4u; j++) {
                     if (own + j < N) { store_element(at + j, v[j]); }

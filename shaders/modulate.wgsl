@@ -29,6 +29,9 @@ struct Params {
 override MODE: u32 = 0u;
 // ln_modulate_backward: add dx into what the output holds (a gradient summed in place).
 override ACCUMULATE: bool = false;
+// ada_gate_backward: write d_ada whole (zeros outside the gate's chunk) instead of adding into
+// it, so that a gradient nothing has reached yet needs no fill pass of its own.
+override INIT_D_ADA: bool = false;
 
 const WG: u32 = 256u;
 const ITEMS: u32 = 4u;
@@ -201,5 +204,11 @@ fn ada_gate_backward(@builtin(local_invocation_index) lid: u32, @builtin(workgro
         ada_out[at] = gate * dy;
         d_gate += ada_x[at] * dy;
     }
-    ada_out2[ada_at(b, params.chunk_a, c)] += d_gate;
+    if (INIT_D_ADA) {
+        for (var j = 0u; j < params.chunks; j++) {
+            ada_out2[ada_at(b, j, c)] = select(0.0, d_gate, j == params.chunk_a);
+        }
+    } else {
+        ada_out2[ada_at(b, params.chunk_a, c)] += d_gate;
+    }
 }

@@ -14,6 +14,11 @@ struct Params {
 // The same bindings as vec4 arrays (sum_tokens_vec4).
 @group(0) @binding(0) var<storage, read> x4: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read_write> out4: array<vec4<f32>>;
+// sum_tokens_pair's second input and output (and as vec4 arrays).
+@group(0) @binding(2) var<storage, read> x_second: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out_second: array<f32>;
+@group(0) @binding(2) var<storage, read> x_second4: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> out_second4: array<vec4<f32>>;
 @group(1) @binding(0) var<uniform> params: Params;
 
 const WG: u32 = 128u;
@@ -109,4 +114,48 @@ fn sum_tokens_vec4(@builtin(local_invocation_index) lid: u32, @builtin(workgroup
         acc += x4[(b * tokens + t) * c4 + c];
     }
     if (ACCUMULATE) { out4[e] += acc; } else { out4[e] = acc; }
+}
+
+// Two sums over tokens in one dispatch: out[c] = sum_t x[t, c] and out_second[c] =
+// sum_t x_second[t, c], both [T, C] (QK-norm's two scale gradients, whose views in the flat
+// gradient buffer are not contiguous). Invocation e < C sums the first input's column e, the
+// next C the second's.
+@compute @workgroup_size(64)
+fn sum_tokens_pair(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+                   @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = workgroup_index(wid, nwg) * 64u + lid;
+    let cols = params.cols;
+    if (e >= 2u * cols) { return; }
+    let second = e >= cols;
+    let c = select(e, e - cols, second);
+    var acc = 0.0;
+    for (var t = 0u; t < params.tokens; t++) {
+        if (second) { acc += x_second[t * cols + c]; } else { acc += x[t * cols + c]; }
+    }
+    if (second) {
+        if (ACCUMULATE) { out_second[c] += acc; } else { out_second[c] = acc; }
+    } else {
+        if (ACCUMULATE) { out[c] += acc; } else { out[c] = acc; }
+    }
+}
+
+// sum_tokens_pair four columns at a time (C a multiple of 4, vec4-aligned bindings), SUM_WG
+// invocations per workgroup as sum_tokens_vec4.
+@compute @workgroup_size(SUM_WG)
+fn sum_tokens_pair_vec4(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+                        @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = workgroup_index(wid, nwg) * SUM_WG + lid;
+    let c4 = params.cols / 4u;
+    if (e >= 2u * c4) { return; }
+    let second = e >= c4;
+    let c = select(e, e - c4, second);
+    var acc = vec4(0.0);
+    for (var t = 0u; t < params.tokens; t++) {
+        if (second) { acc += x_second4[t * c4 + c]; } else { acc += x4[t * c4 + c]; }
+    }
+    if (second) {
+        if (ACCUMULATE) { out_second4[c] += acc; } else { out_second4[c] = acc; }
+    } else {
+        if (ACCUMULATE) { out4[c] += acc; } else { out4[c] = acc; }
+    }
 }

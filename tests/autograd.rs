@@ -211,6 +211,82 @@ fn fused_activation_chain_gradient_of_every_parameter_and_the_input() {
     assert_grad("the input's gradient", &dx, &want);
 }
 
+/// Several linear layers summed into one pre-activation and activated once (the MLP's first
+/// layer), with and without a base term, feeding a fused linear layer: every parameter, both
+/// inputs and the base against finite differences, and the no-grad forward the same output.
+#[test]
+fn a_sum_of_linear_layers_activated_once_gradient_of_every_parameter_and_input() {
+    let g = gpu();
+    let (n, in1, in2, hid, out) = (7, 5, 3, 9, 2);
+    for with_base in [false, true] {
+        let mut b = ParamsBuilder::new();
+        let xavier = |fan_in, fan_out| Init::XavierUniform { fan_in, fan_out };
+        let w1 = b.add("a.weight", &[hid, in1], xavier(in1, hid));
+        let b1 = b.add("a.bias", &[hid], Init::Normal { std: 0.3 });
+        let w2 = b.add("b.weight", &[hid, in2], xavier(in2, hid));
+        let b2 = b.add("b.bias", &[hid], Init::Normal { std: 0.3 });
+        let w3 = b.add("out.weight", &[out, hid], xavier(hid, out));
+        let p = b.build(g, 12).unwrap();
+        let (x1, x2) = (rand_vec(n * in1, 31), rand_vec(n * in2, 32));
+        let base = rand_vec(n * hid, 33);
+        let target = rand_vec(n * out, 34);
+        let forward = |tape: &mut Tape| {
+            let x1v = tape.input(upload(g, &[n, in1], &x1));
+            let x2v = tape.input(upload(g, &[n, in2], &x2));
+            let basev = tape.input(upload(g, &[n, hid], &base));
+            let ps: Vec<_> = [w1, b1, w2, b2, w3]
+                .iter()
+                .map(|&id| tape.param(&p, id))
+                .collect();
+            let h = f::linear_sum_act(
+                tape,
+                &[(&x1v, &ps[0], Some(&ps[1])), (&x2v, &ps[2], Some(&ps[3]))],
+                with_base.then_some(&basev),
+                Activation::Silu,
+            )
+            .unwrap();
+            let y = f::linear(tape, &h, &ps[4], None).unwrap();
+            (x1v, x2v, basev, y)
+        };
+        p.zero_grads().unwrap();
+        let mut tape = Tape::new();
+        let (x1v, x2v, basev, y) = forward(&mut tape);
+        let tv = tape.constant(upload(g, &[n, out], &target));
+        let loss = f::mse(&mut tape, &y, &tv).unwrap();
+        let y_training = y.value().to_vec().unwrap();
+        let grads = tape.backward(&loss).unwrap();
+        let grad_of = |v| grads.get(v).unwrap().to_vec().unwrap();
+        let (dx1, dx2) = (grad_of(&x1v), grad_of(&x2v));
+        assert_eq!(grads.get(&basev).is_some(), with_base);
+        let y_sampling = forward(&mut Tape::no_grad()).3.value().to_vec().unwrap();
+        assert_eq!(
+            y_training, y_sampling,
+            "training and no-grad outputs differ"
+        );
+
+        let td = f64s(&target);
+        let reference = |x1: &[f64], x2: &[f64], base: &[f64], ps: &[Vec<f64>]| {
+            let a = linear_ref(x1, &ps[0], Some(&ps[1]), in1, hid);
+            let b = linear_ref(x2, &ps[2], Some(&ps[3]), in2, hid);
+            let h: Vec<f64> = (0..n * hid)
+                .map(|i| cpu::silu(a[i] + b[i] + if with_base { base[i] } else { 0.0 }))
+                .collect();
+            mse_ref(&linear_ref(&h, &ps[4], None, hid, out), &td)
+        };
+        let (x1d, x2d, based) = (f64s(&x1), f64s(&x2), f64s(&base));
+        check_all_param_grads(&p, |ps| reference(&x1d, &x2d, &based, ps));
+        let ps = read_params(&p);
+        let want = cpu::numeric_grad(|v| reference(v, &x2d, &based, &ps), &x1d, 1e-4);
+        assert_grad("the first input's gradient", &dx1, &want);
+        let want = cpu::numeric_grad(|v| reference(&x1d, v, &based, &ps), &x2d, 1e-4);
+        assert_grad("the second input's gradient", &dx2, &want);
+        if with_base {
+            let want = cpu::numeric_grad(|v| reference(&x1d, &x2d, v, &ps), &based, 1e-4);
+            assert_grad("the base's gradient", &grad_of(&basev), &want);
+        }
+    }
+}
+
 /// Gradients summed in place where a value has several consumers: an input read by three
 /// linear layers (the first writes its gradient, the second adds into a copy, the third into
 /// that), an activation read by three linear layers (the fused epilogue adding with respect to

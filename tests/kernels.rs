@@ -211,6 +211,74 @@ fn sum_tokens_matches_reference() {
     }
 }
 
+/// Two sums over tokens in one dispatch (vec4 and scalar paths, both profiles), written (into
+/// NaN) and added, with the outputs two views of one buffer (two parameters' gradients in the
+/// flat buffer) and the gap between them left as it was.
+#[test]
+fn sum_tokens_pair_matches_reference() {
+    let mut seed = 9500;
+    for g in both_profiles() {
+        for (t, c) in [(7, 12), (300, 5), (1, 1), (65, 40), (33, 16)] {
+            let (x, y) = (rand_vec(t * c, seed), rand_vec(t * c, seed + 1));
+            seed += 10;
+            let (tx, ty) = (
+                Tensor::from_slice(g, &[t, c], &x).unwrap(),
+                Tensor::from_slice(g, &[t, c], &y).unwrap(),
+            );
+            let sums = |v: &[f32], f: fn(f64) -> f64| -> Vec<f64> {
+                (0..c)
+                    .map(|ci| (0..t).map(|ti| f(v[ti * c + ci] as f64)).sum())
+                    .collect()
+            };
+            let eps = f32::EPSILON as f64 / 2.0;
+            for accumulate in [false, true] {
+                // Views 256 bytes apart (the largest storage-offset alignment).
+                let init = rand_vec(128, seed + 2);
+                let whole = if accumulate {
+                    Tensor::from_slice(g, &[128], &init).unwrap()
+                } else {
+                    Tensor::full(g, &[128], f32::NAN).unwrap()
+                };
+                let (first, second) = (whole.view(0, &[c]).unwrap(), whole.view(64, &[c]).unwrap());
+                ops::sum_tokens_pair_into(&tx, &ty, &first, &second, accumulate).unwrap();
+                let got = whole.to_vec().unwrap();
+                for (name, v, at) in [("first", &x, 0), ("second", &y, 64)] {
+                    let before = |i: usize| if accumulate { init[at + i] as f64 } else { 0.0 };
+                    let want: Vec<f64> = sums(v, |a| a)
+                        .iter()
+                        .enumerate()
+                        .map(|(i, s)| s + before(i))
+                        .collect();
+                    let tol: Vec<f64> = sums(v, f64::abs)
+                        .iter()
+                        .enumerate()
+                        .map(|(i, m)| (t as f64 + 2.0) * eps * (m + before(i).abs()) + 1e-30)
+                        .collect();
+                    assert_close(
+                        &format!("sum_tokens_pair {name} [{t}, {c}] accumulate={accumulate}"),
+                        &got[at..at + c],
+                        &want,
+                        &tol,
+                    );
+                    // The rest of the buffer is untouched.
+                    for i in at + c..at + 64 {
+                        let was = if accumulate { init[i] } else { f32::NAN };
+                        assert!(got[i].to_bits() == was.to_bits(), "element {i} changed");
+                    }
+                }
+            }
+        }
+    }
+    // Overlapping outputs are refused.
+    let g = gpu();
+    let x = Tensor::zeros(g, &[3, 8]).unwrap();
+    let out = Tensor::zeros(g, &[8]).unwrap();
+    match ops::sum_tokens_pair_into(&x, &x, &out, &out, false) {
+        Err(Error::Shape(m)) => assert!(m.contains("must not overlap"), "{m}"),
+        other => panic!("expected a shape error, got {other:?}"),
+    }
+}
+
 #[test]
 fn row_reductions_match_reference() {
     // Both kernel designs (see common::gpu_other_profile).
@@ -500,7 +568,8 @@ impl Mm {
         match self.aux {
             Aux::None => {}
             Aux::SavePre => {
-                // The pre-activation: the same product without the activation.
+                // The pre-activation: the same product without the activation; accumulating,
+                // C's old value is part of it and the output is its activation.
                 let (pw, pm) = cpu::matmul(&cpu::MatmulCase { act: 0, ..case });
                 assert_close(
                     &format!("{what}: saved pre-activation"),
@@ -508,6 +577,18 @@ impl Mm {
                     &pw,
                     &tolerance(&pm, &pw),
                 );
+                if self.accumulate {
+                    let act = |x: f64| match self.act {
+                        Activation::Gelu => cpu::gelu(x),
+                        Activation::Silu => cpu::silu(x),
+                        Activation::None => x,
+                    };
+                    for i in 0..want.len() {
+                        want[i] = act(pw[i]);
+                        // Both activations' slopes stay below 1.13.
+                        mag[i] = 1.13 * pm[i];
+                    }
+                }
             }
             Aux::RowSums => {
                 // A is stored [K, M]: row i of op(A) is column i of A (+ what was there).
@@ -684,8 +765,8 @@ const AUX_SHAPES: [(usize, usize, usize); 5] = [
     (33, 16, 40),
 ];
 
-/// The epilogue's auxiliary tensor: the pre-activation saved beside the activation, and the
-/// product times an activation's derivative (accumulated or not), with every design, on shapes
+/// The epilogue's auxiliary tensor: the pre-activation saved beside the activation (also with
+/// the output's old value in it, accumulating), and the product times an activation's derivative (accumulated or not), with every design, on shapes
 /// that are and are not multiples of the tiles (narrow ones computed transposed included).
 #[test]
 fn matmul_epilogue_saves_pre_activation_and_applies_its_derivative() {
@@ -709,6 +790,13 @@ fn matmul_epilogue_saves_pre_activation_and_applies_its_derivative() {
                         ..base
                     }
                     .check(seed);
+                    Mm {
+                        aux: Aux::SavePre,
+                        accumulate: true,
+                        bias: true,
+                        ..base
+                    }
+                    .check(seed + 3);
                     Mm {
                         aux: Aux::ActGrad,
                         alpha: -1.5,
@@ -953,15 +1041,6 @@ fn matmul_auxiliary_tensor_misuse_is_refused() {
         }
     }
     let out = Tensor::zeros(g, &[8, 6]).unwrap();
-    let spec = MatmulSpec {
-        activation: Activation::Silu,
-        aux: MatmulAux::SavePre(&right),
-        ..Default::default()
-    };
-    match ops::matmul_into(&a, &b, &spec, &out, true) {
-        Err(Error::Shape(m)) => assert!(m.contains("cannot accumulate"), "{m}"),
-        other => panic!("expected a shape error, got {other:?}"),
-    }
     let spec = MatmulSpec {
         activation: Activation::Silu,
         aux: MatmulAux::SavePre(&out),

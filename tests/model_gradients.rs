@@ -1,5 +1,5 @@
-//! The transformers' gradients: every parameter of a tiny DiT and MM-DiT (label context and a
-//! given context sequence) against central finite differences of the whole network.
+//! The networks' gradients: every parameter of a tiny DiT, MM-DiT (label context and a given
+//! context sequence) and labelled MLP against central finite differences of the whole network.
 
 mod common;
 
@@ -7,12 +7,10 @@ use common::gpu;
 use common::tiny::config;
 use rectiflow::data;
 
-/// Gradients of every parameter tensor of a tiny MM-DiT (and of its context input, when it takes
-/// one) against central finite differences of its own forward pass, in f32 with step 1e-2.
-/// Every parameter tensor's gradient (one element each) of a whole transformer against central
-/// differences of its forward pass; for the MM-DiT with `context_dim > 0` also the gradient of
-/// the given context sequence.
-fn transformer_gradient_check(kind: &str, context_dim: usize) {
+/// Every parameter tensor's gradient (one element each) of a whole network against central
+/// differences of its own forward pass (f32, step 1e-2); for the MM-DiT with `context_dim > 0`
+/// also the gradient of the given context sequence.
+fn network_gradient_check(kind: &str, context_dim: usize) {
     use rectiflow::autograd::{functions as f, Tape};
     use rectiflow::nn::Model;
     use rectiflow::params::ParamsBuilder;
@@ -88,7 +86,12 @@ fn transformer_gradient_check(kind: &str, context_dim: usize) {
         );
     }
     p.values().write(&values).unwrap();
-    assert!(p.specs().len() >= if kind == "mmdit" { 30 } else { 20 });
+    let least = match kind {
+        "mmdit" => 30,
+        "dit" => 20,
+        _ => 9,
+    };
+    assert!(p.specs().len() >= least);
     if context_dim > 0 {
         let cg = context_grad.expect("the context input has a gradient");
         for k in [0, 7, b * tc * context_dim - 1] {
@@ -113,15 +116,22 @@ fn transformer_gradient_check(kind: &str, context_dim: usize) {
 
 #[test]
 fn dit_gradients_match_finite_differences() {
-    transformer_gradient_check("dit", 0);
+    network_gradient_check("dit", 0);
 }
 
 #[test]
 fn mmdit_gradients_match_finite_differences_with_label_context() {
-    transformer_gradient_check("mmdit", 0);
+    network_gradient_check("mmdit", 0);
 }
 
 #[test]
 fn mmdit_gradients_match_finite_differences_with_a_given_context_sequence() {
-    transformer_gradient_check("mmdit", 5);
+    network_gradient_check("mmdit", 5);
+}
+
+/// The MLP's first layer sums its input, time and class terms in the matmuls' epilogues
+/// (`linear_sum_act`): its every parameter too.
+#[test]
+fn labelled_mlp_gradients_match_finite_differences() {
+    network_gradient_check("mlp", 0);
 }

@@ -8,7 +8,7 @@ mod common;
 use common::{
     assert_grad, assert_rel, every_design, f64s, gpu, rand_vec, reference as cpu, upload,
 };
-use rectiflow::ops;
+use rectiflow::{ops, Tensor};
 
 const H: f64 = 1e-4; // finite-difference step
 
@@ -237,7 +237,7 @@ fn modulate_and_gate_forward_and_backward() {
 
 #[test]
 fn timestep_embedding_forward_and_backward() {
-    for dim in [2, 7, 64, 257] {
+    for dim in [2, 7, 18, 64, 257] {
         let t: Vec<f32> = rand_vec(5, 18).iter().map(|v| 0.5 + 0.5 * v).collect();
         let w = rand_vec(5 * dim, 19);
         let g = gpu();
@@ -549,6 +549,27 @@ fn ln_modulate_and_ada_gate_read_and_write_chunks_in_place() {
     for (i, (&v, &v0)) in got.iter().zip(&d_ada0).enumerate() {
         if (i % (k * c)) / c == 1 {
             assert_eq!(v, v0, "chunk 1 element {i} changed");
+        }
+    }
+    // Begun by the gate's backward: the gate's chunk written, every other chunk zero (the
+    // buffer starts as NaN: anything left unwritten shows).
+    let d_ada = Tensor::full(g, &[b, k * c], f32::NAN).unwrap();
+    let dh = ops::ada_gate_backward_init(&th, &tada, gate, &tw, &d_ada).unwrap();
+    assert_grad(
+        "ada_gate dh (d_ada begun)",
+        &dh.to_vec().unwrap(),
+        &cpu::numeric_grad(|h| f(h, &ad), &hd, H),
+    );
+    assert_rel(
+        "ada_gate d_ada (begun)",
+        &d_ada.to_vec().unwrap(),
+        &fd,
+        1e-3,
+        1e-4,
+    );
+    for (i, v) in d_ada.to_vec().unwrap().into_iter().enumerate() {
+        if (i % (k * c)) / c != gate {
+            assert_eq!(v, 0.0, "element {i} outside the gate's chunk");
         }
     }
 }

@@ -3,7 +3,7 @@
 //! with [`Tape::op`]: the closure receives the output's gradient, the gradients and its inputs.
 
 use super::{Grads, Tape, Var};
-use crate::error::{ensure_shape, Result};
+use crate::error::{ensure_shape, Error, Result};
 use crate::ops::{self, Activation, MatmulAux, MatmulSpec};
 use crate::tensor::{DType, Tensor};
 
@@ -126,6 +126,104 @@ pub fn linear_act(
     let mut inputs = vec![x, w];
     inputs.extend(b);
     Ok(tape.record_activated(y, pre, act, &inputs, inner))
+}
+
+/// One term `x W^T + b` of [`linear_sum_act`]: input `[.., in]`, weight `[out, in]`, bias.
+pub type LinearTerm<'a> = (&'a Var, &'a Var, Option<&'a Var>);
+
+/// `act(sum_i (x_i W_i^T + b_i) + base)`: several linear layers (and an optional `base` of the
+/// output's shape) summed into one pre-activation and activated once, as in the MLP's first
+/// layer (its input, time and class terms). One matmul per term and no elementwise pass: the
+/// first product writes the sum (or adds onto a copy of `base`), the next ones add, and the
+/// last also saves the pre-activation and applies the activation in its epilogue. The output
+/// keeps its gradient with respect to the pre-activation (as [`linear_act`]'s), which the
+/// backward hands to every term's linear-layer backward and to `base`.
+pub fn linear_sum_act(
+    tape: &mut Tape,
+    terms: &[LinearTerm],
+    base: Option<&Var>,
+    act: Activation,
+) -> Result<Var> {
+    let Some(&(x0, w0, _)) = terms.first() else {
+        return Err(Error::Shape(
+            "linear_sum_act needs at least one term".into(),
+        ));
+    };
+    let mut shape = x0.shape()[..x0.shape().len().saturating_sub(1)].to_vec();
+    shape.push(w0.shape()[0]);
+    for (x, w, _) in terms {
+        let lead = &x.shape()[..x.shape().len().saturating_sub(1)];
+        ensure_shape!(
+            w.shape().len() == 2
+                && lead == &shape[..shape.len() - 1]
+                && w.shape()[0] == w0.shape()[0],
+            "linear_sum_act: every term must give the output {shape:?}, got input {:?} with \
+             weight {:?}",
+            x.shape(),
+            w.shape()
+        );
+    }
+    if let Some(b) = base {
+        ensure_shape!(
+            b.shape() == shape.as_slice(),
+            "linear_sum_act: base {:?} must have the output's shape {shape:?}",
+            b.shape()
+        );
+    }
+    let gpu = x0.value().gpu();
+    let out = match base {
+        Some(b) => ops::copy(b.value())?,
+        None => Tensor::uninit(gpu, &shape, DType::F32)?,
+    };
+    // The pre-activation (scratch when nothing is differentiated: the activation of a sum
+    // needs it all the same).
+    let pre = (act != Activation::None)
+        .then(|| Tensor::uninit(gpu, &shape, DType::F32))
+        .transpose()?;
+    let last = terms.len() - 1;
+    for (i, &(x, w, b)) in terms.iter().enumerate() {
+        let mut spec = MatmulSpec {
+            trans_b: true,
+            bias: b.map(|b| b.value()),
+            ..Default::default()
+        };
+        if let (true, Some(pre)) = (i == last, &pre) {
+            spec.activation = act;
+            spec.aux = MatmulAux::SavePre(pre);
+        }
+        ops::matmul_into(x.value(), w.value(), &spec, &out, i > 0 || base.is_some())?;
+    }
+    let needed = base.is_some_and(Var::requires_grad)
+        || terms.iter().any(|&(x, w, b)| {
+            x.requires_grad() || w.requires_grad() || b.is_some_and(Var::requires_grad)
+        });
+    if !tape.is_recording() || !needed {
+        return Ok(tape.constant(out));
+    }
+    let backwards: Vec<_> = terms
+        .iter()
+        .map(|&(x, w, b)| linear_backward(x, w, b))
+        .collect();
+    let mut inputs: Vec<&Var> = Vec::new();
+    for &(x, w, b) in terms {
+        inputs.extend([x, w]);
+        inputs.extend(b);
+    }
+    inputs.extend(base);
+    let base = base.cloned();
+    let backward = move |dpre: &Tensor, grads: &mut Grads| {
+        for back in backwards {
+            back(dpre, grads)?;
+        }
+        match &base {
+            Some(b) => grads.add(b, dpre.clone()),
+            None => Ok(()),
+        }
+    };
+    Ok(match pre {
+        Some(pre) => tape.record_activated(out, pre, act, &inputs, backward),
+        None => tape.record(out, &inputs, backward),
+    })
 }
 
 /// GELU (tanh approximation). Its output keeps its gradient with respect to `x`.
@@ -386,8 +484,14 @@ pub fn ln_modulate(
 pub fn ada_gate(tape: &mut Tape, x: &Var, h: &Var, ada: &Var, chunk: usize) -> Result<Var> {
     let y = ops::ada_gate(x.value(), h.value(), ada.value(), chunk)?;
     Ok(tape.op(y, [x, h, ada], move |dy, grads, [x, h, ada]| {
-        let d_ada = grads.sink(ada)?;
-        let dh = ops::ada_gate_backward(h.value(), ada.value(), chunk, dy, &d_ada)?;
+        // The last chunk of a block's conditioning to be reached (the first backward) begins
+        // its gradient: written whole, no fill.
+        let dh = match grads.sink_or_fresh(ada)? {
+            (d_ada, true) => {
+                ops::ada_gate_backward_init(h.value(), ada.value(), chunk, dy, &d_ada)?
+            }
+            (d_ada, false) => ops::ada_gate_backward(h.value(), ada.value(), chunk, dy, &d_ada)?,
+        };
         grads.add(x, dy.clone())?;
         grads.add(h, dh)
     }))

@@ -301,6 +301,21 @@ impl Grads {
         }
     }
 
+    /// As [`Grads::sink`], for a kernel that can also write `v`'s whole gradient: `(g, true)`
+    /// when nothing has reached it yet (nor will it be read before that kernel runs): a new
+    /// buffer, uninitialised, which the kernel must write in full and which then is `v`'s
+    /// gradient, added into in place by later kernels (no fill pass); else `(sink, false)`.
+    pub(crate) fn sink_or_fresh(&mut self, v: &Var) -> Result<(Tensor, bool)> {
+        let untouched =
+            v.activated.is_none() && v.grad_into.is_none() && !self.map.contains_key(&v.id);
+        if !v.requires_grad || !untouched {
+            return Ok((self.sink(v)?, false));
+        }
+        let g = Tensor::uninit(v.value.gpu(), v.shape(), DType::F32)?;
+        self.map.insert(v.id, (g.clone(), true));
+        Ok((g, true))
+    }
+
     /// Add a gradient of `v` that an op can either write or add in place, `f(out, accumulate)`:
     /// added into the gradient `v` has already (no separate sum; a handed-over one is copied
     /// first), else written into a new tensor handed over as by [`Grads::add`]. For an

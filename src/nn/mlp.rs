@@ -54,15 +54,23 @@ impl VelocityModel for Mlp {
         labels: &Tensor,
     ) -> Result<Var> {
         let temb = f::timestep_embedding(tape, t, TIME_DIM, TIME_SCALE)?;
-        let hz = self.input.forward(tape, p, z)?;
-        let ht = self.time.forward(tape, p, &temb)?;
-        let mut h = f::add(tape, &hz, &ht)?;
-        if let Some(table) = self.classes {
-            let table = tape.param(p, table);
-            let hy = f::embedding(tape, labels, &table)?;
-            h = f::add(tape, &h, &hy)?;
-        }
-        h = f::silu(tape, &h)?;
+        let hy = match self.classes {
+            Some(table) => {
+                let table = tape.param(p, table);
+                Some(f::embedding(tape, labels, &table)?)
+            }
+            None => None,
+        };
+        // The input, time and class terms summed and activated in the matmuls' epilogues.
+        let term = |tape: &mut Tape, l: &Linear| (tape.param(p, l.weight), tape.param(p, l.bias));
+        let (wt, bt) = term(tape, &self.time);
+        let (wz, bz) = term(tape, &self.input);
+        let mut h = f::linear_sum_act(
+            tape,
+            &[(&temb, &wt, Some(&bt)), (z, &wz, Some(&bz))],
+            hy.as_ref(),
+            Activation::Silu,
+        )?;
         for layer in &self.hidden {
             h = layer.forward_act(tape, p, &h, Activation::Silu)?;
         }

@@ -51,6 +51,9 @@ impl Params {
     }
 }
 
+/// Frequencies per invocation of the timestep kernel (`FREQS` in embed.wgsl).
+const TIMESTEP_FREQS: usize = 8;
+
 /// Frequencies run from 1 down to `1 / MAX_PERIOD` (as in DiT).
 pub const MAX_PERIOD: f32 = 10000.0;
 
@@ -72,7 +75,7 @@ pub fn timestep_embedding(t: &Tensor, dim: usize, scale: f32) -> Result<Tensor> 
         &[],
         &[t.binding(), Binding::Unused, out.binding()],
         &p,
-        (b * dim).div_ceil(WG) as u64,
+        (b * (dim / 2).div_ceil(TIMESTEP_FREQS).max(1)).div_ceil(WG) as u64,
     )?;
     Ok(out)
 }

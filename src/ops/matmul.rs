@@ -212,6 +212,9 @@ pub enum MatmulAux<'a> {
     None,
     /// Also write the pre-activation `alpha op(A) op(B) + bias` here (the output holds the
     /// activation of it): what the backward of an activation needs, saved by the forward.
+    /// Accumulating, the output's old value is part of the pre-activation: `C = act(C + alpha
+    /// op(A) op(B) + bias)`, so a sum of several products is activated once (the MLP's first
+    /// layer: input and time projections).
     SavePre(&'a Tensor),
     /// This holds a pre-activation `p`; the output is `alpha op(A) op(B) act'(p)`, with `act`
     /// the spec's activation (not applied to the output) and no bias: the gradient of `p`
@@ -381,13 +384,7 @@ fn record(
     }
     let (aux, aux_code) = match spec.aux {
         MatmulAux::None => (None, matmul_aux::NONE),
-        MatmulAux::SavePre(p) => {
-            ensure_shape!(
-                !accumulate,
-                "a matmul that saves its pre-activation cannot accumulate into its output"
-            );
-            (Some(p), matmul_aux::SAVE_PRE)
-        }
+        MatmulAux::SavePre(p) => (Some(p), matmul_aux::SAVE_PRE),
         MatmulAux::ActGrad(p) => {
             ensure_shape!(
                 spec.activation != Activation::None && spec.bias.is_none(),

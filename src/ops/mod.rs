@@ -38,8 +38,8 @@ pub use matmul::{
     matmul, matmul_into, matmul_with, Activation, MatmulAux, MatmulDesign, MatmulSpec, MatmulTiling,
 };
 pub use modulate::{
-    ada_gate, ada_gate_backward, gate, gate_backward, ln_modulate, ln_modulate_backward,
-    ln_modulate_backward_into, modulate, modulate_backward,
+    ada_gate, ada_gate_backward, ada_gate_backward_init, gate, gate_backward, ln_modulate,
+    ln_modulate_backward, ln_modulate_backward_into, modulate, modulate_backward,
 };
 pub use norm::{
     layer_norm, layer_norm_backward, qk_norm, qk_norm_backward, rms_norm, rms_norm_backward,
@@ -47,7 +47,9 @@ pub use norm::{
 };
 pub use optim::{adamw, grad_norm, AdamWStep};
 pub use random::random_normal;
-pub use reduce::{max_rows, mean_rows, sum_rows, sum_tokens, sum_tokens_into};
+pub use reduce::{
+    max_rows, mean_rows, sum_rows, sum_tokens, sum_tokens_into, sum_tokens_pair_into,
+};
 pub use solver::{error_weights, linear_combination};
 
 use crate::error::{ensure_shape, Result};

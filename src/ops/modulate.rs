@@ -335,6 +335,30 @@ pub fn ada_gate_backward(
     dy: &Tensor,
     d_ada: &Tensor,
 ) -> Result<Tensor> {
+    gate_backward_into_ada(h, ada, chunk, dy, d_ada, false)
+}
+
+/// As [`ada_gate_backward`], but writes `d_ada` whole: the gate's gradient in chunk `chunk`,
+/// zeros in the others (a conditioning's gradient that nothing has reached yet, begun without a
+/// fill pass).
+pub fn ada_gate_backward_init(
+    h: &Tensor,
+    ada: &Tensor,
+    chunk: usize,
+    dy: &Tensor,
+    d_ada: &Tensor,
+) -> Result<Tensor> {
+    gate_backward_into_ada(h, ada, chunk, dy, d_ada, true)
+}
+
+fn gate_backward_into_ada(
+    h: &Tensor,
+    ada: &Tensor,
+    chunk: usize,
+    dy: &Tensor,
+    d_ada: &Tensor,
+    init: bool,
+) -> Result<Tensor> {
     let p = ada_params("ada_gate_backward", h, ada, &[chunk])?;
     ensure_shape!(
         dy.shape() == h.shape() && d_ada.shape() == ada.shape(),
@@ -348,7 +372,7 @@ pub fn ada_gate_backward(
     let dh = Tensor::uninit(gpu, h.shape(), DType::F32)?;
     gpu.dispatch(
         &ADA_GATE_BACKWARD,
-        &[],
+        &[("INIT_D_ADA", init as u32 as f64)],
         &bind(
             &ADA_GATE_BACKWARD,
             gpu,

@@ -22,6 +22,8 @@ kernels! {
         REDUCE_ROWS_SERIAL = reduce_rows_serial(Read, ReadWrite);
         SUM_TOKENS = sum_tokens(Read, ReadWrite);
         SUM_TOKENS_VEC4 = sum_tokens_vec4(Read, ReadWrite);
+        SUM_TOKENS_PAIR = sum_tokens_pair(Read, ReadWrite, Read, ReadWrite);
+        SUM_TOKENS_PAIR_VEC4 = sum_tokens_pair_vec4(Read, ReadWrite, Read, ReadWrite);
     }
 }
 
@@ -130,6 +132,81 @@ pub fn sum_tokens_into(x: &Tensor, out: &Tensor, accumulate: bool) -> Result<()>
         &[x.binding(), out.binding()],
         &p,
         (b * c).div_ceil(64) as u64,
+    )
+}
+
+/// Two [`sum_tokens_into`] of `[T, C]` inputs into `[C]` outputs in one dispatch: `x` into
+/// `out`, `x_second` into `out_second` (written, or added with `accumulate`). The outputs may be
+/// views of one buffer (two parameters' gradients) that do not overlap.
+pub fn sum_tokens_pair_into(
+    x: &Tensor,
+    x_second: &Tensor,
+    out: &Tensor,
+    out_second: &Tensor,
+    accumulate: bool,
+) -> Result<()> {
+    for t in [x, x_second, out, out_second] {
+        ensure_f32("sum_tokens_pair", t)?;
+    }
+    let s = x.shape();
+    ensure_shape!(
+        s.len() == 2 && x_second.shape() == s,
+        "sum_tokens_pair takes two inputs [T, C] of one shape, got {s:?} and {:?}",
+        x_second.shape()
+    );
+    let (t, c) = (s[0], s[1]);
+    ensure_shape!(
+        out.shape() == [c] && out_second.shape() == [c],
+        "sum_tokens_pair of {s:?} goes into two [{c}], got {:?} and {:?}",
+        out.shape(),
+        out_second.shape()
+    );
+    ensure_shape!(
+        !out.overlaps(out_second)
+            && [x, x_second]
+                .iter()
+                .all(|i| !i.same_buffer(out) && !i.same_buffer(out_second)),
+        "sum_tokens_pair: the outputs must not overlap each other or share a buffer with an input"
+    );
+    let p = Params {
+        rows: 1,
+        cols: c as u32,
+        tokens: t as u32,
+        _pad: 0,
+    };
+    let acc = if accumulate { 1.0 } else { 0.0 };
+    let bindings = [
+        x.binding(),
+        out.binding(),
+        x_second.binding(),
+        out_second.binding(),
+    ];
+    let gpu = x.gpu();
+    if c.is_multiple_of(4)
+        && [x, x_second, out, out_second]
+            .iter()
+            .all(|t| t.vec4_aligned())
+    {
+        // As sum_tokens_into: a CPU driver's SIMD width per workgroup.
+        let wg = if gpu.profile() == KernelProfile::Cpu {
+            8
+        } else {
+            64
+        };
+        return gpu.dispatch(
+            &SUM_TOKENS_PAIR_VEC4,
+            &[("ACCUMULATE", acc), ("SUM_WG", wg as f64)],
+            &bindings,
+            &p,
+            (2 * c / 4).div_ceil(wg) as u64,
+        );
+    }
+    gpu.dispatch(
+        &SUM_TOKENS_PAIR,
+        &[("ACCUMULATE", acc)],
+        &bindings,
+        &p,
+        (2 * c).div_ceil(64) as u64,
     )
 }
 

@@ -1,7 +1,9 @@
 // The optimiser over the flat parameter buffer: global gradient norm, clipping, AdamW and the EMA
 // of the weights. Nothing is read back: the clip factor goes from the norm kernels to the AdamW
 // kernel through a small buffer.
-//   norm_partial:  partial[w] = sum of grad^2 over workgroup w's grid-stride share
+//   norm_partial:  partial[i] = sum of grad^2 over invocation i's grid-stride share (one
+//                  sum per invocation: no workgroup memory and no barriers, which a CPU driver
+//                  pays for by switching between a workgroup's SIMD groups at each one)
 //   norm_finish:   stats = (norm, clip) with clip = min(1, max_norm / (norm + 1e-6))
 //                  (clip = 1 when max_norm <= 0: clipping off)
 //   adamw:         g = clip * grad
@@ -55,12 +57,12 @@ fn tree_sum(lid: u32, value: f32) -> f32 {
 
 @compute @workgroup_size(WG)
 fn norm_partial(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let id = wid.x * WG + lid;
     var acc = 0.0;
-    for (var i = wid.x * WG + lid; i < params.n; i += params.parts * WG) {
+    for (var i = id; i < params.n; i += params.parts) {
         acc += grad[i] * grad[i];
     }
-    let total = tree_sum(lid, acc);
-    if (lid == 0u) { partial[wid.x] = total; }
+    partial[id] = acc;
 }
 
 @compute @workgroup_size(WG)

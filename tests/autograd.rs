@@ -604,6 +604,31 @@ fn parameters_live_in_one_aligned_flat_buffer() {
     assert!(p.set(a, &[1.0; 3]).is_err());
 }
 
+/// The global gradient norm and clip factor over buffers shorter and longer than the first
+/// pass's invocations (each sums a grid-stride share), against an f64 sum.
+#[test]
+fn gradient_norm_and_clip_factor_match_reference() {
+    let g = gpu();
+    for (n, max_norm) in [(1, 0.5), (37, 0.0), (16_384, 1.0), (70_001, 1e6)] {
+        let grad = rand_vec(n, 60 + n as u64);
+        let stats = rectiflow::Tensor::full(g, &[2], f32::NAN).unwrap();
+        rectiflow::ops::grad_norm(&upload(g, &[n], &grad), max_norm, &stats).unwrap();
+        let norm = grad.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
+        let clip = if max_norm > 0.0 {
+            (max_norm as f64 / (norm + 1e-6)).min(1.0)
+        } else {
+            1.0
+        };
+        let got = stats.to_vec().unwrap();
+        assert_close(
+            &format!("norm and clip of {n}"),
+            &got,
+            &[norm, clip],
+            &[1e-5 * norm, 1e-5 * clip],
+        );
+    }
+}
+
 #[test]
 fn adamw_with_warmup_clipping_decay_and_ema_matches_cpu_reference() {
     let g = gpu();

@@ -7,8 +7,10 @@ use crate::gpu::{kernel_params, kernels};
 use crate::shaders::OPTIM;
 use crate::tensor::{DType, Tensor};
 
-/// Workgroups of the first norm pass (each sums a grid-stride share).
+/// Workgroups of the first norm pass, and invocations per workgroup (`WG` in optim.wgsl): each
+/// invocation sums a grid-stride share, and the second pass sums their partial sums.
 const PARTS: usize = 64;
+const NORM_WG: usize = 256;
 
 kernel_params! {
     struct Params {
@@ -58,11 +60,11 @@ pub fn grad_norm(grad: &Tensor, max_norm: f32, stats: &Tensor) -> Result<()> {
     ensure_f32("grad_norm", grad)?;
     ensure_shape!(stats.numel() == 2, "grad_norm: stats must have 2 elements");
     let gpu = grad.gpu();
-    let partial = Tensor::uninit(gpu, &[PARTS], DType::F32)?;
+    let partial = Tensor::uninit(gpu, &[PARTS * NORM_WG], DType::F32)?;
     let p = Params {
         n: grad.numel() as u32,
         max_norm,
-        parts: PARTS as u32,
+        parts: (PARTS * NORM_WG) as u32,
         ..Default::default()
     };
     gpu.dispatch(

@@ -846,7 +846,7 @@ fn matmul_over_a_long_k_in_slices_matches_reference() {
             ..Default::default()
         };
         let context: &'static Gpu = Box::leak(Box::new(Gpu::with_options(&options).unwrap()));
-        for (m, k, n) in [(40, 1500, 24), (9, 2049, 33), (64, 1025, 8)] {
+        for (m, k, n) in [(40, 3000, 24), (9, 4097, 33), (64, 2049, 8)] {
             for (bias, accumulate) in [(false, true), (true, false)] {
                 let case = Mm {
                     trans_a: true,
@@ -866,7 +866,7 @@ fn matmul_over_a_long_k_in_slices_matches_reference() {
                 seed += 10;
                 let dispatches = context.dispatch_count() - before - others;
                 let want = if context.profile() == KernelProfile::Cpu {
-                    k.div_ceil(512) as u64
+                    k.div_ceil(1024) as u64
                 } else {
                     1
                 };
@@ -888,7 +888,7 @@ fn matmul_row_sums_beside_the_product() {
     let mut seed = 7500;
     for (context, tiling) in every_design() {
         // And a K long enough to be split into slices on the CPU profile.
-        for (m, k, n) in AUX_SHAPES.into_iter().chain([(40, 1500, 24)]) {
+        for (m, k, n) in AUX_SHAPES.into_iter().chain([(40, 3000, 24)]) {
             for accumulate in [false, true] {
                 let base = Mm {
                     trans_a: true,
@@ -920,10 +920,10 @@ fn matmul_row_sums_beside_the_product() {
             ..Default::default()
         };
         let context: &'static Gpu = Box::leak(Box::new(Gpu::with_options(&options).unwrap()));
-        let design = MatmulTiling::choose(context, 64, 64, 1536, 1).design;
+        let design = MatmulTiling::choose(context, 64, 64, 3072, 1).design;
         assert_eq!(design, MatmulDesign::Subgroup);
-        let a = Tensor::full(context, &[1536, 64], 1.0).unwrap();
-        let b = Tensor::full(context, &[1536, 64], 1.0).unwrap();
+        let a = Tensor::full(context, &[3072, 64], 1.0).unwrap();
+        let b = Tensor::full(context, &[3072, 64], 1.0).unwrap();
         let (out, sums) = (
             Tensor::zeros(context, &[64, 64]).unwrap(),
             Tensor::zeros(context, &[64]).unwrap(),
@@ -938,10 +938,10 @@ fn matmul_row_sums_beside_the_product() {
         assert_eq!(
             context.dispatch_count() - before,
             3,
-            "three slices of 512, nothing else"
+            "three slices of 1024, nothing else"
         );
-        assert_eq!(sums.to_vec().unwrap(), vec![1536.0; 64]);
-        assert_eq!(out.to_vec().unwrap(), vec![1536.0; 64 * 64]);
+        assert_eq!(sums.to_vec().unwrap(), vec![3072.0; 64]);
+        assert_eq!(out.to_vec().unwrap(), vec![3072.0; 64 * 64]);
         // The output and the sums as views of one buffer (a flat gradient buffer), apart.
         let flat = Tensor::zeros(context, &[64 * 64 + 64]).unwrap();
         let (out, sums) = (
@@ -954,8 +954,8 @@ fn matmul_row_sums_beside_the_product() {
             ..Default::default()
         };
         ops::matmul_into(&a, &b, &spec, &out, true).unwrap();
-        let mut want = vec![1536.0; 64 * 64];
-        want.extend([1536.0; 64]);
+        let mut want = vec![3072.0; 64 * 64];
+        want.extend([3072.0; 64]);
         assert_eq!(flat.to_vec().unwrap(), want);
         // Overlapping views are refused.
         let overlapping = flat.view(64 * 63, &[64]).unwrap();

@@ -618,8 +618,9 @@ fn record(
 /// by the time they are read again. Slices of K make every dispatch's operands small enough to
 /// stay cached while all tiles use them. Measured on the 2-core EPYC through lavapipe
 /// (docs/performance.md, "Second round"): 1.2-1.4x at K = 4096-8192 with slices of 512 (1024
-/// was better on one shape of three, 256 slower).
-const CPU_K_CHUNK: usize = 512;
+/// was better on one shape of three, 256 slower); with the 16-row subgroup tiles of the third
+/// round, slices of 1024 beat 512 by about 1.1x ("Fourth round").
+const CPU_K_CHUNK: usize = 1024;
 
 /// The K slice for [`record`] to split a product into, if it should: `A^T B` with K beyond
 /// two slices, unbatched, without an epilogue that is not linear in the sum (an activation,

@@ -31,7 +31,7 @@ override MODE: u32 = 0u;
 override ACCUMULATE: bool = false;
 // ada_gate_backward: write d_ada whole (zeros outside the gate's chunk) instead of adding into
 // it, so that a gradient nothing has reached yet needs no fill pass of its own.
-override INIT_D_ADA: bool = false;
+override BEGIN_D_ADA: bool = false;
 
 const WG: u32 = 256u;
 const ITEMS: u32 = 4u;
@@ -204,7 +204,7 @@ fn ada_gate_backward(@builtin(local_invocation_index) lid: u32, @builtin(workgro
         ada_out[at] = gate * dy;
         d_gate += ada_x[at] * dy;
     }
-    if (INIT_D_ADA) {
+    if (BEGIN_D_ADA) {
         for (var j = 0u; j < params.chunks; j++) {
             ada_out2[ada_at(b, j, c)] = select(0.0, d_gate, j == params.chunk_a);
         }

@@ -528,7 +528,7 @@ fn ln_modulate_and_ada_gate_read_and_write_chunks_in_place() {
         1e-6,
     );
     let d_ada = upload(g, &[b, k * c], &d_ada0);
-    let dh = ops::ada_gate_backward(&th, &tada, gate, &tw, &d_ada).unwrap();
+    let dh = ops::ada_gate_backward(&th, &tada, gate, &tw, &d_ada, false).unwrap();
     let f = |h: &[f64], a: &[f64]| cpu::weighted_sum(&gated(h, a), &wd);
     assert_grad(
         "ada_gate dh",
@@ -554,7 +554,7 @@ fn ln_modulate_and_ada_gate_read_and_write_chunks_in_place() {
     // Begun by the gate's backward: the gate's chunk written, every other chunk zero (the
     // buffer starts as NaN: anything left unwritten shows).
     let d_ada = Tensor::full(g, &[b, k * c], f32::NAN).unwrap();
-    let dh = ops::ada_gate_backward_init(&th, &tada, gate, &tw, &d_ada).unwrap();
+    let dh = ops::ada_gate_backward(&th, &tada, gate, &tw, &d_ada, true).unwrap();
     assert_grad(
         "ada_gate dh (d_ada begun)",
         &dh.to_vec().unwrap(),

@@ -486,12 +486,8 @@ pub fn ada_gate(tape: &mut Tape, x: &Var, h: &Var, ada: &Var, chunk: usize) -> R
     Ok(tape.op(y, [x, h, ada], move |dy, grads, [x, h, ada]| {
         // The last chunk of a block's conditioning to be reached (the first backward) begins
         // its gradient: written whole, no fill.
-        let dh = match grads.sink_or_fresh(ada)? {
-            (d_ada, true) => {
-                ops::ada_gate_backward_init(h.value(), ada.value(), chunk, dy, &d_ada)?
-            }
-            (d_ada, false) => ops::ada_gate_backward(h.value(), ada.value(), chunk, dy, &d_ada)?,
-        };
+        let (d_ada, fresh) = grads.sink_or_fresh(ada)?;
+        let dh = ops::ada_gate_backward(h.value(), ada.value(), chunk, dy, &d_ada, fresh)?;
         grads.add(x, dy.clone())?;
         grads.add(h, dh)
     }))

@@ -470,7 +470,7 @@ pub fn kernels(gpu: &Gpu, opts: &Options) -> Result<Vec<Row>> {
     let secs = time_gpu(gpu, budget, || ops::ada_gate(&x, &x, &ada, 2))?;
     rows.push(mk("ada_gate fwd", shape.clone(), secs, 12.0 * n));
     let secs = time_gpu(gpu, budget, || {
-        ops::ada_gate_backward(&x, &ada, 2, &x, &d_ada)
+        ops::ada_gate_backward(&x, &ada, 2, &x, &d_ada, false)
     })?;
     rows.push(mk("ada_gate bwd", shape, secs, 12.0 * n));
     Ok(rows)

@@ -38,8 +38,8 @@ pub use matmul::{
     matmul, matmul_into, matmul_with, Activation, MatmulAux, MatmulDesign, MatmulSpec, MatmulTiling,
 };
 pub use modulate::{
-    ada_gate, ada_gate_backward, ada_gate_backward_init, gate, gate_backward, ln_modulate,
-    ln_modulate_backward, ln_modulate_backward_into, modulate, modulate_backward,
+    ada_gate, ada_gate_backward, gate, gate_backward, ln_modulate, ln_modulate_backward,
+    ln_modulate_backward_into, modulate, modulate_backward,
 };
 pub use norm::{
     layer_norm, layer_norm_backward, qk_norm, qk_norm_backward, rms_norm, rms_norm_backward,

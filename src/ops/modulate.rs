@@ -327,37 +327,16 @@ pub fn ada_gate(x: &Tensor, h: &Tensor, ada: &Tensor, chunk: usize) -> Result<Te
 }
 
 /// Gradient of [`ada_gate`] with respect to `h` (that of `x` is `dy` itself); adds the gate's
-/// gradient into chunk `chunk` of `d_ada`.
+/// gradient into chunk `chunk` of `d_ada`, or with `begin_d_ada` writes `d_ada` whole: the
+/// gate's gradient in its chunk, zeros in the others (a conditioning's gradient that nothing has
+/// reached yet, begun without a fill pass).
 pub fn ada_gate_backward(
     h: &Tensor,
     ada: &Tensor,
     chunk: usize,
     dy: &Tensor,
     d_ada: &Tensor,
-) -> Result<Tensor> {
-    gate_backward_into_ada(h, ada, chunk, dy, d_ada, false)
-}
-
-/// As [`ada_gate_backward`], but writes `d_ada` whole: the gate's gradient in chunk `chunk`,
-/// zeros in the others (a conditioning's gradient that nothing has reached yet, begun without a
-/// fill pass).
-pub fn ada_gate_backward_init(
-    h: &Tensor,
-    ada: &Tensor,
-    chunk: usize,
-    dy: &Tensor,
-    d_ada: &Tensor,
-) -> Result<Tensor> {
-    gate_backward_into_ada(h, ada, chunk, dy, d_ada, true)
-}
-
-fn gate_backward_into_ada(
-    h: &Tensor,
-    ada: &Tensor,
-    chunk: usize,
-    dy: &Tensor,
-    d_ada: &Tensor,
-    init: bool,
+    begin_d_ada: bool,
 ) -> Result<Tensor> {
     let p = ada_params("ada_gate_backward", h, ada, &[chunk])?;
     ensure_shape!(
@@ -372,7 +351,7 @@ fn gate_backward_into_ada(
     let dh = Tensor::uninit(gpu, h.shape(), DType::F32)?;
     gpu.dispatch(
         &ADA_GATE_BACKWARD,
-        &[("INIT_D_ADA", init as u32 as f64)],
+        &[("BEGIN_D_ADA", begin_d_ada as u32 as f64)],
         &bind(
             &ADA_GATE_BACKWARD,
             gpu,

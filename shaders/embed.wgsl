@@ -33,7 +33,8 @@ fn frequency(i: u32) -> f32 {
 }
 
 // Frequencies each invocation of `timestep` computes: both halves of the row from one argument,
-// and one integer division per 16 outputs (a CPU driver divides vectors lane by lane).
+// and one integer division and remainder per 16 outputs (a CPU driver divides vectors lane by
+// lane).
 const FREQS: u32 = 8u;
 
 // out [B, dim]; invocation e: row e / chunks, frequencies FREQS * (e % chunks) and on.

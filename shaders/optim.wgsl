@@ -22,7 +22,7 @@ struct Params {
     bc2: f32,       // 1 - beta2^step
     ema_decay: f32, // 0: no EMA
     max_norm: f32,
-    parts: u32,     // workgroups of norm_partial
+    parts: u32,     // invocations of norm_partial (PARTS * NORM_WG in src/ops/optim.rs; NORM_WG is WG)
     _pad: u32,
 }
 

@@ -766,8 +766,9 @@ const AUX_SHAPES: [(usize, usize, usize); 5] = [
 ];
 
 /// The epilogue's auxiliary tensor: the pre-activation saved beside the activation (also with
-/// the output's old value in it, accumulating), and the product times an activation's derivative (accumulated or not), with every design, on shapes
-/// that are and are not multiples of the tiles (narrow ones computed transposed included).
+/// the output's old value in it, accumulating), and the product times an activation's
+/// derivative (accumulated or not), with every design, on shapes that are and are not multiples
+/// of the tiles (narrow ones computed transposed included).
 #[test]
 fn matmul_epilogue_saves_pre_activation_and_applies_its_derivative() {
     let mut seed = 5000;

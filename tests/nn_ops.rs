@@ -237,17 +237,26 @@ fn modulate_and_gate_forward_and_backward() {
 
 #[test]
 fn timestep_embedding_forward_and_backward() {
-    for dim in [2, 7, 18, 64, 257] {
-        let t: Vec<f32> = rand_vec(5, 18).iter().map(|v| 0.5 + 0.5 * v).collect();
-        let w = rand_vec(5 * dim, 19);
+    // Batches of 5 and of 300 (several workgroups of the forward's invocations at any dim).
+    for (b, dim) in [
+        (5, 2),
+        (5, 7),
+        (300, 7),
+        (5, 18),
+        (300, 18),
+        (5, 64),
+        (5, 257),
+    ] {
+        let t: Vec<f32> = rand_vec(b, 18).iter().map(|v| 0.5 + 0.5 * v).collect();
+        let w = rand_vec(b * dim, 19);
         let g = gpu();
-        let (tt, tw) = (upload(g, &[5], &t), upload(g, &[5, dim], &w));
+        let (tt, tw) = (upload(g, &[b], &t), upload(g, &[b, dim], &w));
         let scale = 100.0;
         let y = ops::timestep_embedding(&tt, dim, scale).unwrap();
         let (td, wd) = (f64s(&t), f64s(&w));
         // Arguments up to 100: f32 rounds them to ~4e-6 before cos and sin.
         assert_rel(
-            &format!("timestep dim={dim}"),
+            &format!("timestep b={b} dim={dim}"),
             &y.to_vec().unwrap(),
             &cpu::timestep_embedding(&td, dim, scale as f64),
             0.0,
@@ -260,7 +269,7 @@ fn timestep_embedding_forward_and_backward() {
             1e-6,
         );
         assert_grad(
-            &format!("timestep dt dim={dim}"),
+            &format!("timestep dt b={b} dim={dim}"),
             &dt.to_vec().unwrap(),
             &fd,
         );
@@ -634,5 +643,20 @@ fn qk_norm_forward_and_backward() {
                 1e-4,
             );
         }
+        // One gradient buffer for both scales (tied parameters): both sums added into it.
+        let d_g = upload(g, &[d], &vec![1.0; d]);
+        ops::qk_norm_backward(&tq, &stats, heads, &tgq, &tgk, &tw, &d_g, &d_g).unwrap();
+        let both: Vec<f64> = cpu::numeric_grad(|a| f(&qd, a, &gkd), &gqd, H)
+            .iter()
+            .zip(cpu::numeric_grad(|b| f(&qd, &gqd, b), &gkd, H))
+            .map(|(q, k)| q + k + 1.0)
+            .collect();
+        assert_rel(
+            &format!("{what} d g (one buffer for both)"),
+            &d_g.to_vec().unwrap(),
+            &both,
+            1e-3,
+            1e-4,
+        );
     }
 }

@@ -28,7 +28,8 @@ fn act_grad(v: f32) -> f32 {
     return 1.0;
 }
 
-// The epilogue's output for one element given v = alpha * sum (+ bias) and, with AUX_ACT_GRAD,
+// The epilogue's output for one element given v = alpha * sum (+ bias; + C's old value with
+// AUX_SAVE_PRE and ACCUMULATE: the pre-activation) and, with AUX_ACT_GRAD,
 // the pre-activation p that the auxiliary tensor holds: act(v), or v act'(p) (the gradient of a
 // pre-activation from that of its activation: a linear layer's input gradient, fused).
 fn finish(v: f32, p: f32) -> f32 {

@@ -134,10 +134,10 @@ pub type LinearTerm<'a> = (&'a Var, &'a Var, Option<&'a Var>);
 /// `act(sum_i (x_i W_i^T + b_i) + base)`: several linear layers (and an optional `base` of the
 /// output's shape) summed into one pre-activation and activated once, as in the MLP's first
 /// layer (its input, time and class terms). One matmul per term and no elementwise pass: the
-/// first product writes the sum (or adds onto a copy of `base`), the next ones add, and the
-/// last also saves the pre-activation and applies the activation in its epilogue. The output
-/// keeps its gradient with respect to the pre-activation (as [`linear_act`]'s), which the
-/// backward hands to every term's linear-layer backward and to `base`.
+/// first product writes the sum (or adds onto a copy of `base`, a buffer copy), the next ones
+/// add, and the last also saves the pre-activation and applies the activation in its epilogue.
+/// The output keeps its gradient with respect to the pre-activation (as [`linear_act`]'s), which
+/// the backward hands to every term's linear-layer backward and to `base`.
 pub fn linear_sum_act(
     tape: &mut Tape,
     terms: &[LinearTerm],
@@ -149,20 +149,26 @@ pub fn linear_sum_act(
             "linear_sum_act needs at least one term".into(),
         ));
     };
-    let mut shape = x0.shape()[..x0.shape().len().saturating_sub(1)].to_vec();
-    shape.push(w0.shape()[0]);
+    // Every term checked before anything is dispatched: [.., in] inputs of one batch shape,
+    // [out, in] weights of one `out`.
+    let lead = |x: &Var| x.shape()[..x.shape().len().saturating_sub(1)].to_vec();
+    let out = w0.shape().first().copied().unwrap_or(0);
     for (x, w, _) in terms {
-        let lead = &x.shape()[..x.shape().len().saturating_sub(1)];
         ensure_shape!(
             w.shape().len() == 2
-                && lead == &shape[..shape.len() - 1]
-                && w.shape()[0] == w0.shape()[0],
-            "linear_sum_act: every term must give the output {shape:?}, got input {:?} with \
-             weight {:?}",
+                && x.shape().len() >= 2
+                && x.shape().last() == Some(&w.shape()[1])
+                && lead(x) == lead(x0)
+                && w.shape()[0] == out,
+            "linear_sum_act: every term must be an input [.., in] with a weight [out, in] of one \
+             batch shape and out ({:?}, {out}), got input {:?} with weight {:?}",
+            lead(x0),
             x.shape(),
             w.shape()
         );
     }
+    let mut shape = lead(x0);
+    shape.push(out);
     if let Some(b) = base {
         ensure_shape!(
             b.shape() == shape.as_slice(),

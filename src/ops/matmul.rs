@@ -625,7 +625,7 @@ const CPU_K_CHUNK: usize = 1024;
 /// The K slice for [`record`] to split a product into, if it should: `A^T B` with K beyond
 /// two slices, unbatched, without an epilogue that is not linear in the sum (an activation,
 /// an auxiliary tensor other than row sums, which add up over slices as C does), on the CPU
-/// profile, where every slice's views are aligned (a slice is 2048 bytes per column, so with
+/// profile, where every slice's views are aligned (a slice is 4096 bytes per column, so with
 /// wgpu's alignments of at most 256 bytes always: checked because a misaligned view would be
 /// refused).
 fn k_chunk(gpu: &Gpu, spec: &MatmulSpec, d: &Dims) -> Option<usize> {

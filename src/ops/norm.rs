@@ -4,7 +4,7 @@
 
 use super::{
     bind, ensure_f32,
-    reduce::{sum_tokens, sum_tokens_pair_into},
+    reduce::{sum_tokens, sum_tokens_into, sum_tokens_pair_into},
 };
 use crate::error::{ensure_shape, Result};
 use crate::gpu::{kernel_params, kernels, Access, Kernel};
@@ -323,6 +323,12 @@ pub fn qk_norm_backward(
         &p,
         (rows * heads).div_ceil(WG) as u64,
     )?;
-    sum_tokens_pair_into(&prod_q, &prod_k, d_gq, d_gk, true)?;
+    if d_gq.overlaps(d_gk) {
+        // One scale for queries and keys (a caller's tied parameters): two sums into it.
+        sum_tokens_into(&prod_q, d_gq, true)?;
+        sum_tokens_into(&prod_k, d_gk, true)?;
+    } else {
+        sum_tokens_pair_into(&prod_q, &prod_k, d_gq, d_gk, true)?;
+    }
     Ok(dx)
 }

@@ -7,9 +7,10 @@ use crate::gpu::{kernel_params, kernels};
 use crate::shaders::OPTIM;
 use crate::tensor::{DType, Tensor};
 
-/// Workgroups of the first norm pass, and invocations per workgroup (`WG` in optim.wgsl): each
-/// invocation sums a grid-stride share, and the second pass sums their partial sums.
+/// Workgroups of the first norm pass. Each of its invocations sums a grid-stride share, and the
+/// second pass sums their partial sums.
 const PARTS: usize = 64;
+/// Invocations per workgroup of the norm passes: `WG` in optim.wgsl.
 const NORM_WG: usize = 256;
 
 kernel_params! {

@@ -285,6 +285,29 @@ fn a_sum_of_linear_layers_activated_once_gradient_of_every_parameter_and_input()
             assert_grad("the base's gradient", &grad_of(&basev), &want);
         }
     }
+    // Misuse is refused with an error naming it: no terms, a weight of another width or input
+    // size, a base of another shape.
+    let mut tape = Tape::new();
+    let x = tape.input(upload(g, &[n, in1], &rand_vec(n * in1, 35)));
+    let w = tape.input(upload(g, &[hid, in1], &rand_vec(hid * in1, 36)));
+    let narrow = tape.input(upload(g, &[hid - 1, in1], &rand_vec((hid - 1) * in1, 37)));
+    let other_in = tape.input(upload(g, &[hid, in2], &rand_vec(hid * in2, 38)));
+    let base = tape.input(upload(g, &[n, hid + 1], &rand_vec(n * (hid + 1), 39)));
+    let cases: [(&[f::LinearTerm], Option<&rectiflow::autograd::Var>); 4] = [
+        (&[], None),
+        (&[(&x, &w, None), (&x, &narrow, None)], None),
+        (&[(&x, &w, None), (&x, &other_in, None)], None),
+        (&[(&x, &w, None)], Some(&base)),
+    ];
+    for (terms, base) in cases {
+        match f::linear_sum_act(&mut tape, terms, base, Activation::Silu) {
+            Err(rectiflow::Error::Shape(m)) => assert!(m.contains("linear_sum_act"), "{m}"),
+            other => panic!(
+                "expected a shape error, got {:?}",
+                other.map(|v| v.shape().to_vec())
+            ),
+        }
+    }
 }
 
 /// Gradients summed in place where a value has several consumers: an input read by three

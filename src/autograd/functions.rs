@@ -152,23 +152,23 @@ pub fn linear_sum_act(
     // Every term checked before anything is dispatched: [.., in] inputs of one batch shape,
     // [out, in] weights of one `out`.
     let lead = |x: &Var| x.shape()[..x.shape().len().saturating_sub(1)].to_vec();
-    let out = w0.shape().first().copied().unwrap_or(0);
+    let width = w0.shape().first().copied().unwrap_or(0);
     for (x, w, _) in terms {
         ensure_shape!(
             w.shape().len() == 2
                 && x.shape().len() >= 2
                 && x.shape().last() == Some(&w.shape()[1])
                 && lead(x) == lead(x0)
-                && w.shape()[0] == out,
+                && w.shape()[0] == width,
             "linear_sum_act: every term must be an input [.., in] with a weight [out, in] of one \
-             batch shape and out ({:?}, {out}), got input {:?} with weight {:?}",
+             batch shape and out ({:?}, {width}), got input {:?} with weight {:?}",
             lead(x0),
             x.shape(),
             w.shape()
         );
     }
     let mut shape = lead(x0);
-    shape.push(out);
+    shape.push(width);
     if let Some(b) = base {
         ensure_shape!(
             b.shape() == shape.as_slice(),

@@ -21,6 +21,7 @@ fn main() -> Result<(), String> {
     let opts = Options {
         quick: has("--quick"),
         sweep,
+        f16: has("--f16"),
     };
     let report = bench::run(&gpu, suite, &opts).map_err(|e| e.to_string())?;
     println!("{}", report.to_markdown());

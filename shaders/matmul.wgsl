@@ -30,16 +30,21 @@ struct Params {
     _pad1: u32,
 }
 
-@group(0) @binding(0) var<storage, read> a: array<f32>;
-@group(0) @binding(1) var<storage, read> b: array<f32>;
+// How A and B are stored: f32 here; the f16 variants (src/shaders.rs) make either f16. Every
+// load converts to f32, so tiles, accumulators and C stay f32.
+alias A_ELEM = f32;
+alias B_ELEM = f32;
+
+@group(0) @binding(0) var<storage, read> a: array<A_ELEM>;
+@group(0) @binding(1) var<storage, read> b: array<B_ELEM>;
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 @group(0) @binding(4) var<storage, read_write> aux: array<f32>;
 @group(1) @binding(0) var<uniform> params: Params;
 
 // The same bindings seen as vec4 arrays, used by `matmul_vec4` only.
-@group(0) @binding(0) var<storage, read> a4: array<vec4<f32>>;
-@group(0) @binding(1) var<storage, read> b4: array<vec4<f32>>;
+@group(0) @binding(0) var<storage, read> a4: array<vec4<A_ELEM>>;
+@group(0) @binding(1) var<storage, read> b4: array<vec4<B_ELEM>>;
 @group(0) @binding(3) var<storage, read_write> c4: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> aux4: array<vec4<f32>>;
 
@@ -129,7 +134,7 @@ fn load_scalar(t: Tile, k0: u32, lid: u32) {
         let k = k0 + kk;
         var v = 0.0;
         if (m < params.m && k < params.k) {
-            if (TRANS_A) { v = a[t.a_base + k * params.m + m]; } else { v = a[t.a_base + m * params.k + k]; }
+            if (TRANS_A) { v = f32(a[t.a_base + k * params.m + m]); } else { v = f32(a[t.a_base + m * params.k + k]); }
         }
         As[(kk * BM + mm) / 4u][mm % 4u] = v;
     }
@@ -141,7 +146,7 @@ fn load_scalar(t: Tile, k0: u32, lid: u32) {
         let k = k0 + kk;
         var v = 0.0;
         if (n < params.n && k < params.k) {
-            if (TRANS_B) { v = b[t.b_base + n * params.k + k]; } else { v = b[t.b_base + k * params.n + n]; }
+            if (TRANS_B) { v = f32(b[t.b_base + n * params.k + k]); } else { v = f32(b[t.b_base + k * params.n + n]); }
         }
         Bs[(kk * BN + nn) / 4u][nn % 4u] = v;
     }
@@ -199,7 +204,7 @@ fn load_vec4(t: Tile, k0: u32, lid: u32) {
             let m = t.m0 + 4u * mq;
             let k = k0 + kk;
             var v = vec4(0.0);
-            if (m < params.m && k < params.k) { v = a4[(t.a_base + k * params.m + m) / 4u]; }
+            if (m < params.m && k < params.k) { v = vec4<f32>(a4[(t.a_base + k * params.m + m) / 4u]); }
             As[kk * BM / 4u + mq] = v;
         } else {
             // Stored M x K: four consecutive k of one row m.
@@ -208,7 +213,7 @@ fn load_vec4(t: Tile, k0: u32, lid: u32) {
             let m = t.m0 + mm;
             let k = k0 + 4u * kq;
             var v = vec4(0.0);
-            if (m < params.m && k < params.k) { v = a4[(t.a_base + m * params.k + k) / 4u]; }
+            if (m < params.m && k < params.k) { v = vec4<f32>(a4[(t.a_base + m * params.k + k) / 4u]); }
             for (var q = 0u; q < 4u; q++) { As[((4u * kq + q) * BM + mm) / 4u][mm % 4u] = v[q]; }
         }
     }
@@ -220,7 +225,7 @@ fn load_vec4(t: Tile, k0: u32, lid: u32) {
             let n = t.n0 + nn;
             let k = k0 + 4u * kq;
             var v = vec4(0.0);
-            if (n < params.n && k < params.k) { v = b4[(t.b_base + n * params.k + k) / 4u]; }
+            if (n < params.n && k < params.k) { v = vec4<f32>(b4[(t.b_base + n * params.k + k) / 4u]); }
             for (var q = 0u; q < 4u; q++) { Bs[((4u * kq + q) * BN + nn) / 4u][nn % 4u] = v[q]; }
         } else {
             // Stored K x N: four consecutive columns n of one k.
@@ -229,7 +234,7 @@ fn load_vec4(t: Tile, k0: u32, lid: u32) {
             let n = t.n0 + 4u * nq;
             let k = k0 + kk;
             var v = vec4(0.0);
-            if (n < params.n && k < params.k) { v = b4[(t.b_base + k * params.n + n) / 4u]; }
+            if (n < params.n && k < params.k) { v = vec4<f32>(b4[(t.b_base + k * params.n + n) / 4u]); }
             Bs[kk * BN / 4u + nq] = v;
         }
     }
@@ -287,7 +292,7 @@ fn lanes_fma(t: Tile, k: u32, bv: array<vec4<f32>, 2>) {
         // Rows past the edge are clamped: their sums are computed but never stored.
         let m = min(t.m0 + i, params.m - 1u);
         var av: f32;
-        if (TRANS_A) { av = a[t.a_base + k * params.m + m]; } else { av = a[t.a_base + m * params.k + k]; }
+        if (TRANS_A) { av = f32(a[t.a_base + k * params.m + m]); } else { av = f32(a[t.a_base + m * params.k + k]); }
         for (var j = 0u; j < TN / 4u; j++) {
             acc[i * (TN / 4u) + j] = fma(vec4(av), bv[j], acc[i * (TN / 4u) + j]);
         }
@@ -306,7 +311,7 @@ fn matmul_lanes(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id
         for (var j = 0u; j < TN / 4u; j++) {
             for (var q = 0u; q < 4u; q++) {
                 let n = min(col0 + 4u * j + q, params.n - 1u);
-                if (TRANS_B) { bv[j][q] = b[t.b_base + n * params.k + k]; } else { bv[j][q] = b[t.b_base + k * params.n + n]; }
+                if (TRANS_B) { bv[j][q] = f32(b[t.b_base + n * params.k + k]); } else { bv[j][q] = f32(b[t.b_base + k * params.n + n]); }
             }
         }
         lanes_fma(t, k, bv);
@@ -327,11 +332,11 @@ fn matmul_lanes_vec4(@builtin(local_invocation_index) lid: u32, @builtin(workgro
             if (TRANS_B) {
                 for (var q = 0u; q < 4u; q++) {
                     let idx = t.b_base + min(col0 + 4u * j + q, params.n - 1u) * params.k + k;
-                    bv[j][q] = b4[idx / 4u][idx % 4u];
+                    bv[j][q] = f32(b4[idx / 4u][idx % 4u]);
                 }
             } else {
                 let n = min(col0 + 4u * j, params.n - 4u);
-                bv[j] = b4[(t.b_base + k * params.n + n) / 4u];
+                bv[j] = vec4<f32>(b4[(t.b_base + k * params.n + n) / 4u]);
             }
         }
         lanes_fma(t, k, bv);

@@ -35,16 +35,21 @@ struct Params {
     _pad1: u32,
 }
 
-@group(0) @binding(0) var<storage, read> a4: array<vec4<f32>>;
-@group(0) @binding(1) var<storage, read> b4: array<vec4<f32>>;
+// How A and B are stored: f32 here; the f16 variants (src/shaders.rs) make either f16. Every
+// load converts to f32, so registers, accumulators and C stay f32.
+alias A_ELEM = f32;
+alias B_ELEM = f32;
+
+@group(0) @binding(0) var<storage, read> a4: array<vec4<A_ELEM>>;
+@group(0) @binding(1) var<storage, read> b4: array<vec4<B_ELEM>>;
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
 @group(0) @binding(3) var<storage, read_write> c4: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> aux4: array<vec4<f32>>;
 @group(1) @binding(0) var<uniform> params: Params;
 
 // Element i of an operand seen as vec4s (bindings are padded to whole vec4s).
-fn a_at(i: u32) -> f32 { return a4[i / 4u][i % 4u]; }
-fn b_at(i: u32) -> f32 { return b4[i / 4u][i % 4u]; }
+fn a_at(i: u32) -> f32 { return f32(a4[i / 4u][i % 4u]); }
+fn b_at(i: u32) -> f32 { return f32(b4[i / 4u][i % 4u]); }
 
 override TM: u32 = 32u;     // rows per subgroup tile: 8, 16 or 32
 override TRANS_A: bool = false;
@@ -89,7 +94,7 @@ fn store_element(e: u32, v: f32) {
 fn load_a_row(base: u32, m: u32, k0: u32) -> vec4<f32> {
     let K = params.k;
     let at = base + min(m, params.m - 1u) * K + k0;
-    if (A_VEC4) { return a4[at / 4u]; }
+    if (A_VEC4) { return vec4<f32>(a4[at / 4u]); }
     var v: vec4<f32>;
     for (var j = 0u; j < 4u; j++) { v[j] = select(0.0, a_at(at + j), k0 + j < K); }
     return v;
@@ -101,7 +106,7 @@ fn load_a_rows(base: u32, k: u32, m: u32) -> vec4<f32> {
     let at = base + min(k, params.k - 1u) * M;
     var v: vec4<f32>;
     if (A_VEC4) {
-        v = a4[(at + min(m, M - 4u)) / 4u];
+        v = vec4<f32>(a4[(at + min(m, M - 4u)) / 4u]);
     } else {
         for (var j = 0u; j < 4u; j++) { v[j] = a_at(at + min(m + j, M - 1u)); }
     }
@@ -112,7 +117,7 @@ fn load_a_rows(base: u32, k: u32, m: u32) -> vec4<f32> {
 fn load_b_row(base: u32, n: u32, k0: u32) -> vec4<f32> {
     let K = params.k;
     let at = base + min(n, params.n - 1u) * K + k0;
-    if (B_VEC4) { return b4[at / 4u]; }
+    if (B_VEC4) { return vec4<f32>(b4[at / 4u]); }
     var v: vec4<f32>;
     for (var j = 0u; j < 4u; j++) { v[j] = select(0.0, b_at(at + j), k0 + j < K); }
     return v;
@@ -124,7 +129,7 @@ fn load_b_cols(base: u32, k: u32, n: u32) -> vec4<f32> {
     let at = base + min(k, params.k - 1u) * N;
     var v: vec4<f32>;
     if (B_VEC4) {
-        v = b4[(at + min(n, N - 4u)) / 4u];
+        v = vec4<f32>(b4[(at + min(n, N - 4u)) / 4u]);
     } else {
         for (var j = 0u; j < 4u; j++) { v[j] = b_at(at + min(n + j, N - 1u)); }
     }

@@ -20,6 +20,10 @@ pub struct BenchArgs {
     /// For `kernels`: compare the matmul tile shapes at N x N x N instead.
     #[arg(long, value_name = "N")]
     sweep: Option<usize>,
+    /// For `step` and `sample`: with f16 weights (the linear layers read f16 copies; needs an
+    /// adapter with SHADER_F16).
+    #[arg(long)]
+    f16: bool,
     /// Also write the report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -37,6 +41,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         &Options {
             quick: a.quick,
             sweep: a.sweep,
+            f16: a.f16,
         },
     )?;
     println!("{}", report.to_markdown());

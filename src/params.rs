@@ -1,19 +1,24 @@
 //! Parameters: every weight of a model in one flat GPU buffer (as in llm.c), so that the
 //! optimiser, the gradient norm and the EMA are each one pass over one buffer. Each parameter is
-//! a named view at an offset aligned to 256 bytes (the largest storage-offset alignment a device
-//! may require, so the layout is the same everywhere); the gradient buffer mirrors the layout.
+//! a named view at an offset aligned to 512 bytes (twice the largest storage-offset alignment a
+//! device may require, so the layout is the same everywhere and an f16 copy's views are aligned
+//! too); the gradient buffer mirrors the layout. With f16 weights ([`Params::store_f16`]) an f16
+//! copy of the values, in the same layout, is what the linear layers' matmuls read.
 //! The names are the checkpoint keys. Values start from initialisers ([`ParamsBuilder::build`])
 //! or from given values ([`ParamsBuilder::build_with_values`], uploaded once), with a gradient
 //! buffer for training or without one for inference ([`ParamsBuilder::build_for_inference`]).
+//! (Each parameter is padded to a multiple of 128 values: at most 508 bytes of padding each.)
 
 use crate::error::{Error, Result};
-use crate::tensor::{numel, Tensor};
+use crate::tensor::{numel, DType, Tensor};
 use crate::Gpu;
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Alignment of every parameter in the flat buffer, in f32 elements (256 bytes).
-pub const ALIGN: usize = 64;
+/// Alignment of every parameter in the flat buffer, in elements: 512 bytes of f32, so that the
+/// f16 copy's views (256 bytes) meet the largest storage-offset alignment too.
+pub const ALIGN: usize = 128;
 
 /// How a parameter starts.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -206,6 +211,8 @@ impl ParamsBuilder {
             values,
             grads,
             by_name,
+            f16: None,
+            f16_stale: AtomicBool::new(true),
         })
     }
 }
@@ -244,6 +251,12 @@ pub struct Params {
     /// `None`: built for inference.
     grads: Option<Tensor>,
     by_name: HashMap<String, usize>,
+    /// The f16 copy of `values` the matmuls read their weights from, where the parameters
+    /// store f16 weights ([`Params::store_f16`]).
+    f16: Option<Tensor>,
+    /// Whether the values may have changed since the f16 copy was made: set by every handle
+    /// to the flat values ([`Params::values`], [`Params::set`]), cleared by a refresh.
+    f16_stale: AtomicBool,
 }
 
 impl Params {
@@ -257,8 +270,11 @@ impl Params {
     pub fn id(&self, name: &str) -> Option<ParamId> {
         self.by_name.get(name).map(|&i| ParamId(i))
     }
-    /// The flat value buffer (padding between parameters included).
+    /// The flat value buffer (padding between parameters included). Whoever takes it may change
+    /// the values (the optimiser, a checkpoint's restore), so the f16 copy, if any, is made again
+    /// before the next forward pass ([`Params::refresh_f16`]).
     pub fn values(&self) -> &Tensor {
+        self.f16_stale.store(true, Ordering::Relaxed);
         &self.values
     }
     /// The flat gradient buffer, same layout (refused for parameters built for inference).
@@ -273,7 +289,8 @@ impl Params {
     pub fn has_grads(&self) -> bool {
         self.grads.is_some()
     }
-    /// A view of one parameter's values.
+    /// A view of one parameter's values, for reading (the networks); change values through
+    /// [`Params::values`] or [`Params::set`], which the f16 copy follows.
     pub fn value(&self, id: ParamId) -> Tensor {
         let s = &self.specs[id.0];
         self.values
@@ -305,12 +322,81 @@ impl Params {
                 self.values.shape()
             )));
         }
+        let f16 = self
+            .f16
+            .as_ref()
+            .map(|_| Tensor::uninit(values.gpu(), values.shape(), DType::F16))
+            .transpose()?;
         Ok(Params {
             specs: self.specs.clone(),
             values,
             grads: self.grads.clone(),
             by_name: self.by_name.clone(),
+            f16,
+            f16_stale: AtomicBool::new(true),
         })
+    }
+
+    /// Give the linear layers f16 weights: an f16 copy of the values (same layout) that their
+    /// matmuls read ([`Params::matmul_weight`]), summing in f32 ("f16 storage with f32
+    /// accumulation": half the bytes per weight read, on devices with `SHADER_F16`). The f32
+    /// values stay the master copy that the optimiser updates and checkpoints hold; a forward
+    /// pass of a network first makes the copy again where the values may have changed
+    /// ([`Params::refresh_f16`]): once per training step, once for all the steps of sampling.
+    pub fn store_f16(&mut self) -> Result<()> {
+        let gpu = self.values.gpu();
+        Params::check_f16(gpu)?;
+        if self.f16.is_none() {
+            self.f16 = Some(Tensor::uninit(gpu, self.values.shape(), DType::F16)?);
+            self.f16_stale.store(true, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Refuse f16 weights on a device without `SHADER_F16`, saying what to do (checked before a
+    /// run that will need them starts any work).
+    pub fn check_f16(gpu: &Gpu) -> Result<()> {
+        if gpu.has_f16() {
+            return Ok(());
+        }
+        Err(Error::Config(format!(
+            "f16 weights (--f16, or a run trained with it) need the SHADER_F16 feature, which {} \
+             does not offer: use an adapter that has it (`rectiflow info` lists each adapter's \
+             features), or train in f32 (a run trained with --f16 resumes in f32 with \
+             --f16=false --allow-changes)",
+            gpu.adapter_info().name
+        )))
+    }
+
+    /// Whether the linear layers read f16 weights ([`Params::store_f16`]).
+    pub fn stores_f16(&self) -> bool {
+        self.f16.is_some()
+    }
+
+    /// Make the f16 weights again from the f32 values (rounded to nearest; one dispatch) where
+    /// the parameters store f16 weights and the values may have changed since (someone took
+    /// [`Params::values`]); nothing otherwise. Every network's forward pass calls it first, so
+    /// the copy always matches the values it runs with.
+    pub fn refresh_f16(&self) -> Result<()> {
+        match &self.f16 {
+            Some(copy) if self.f16_stale.swap(false, Ordering::Relaxed) => {
+                crate::ops::cast_into(&self.values, copy).inspect_err(|_| {
+                    self.f16_stale.store(true, Ordering::Relaxed);
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The values a matmul reads for parameter `id`: its f16 copy where the parameters store
+    /// f16 weights, else its f32 values.
+    pub fn matmul_weight(&self, id: ParamId) -> Tensor {
+        let s = &self.specs[id.0];
+        self.f16
+            .as_ref()
+            .unwrap_or(&self.values)
+            .view(s.offset, &s.shape)
+            .expect("parameter views are aligned and in range")
     }
 
     /// Overwrite one parameter's values from the host.
@@ -325,6 +411,7 @@ impl Params {
                 data.len()
             )));
         }
+        self.f16_stale.store(true, Ordering::Relaxed);
         self.value(id).write(data)
     }
 }

@@ -44,13 +44,18 @@ impl Pipeline {
     pub fn load(gpu: &Gpu, path: impl AsRef<Path>, weights: Weights) -> Result<Pipeline> {
         let path = path.as_ref();
         let (ck, config) = open_checkpoint(path, &Budget::of(gpu))?;
-        let (model, params) = match weights {
+        let (model, mut params) = match weights {
             Weights::Raw => {
                 let values = raw_weights(&ck);
                 model_for_loading(gpu, &config, &values, "values", path, false)?
             }
             Weights::Ema => model_for_loading(gpu, &config, &ck.ema, "EMA", path, false)?,
         };
+        // A run trained with f16 weights samples with them where the device can; elsewhere it
+        // samples with the f32 master weights.
+        if config.f16 && gpu.has_f16() {
+            params.store_f16()?;
+        }
         Ok(Pipeline {
             config,
             model,
@@ -76,6 +81,18 @@ impl Pipeline {
             step: trainer.step,
             weights,
         })
+    }
+
+    /// Sample with f16 weights: the linear layers read an f16 copy of the weights (half the
+    /// bytes per weight, f32 sums; see [`Params::store_f16`]). Refused where the device has no
+    /// `SHADER_F16`.
+    pub fn store_f16(&mut self) -> Result<()> {
+        self.params.store_f16()
+    }
+
+    /// Whether the linear layers read f16 weights.
+    pub fn stores_f16(&self) -> bool {
+        self.params.stores_f16()
     }
 
     /// Write the weights as a checkpoint at `path` (atomically), in the training format: the

@@ -20,7 +20,7 @@ pub struct Library {
 }
 
 /// One WGSL source file and what goes in front of it.
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct Shader {
     /// The file's stem (`matmul`); errors and profiles name kernels `shader::entry`.
     pub name: &'static str,
@@ -34,6 +34,9 @@ pub struct Shader {
     pub constants: &'static [&'static [(&'static str, u32)]],
     /// Libraries placed before the file's text.
     pub libraries: &'static [&'static Library],
+    /// Type aliases of the file (`alias A_ELEM = f32;`) made f16 in this variant, which then
+    /// opens with `enable f16;` (the matmuls' operand storage: [`MATMUL_F16`]).
+    pub f16_aliases: &'static [&'static str],
 }
 
 impl Shader {
@@ -47,6 +50,7 @@ impl Shader {
             prelude: false,
             constants: &[],
             libraries: &[],
+            f16_aliases: &[],
         }
     }
 
@@ -74,9 +78,33 @@ impl Shader {
         Shader { libraries, ..self }
     }
 
+    /// The variant `name` of this shader in which each type alias of `aliases` is f16 instead
+    /// of f32 (a module of its own, needing `SHADER_F16`).
+    const fn with_f16(self, name: &'static str, aliases: &'static [&'static str]) -> Shader {
+        Shader {
+            name,
+            f16_aliases: aliases,
+            requires: self.requires.union(wgpu::Features::SHADER_F16),
+            ..self
+        }
+    }
+
+    /// The file this shader's text comes from (`shaders/{file}.wgsl`): its name, or for an f16
+    /// variant the name it was made from (`matmul_f16b` is made from `matmul`).
+    pub fn file(&self) -> &'static str {
+        match self.name.find("_f16") {
+            Some(i) if !self.f16_aliases.is_empty() => &self.name[..i],
+            _ => self.name,
+        }
+    }
+
     /// The module's full text: prelude, generated constants, libraries, then the file.
     pub fn wgsl(&self) -> Cow<'static, str> {
-        if !self.prelude && self.constants.is_empty() && self.libraries.is_empty() {
+        if !self.prelude
+            && self.constants.is_empty()
+            && self.libraries.is_empty()
+            && self.f16_aliases.is_empty()
+        {
             return Cow::Borrowed(self.source);
         }
         // Directives (`enable f16;`) must open the module: they go before the prelude.
@@ -85,6 +113,9 @@ impl Shader {
             line.starts_with("enable ") || line.starts_with("requires ")
         };
         let mut text = String::new();
+        if !self.f16_aliases.is_empty() {
+            text.push_str("enable f16;\n");
+        }
         for line in self.source.lines().filter(|l| directive(l)) {
             text.push_str(line);
             text.push('\n');
@@ -102,13 +133,21 @@ impl Shader {
             text.push_str(&format!("\n// ---- library {} ----\n", library.name));
             text.push_str(library.source);
         }
-        text.push_str(&format!("\n// ---- {}.wgsl ----\n", self.name));
+        text.push_str(&format!("\n// ---- {}.wgsl ----\n", self.file()));
+        let f16_alias = |line: &str| {
+            self.f16_aliases
+                .iter()
+                .find(|a| line.trim() == format!("alias {a} = f32;"))
+        };
         for line in self.source.lines() {
             // A directive keeps its line (commented out), so the file's line numbers hold.
             if directive(line) {
                 text.push_str("// ");
             }
-            text.push_str(line);
+            match f16_alias(line) {
+                Some(alias) => text.push_str(&format!("alias {alias} = f16;")),
+                None => text.push_str(line),
+            }
             text.push('\n');
         }
         Cow::Owned(text)
@@ -346,6 +385,33 @@ shader!(
     with_constants(&[activation::WGSL, matmul_aux::WGSL]),
     with_libraries(&[&ACTIVATION])
 );
+
+/// The matmuls with f16 operands (`SHADER_F16`): A, B or both stored as f16 and converted to f32
+/// as they are loaded, so the product is summed in f32 ("f16 storage with f32 accumulation").
+pub static MATMUL_F16: [&Shader; 3] = [&MATMUL_F16A, &MATMUL_F16B, &MATMUL_F16AB];
+/// The subgroup matmul with f16 operands, as [`MATMUL_F16`].
+pub static MATMUL_SUBGROUP_F16: [&Shader; 3] = [
+    &MATMUL_SUBGROUP_F16A,
+    &MATMUL_SUBGROUP_F16B,
+    &MATMUL_SUBGROUP_F16AB,
+];
+
+/// [`MATMUL`] with A stored as f16.
+pub static MATMUL_F16A: Shader = MATMUL.with_f16("matmul_f16a", &["A_ELEM"]);
+/// [`MATMUL`] with B stored as f16.
+pub static MATMUL_F16B: Shader = MATMUL.with_f16("matmul_f16b", &["B_ELEM"]);
+/// [`MATMUL`] with A and B stored as f16.
+pub static MATMUL_F16AB: Shader = MATMUL.with_f16("matmul_f16ab", &["A_ELEM", "B_ELEM"]);
+/// [`MATMUL_SUBGROUP`] with A stored as f16.
+pub static MATMUL_SUBGROUP_F16A: Shader =
+    MATMUL_SUBGROUP.with_f16("matmul_subgroup_f16a", &["A_ELEM"]);
+/// [`MATMUL_SUBGROUP`] with B stored as f16.
+pub static MATMUL_SUBGROUP_F16B: Shader =
+    MATMUL_SUBGROUP.with_f16("matmul_subgroup_f16b", &["B_ELEM"]);
+/// [`MATMUL_SUBGROUP`] with A and B stored as f16.
+pub static MATMUL_SUBGROUP_F16AB: Shader =
+    MATMUL_SUBGROUP.with_f16("matmul_subgroup_f16ab", &["A_ELEM", "B_ELEM"]);
+
 shader!(CAST, "cast", requiring(wgpu::Features::SHADER_F16));
 shader!(TEXTURE, "texture");
 shader!(SOLVER, "solver", with_libraries(&[&VEC4]));
@@ -358,6 +424,12 @@ pub static ALL: &[&Shader] = &[
     &LAYOUT,
     &MATMUL,
     &MATMUL_SUBGROUP,
+    &MATMUL_F16A,
+    &MATMUL_F16B,
+    &MATMUL_F16AB,
+    &MATMUL_SUBGROUP_F16A,
+    &MATMUL_SUBGROUP_F16B,
+    &MATMUL_SUBGROUP_F16AB,
     &CAST,
     &NORM,
     &MODULATE,

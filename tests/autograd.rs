@@ -596,8 +596,8 @@ fn parameters_live_in_one_aligned_flat_buffer() {
     let d = b.add("d", &[2, 2], Init::Uniform { limit: 0.5 });
     let p = b.build(g, 1).unwrap();
     let offsets: Vec<usize> = p.specs().iter().map(|s| s.offset).collect();
-    assert_eq!(offsets, vec![0, 64, 192]);
-    assert_eq!(p.values().numel(), 256);
+    assert_eq!(offsets, vec![0, 128, 256]);
+    assert_eq!(p.values().numel(), 384);
     assert_eq!(p.count(), 15 + 70 + 4);
     assert!(p.value(a).to_vec().unwrap().iter().all(|&v| v == 0.0));
     assert!(p.value(c).to_vec().unwrap().iter().all(|&v| v == 1.0));

@@ -18,6 +18,7 @@ fn a_step_report_counts_dispatches_and_buffers_and_profiles_every_kernel() {
     let quick = Options {
         quick: true,
         sweep: None,
+        f16: false,
     };
     let r = bench::step(&gpu, tiny, &quick).unwrap();
     assert!(r.ms_per_step > 0.0 && r.samples_per_second > 0.0);

@@ -218,3 +218,93 @@ fn the_command_line_trains_samples_and_protects_existing_runs() {
     assert_eq!(row["value"], s["value"]);
     assert!(s["value"].as_f64().unwrap() >= 0.0 && s["nfe"].as_u64().unwrap() > 6);
 }
+
+/// `train --f16` records the setting in the run's configuration (so a resumed run keeps it) and
+/// trains; `sample --f16` samples any checkpoint with f16 weights. Where the adapter has no
+/// `SHADER_F16`, both are refused with an error that says so.
+#[test]
+fn the_command_line_trains_and_samples_with_f16_weights() {
+    let bin = env!("CARGO_BIN_EXE_rectiflow");
+    let dir = temp_dir("cli-f16");
+    let out = dir.join("run");
+    let r = std::process::Command::new(bin)
+        .args([
+            "train",
+            "--data",
+            "toy:moons",
+            "--model",
+            "mlp",
+            "--steps",
+            "20",
+            "--batch",
+            "32",
+            "--width",
+            "16",
+            "--depth",
+            "1",
+            "--quiet",
+            "--f16",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    if !common::gpu().has_f16() {
+        assert!(
+            !r.status.success() && stderr.contains("SHADER_F16"),
+            "{stderr}"
+        );
+        return;
+    }
+    assert!(r.status.success(), "{stderr}");
+    let config = std::fs::read_to_string(out.join("config.json")).unwrap();
+    assert!(config.contains("\"f16\": true"), "{config}");
+    let png = dir.join("f16.png");
+    let r = std::process::Command::new(bin)
+        .args(["sample", "--n", "64", "--f16", "--checkpoint"])
+        .arg(out.join("checkpoint.safetensors"))
+        .arg("--out")
+        .arg(&png)
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(png.exists() && dir.join("samples.npy").exists());
+    // A resumed run keeps f16 weights without the flag.
+    let resume = |steps: &str, extra: &[&str]| {
+        std::process::Command::new(bin)
+            .args([
+                "train",
+                "--data",
+                "toy:moons",
+                "--model",
+                "mlp",
+                "--quiet",
+                "--resume",
+            ])
+            .args(["--steps", steps])
+            .args(extra)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap()
+    };
+    let r = resume("25", &[]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let config = std::fs::read_to_string(out.join("config.json")).unwrap();
+    assert!(config.contains("\"f16\": true"), "{config}");
+    // Turning it off is a change of the run's settings: refused without consent, then taken
+    // (the setting leaves the configuration: f32 is the default).
+    let r = resume("30", &["--f16=false"]);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success() && stderr.contains("--f16"), "{stderr}");
+    let r = resume("30", &["--f16=false", "--allow-changes"]);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--f16 unset (the run had true)"),
+        "{stderr}"
+    );
+    let config = std::fs::read_to_string(out.join("config.json")).unwrap();
+    assert!(!config.contains("f16"), "{config}");
+}

@@ -122,6 +122,39 @@ fn f16_storage_round_trips_through_half() {
     // Compute kernels refuse f16 with a clear error.
     let err = ops::gelu(&h2).unwrap_err();
     assert!(err.to_string().contains("to_f32"), "{err}");
+
+    // In place, into views of a larger f16 buffer (the f16 weights' refresh): 4 values per
+    // invocation where the length allows, one otherwise; the elements around stay as they were.
+    for (n, at) in [(4 * 300, 128), (257, 256), (1, 512)] {
+        let x: Vec<f32> = rand_vec(n, 10 + n as u64)
+            .iter()
+            .map(|v| v * 50.0)
+            .collect();
+        let rounded: Vec<f32> = x.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect();
+        let around = vec![7.0f32; at + n + 128];
+        let dst = Tensor::from_slice_f16(g, &[around.len()], &around).unwrap();
+        let view = dst.view(at, &[n]).unwrap();
+        ops::cast_into(&Tensor::from_slice(g, &[n], &x).unwrap(), &view).unwrap();
+        let got = dst.to_vec().unwrap();
+        assert_eq!(&got[at..at + n], &rounded[..], "cast_into of {n} values");
+        assert!(
+            got[..at].iter().chain(&got[at + n..]).all(|&v| v == 7.0),
+            "cast_into of {n} values wrote outside its view"
+        );
+    }
+    // Refused, naming the problem: the wrong dtypes, shapes that differ.
+    let src = Tensor::from_slice(g, &[8], &[1.0; 8]).unwrap();
+    let half8 = Tensor::from_slice_f16(g, &[8], &[0.0; 8]).unwrap();
+    let half42 = Tensor::from_slice_f16(g, &[4, 2], &[0.0; 8]).unwrap();
+    let f32_out = Tensor::zeros(g, &[8]).unwrap();
+    for (what, x, out, says) in [
+        ("an f16 input", &half8, &half42, "got F16 to F16"),
+        ("an f32 output", &src, &f32_out, "got F32 to F32"),
+        ("another shape", &src, &half42, "input's shape [8]"),
+    ] {
+        let err = ops::cast_into(x, out).expect_err(what).to_string();
+        assert!(err.contains(says), "cast_into with {what}: {err}");
+    }
 }
 
 #[test]

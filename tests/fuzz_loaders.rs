@@ -109,6 +109,7 @@ fn base_checkpoint() -> (Vec<u8>, TrainConfig) {
         max_grad_norm: 1.0,
         label_dropout: 0.1,
         seed: 3,
+        f16: false,
     };
     let layout = config.model.layout().unwrap();
     let mut params = HashMap::new();

@@ -570,6 +570,7 @@ fn toy_config(width: usize) -> TrainConfig {
         max_grad_norm: 1.0,
         label_dropout: 0.0,
         seed: 1,
+        f16: false,
     }
 }
 

@@ -433,6 +433,9 @@ struct Mm {
     aux: Aux,
     tiling: Option<MatmulTiling>,
     context: &'static Gpu,
+    /// Operands stored as f16 (the reference takes the same rounded values).
+    f16_a: bool,
+    f16_b: bool,
 }
 
 /// What the matmul's epilogue does with its auxiliary tensor ([`MatmulAux`]).
@@ -463,6 +466,8 @@ impl Mm {
             aux: Aux::None,
             tiling: None,
             context: gpu(),
+            f16_a: false,
+            f16_b: false,
         }
     }
 
@@ -471,8 +476,16 @@ impl Mm {
         let (m, k, n) = (self.m, self.k, self.n);
         let ab = if self.a_batched { self.batch } else { 1 };
         let bb = if self.b_batched { self.batch } else { 1 };
-        let a = rand_vec(ab * m * k, seed);
-        let b = rand_vec(bb * k * n, seed + 1);
+        // f16 operands: the reference multiplies the values the GPU stores.
+        let round = |v: Vec<f32>, f16: bool| -> Vec<f32> {
+            if f16 {
+                v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect()
+            } else {
+                v
+            }
+        };
+        let a = round(rand_vec(ab * m * k, seed), self.f16_a);
+        let b = round(rand_vec(bb * k * n, seed + 1), self.f16_b);
         let bias = rand_vec(n, seed + 2);
         let c0 = rand_vec(self.batch * m * n, seed + 3);
         let shape = |batched: bool, count: usize, r: usize, c: usize| {
@@ -492,8 +505,15 @@ impl Mm {
         } else {
             shape(self.b_batched, bb, k, n)
         };
-        let ta = Tensor::from_slice(g, &a_shape, &a).unwrap();
-        let tb = Tensor::from_slice(g, &b_shape, &b).unwrap();
+        let upload = |shape: &[usize], data: &[f32], f16: bool| {
+            if f16 {
+                Tensor::from_slice_f16(g, shape, data).unwrap()
+            } else {
+                Tensor::from_slice(g, shape, data).unwrap()
+            }
+        };
+        let ta = upload(&a_shape, &a, self.f16_a);
+        let tb = upload(&b_shape, &b, self.f16_b);
         let tbias = Tensor::from_slice(g, &[n], &bias).unwrap();
         let batched = self.a_batched || self.b_batched;
         let out_shape = shape(batched, self.batch, m, n);
@@ -554,9 +574,9 @@ impl Mm {
         let (mut want, mut mag) = cpu::matmul(&case);
         let what = format!(
             "matmul m={m} k={k} n={n} ta={} tb={} batch={}({}/{}) bias={} act={:?} acc={} aux={:?} \
-             tiling={:?}",
+             tiling={:?} f16 a/b={}/{}",
             self.trans_a, self.trans_b, self.batch, self.a_batched, self.b_batched, self.bias,
-            self.act, self.accumulate, self.aux, self.tiling
+            self.act, self.accumulate, self.aux, self.tiling, self.f16_a, self.f16_b
         );
         let eps = f32::EPSILON as f64 / 2.0;
         let tolerance = |mag: &[f64], want: &[f64]| -> Vec<f64> {
@@ -695,6 +715,74 @@ fn every_design() -> Vec<(&'static Gpu, Option<MatmulTiling>)> {
         .subgroup_size()
         .map(|_| (gpu_without_subgroups(), None));
     runs.into_iter().chain(subgroup).chain(without).collect()
+}
+
+/// f16 operands (A, B or both; "f16 storage with f32 accumulation") in every design and
+/// layout, on odd shapes, vec4 shapes and a narrow output the subgroup design computes
+/// transposed (where the f16 operand changes sides), batched with a shared weight, and through
+/// the epilogue; the product is summed in f32, so the f32 tolerance holds for the rounded
+/// inputs. Skipped where the adapter has no `SHADER_F16`.
+#[test]
+fn matmul_with_f16_operands_matches_reference() {
+    if !gpu().has_f16() {
+        eprintln!("skipped: {} has no SHADER_F16", gpu().adapter_info().name);
+        return;
+    }
+    let mut seed = 5000;
+    for (context, tiling) in every_design() {
+        // Every load (each operand, stored either way) as f16 in the variant storing both, and
+        // each one-sided variant once (its loads are the same text): fewer pipelines to compile.
+        let layouts = [
+            (false, false, true, true),
+            (true, true, true, true),
+            (false, true, true, false),
+            (true, false, false, true),
+        ];
+        for (m, k, n) in [(63, 65, 127), (132, 36, 260), (300, 66, 3), (1, 7, 1)] {
+            for (trans_a, trans_b, f16_a, f16_b) in layouts {
+                Mm {
+                    trans_a,
+                    trans_b,
+                    tiling,
+                    context,
+                    f16_a,
+                    f16_b,
+                    ..Mm::new(m, k, n)
+                }
+                .check(seed);
+                seed += 10;
+            }
+        }
+        // A linear layer over a batch with an f16 weight (B, shared), bias, SiLU, the
+        // pre-activation saved and the product added to what C holds.
+        Mm {
+            batch: 3,
+            a_batched: true,
+            trans_b: true,
+            bias: true,
+            act: Activation::Silu,
+            accumulate: true,
+            aux: Aux::SavePre,
+            tiling,
+            context,
+            f16_b: true,
+            ..Mm::new(20, 64, 36)
+        }
+        .check(seed);
+        seed += 10;
+    }
+    // A^T B over a long K with f16 operands: split into slices of K on the CPU profile, whose
+    // views of the f16 tensors are half as many bytes per column.
+    for (f16_a, f16_b) in [(true, false), (false, true), (true, true)] {
+        Mm {
+            trans_a: true,
+            f16_a,
+            f16_b,
+            ..Mm::new(40, 2300, 36)
+        }
+        .check(seed);
+        seed += 10;
+    }
 }
 
 /// Every shape and layout with each profile's own tile choice, and with every design forced.

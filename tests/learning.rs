@@ -84,3 +84,67 @@ fn sampling_with_a_fixed_seed_is_deterministic() {
     assert!(clipped.iter().all(|v| v.is_finite()));
     assert_ne!(clipped, run(5, Solver::Euler, 2.0));
 }
+
+/// f16 weights (`TrainConfig::f16`, `--f16`): a short run's loss curve stays within the noise of
+/// the f32 run's. Both draw the same batches, times and noise (one seed); the f16 run's weights
+/// are rounded to f16 in every matmul, so its trajectory drifts away from the f32 one, but its
+/// mean loss over the last 100 of 300 steps must be within 3 standard errors of the f32 run's
+/// (the error of a difference of two independent means of 100 losses: the bound holds even
+/// once the two runs no longer share anything but their data), and both must have learned.
+#[test]
+fn training_with_f16_weights_follows_the_f32_loss_curve() {
+    if !gpu().has_f16() {
+        eprintln!("skipped: {} has no SHADER_F16", gpu().adapter_info().name);
+        return;
+    }
+    let toy = data::toy("checkerboard", 5000, 1).unwrap();
+    let losses = |f16: bool| -> (Vec<f64>, Trainer) {
+        let mut c = config(&toy, "mlp", 64);
+        c.f16 = f16;
+        let mut tr = Trainer::new(gpu(), c, &toy).unwrap();
+        assert_eq!(tr.params.stores_f16(), f16);
+        let losses = (0..300)
+            .map(|_| {
+                tr.step().unwrap();
+                tr.read_loss().unwrap() as f64
+            })
+            .collect();
+        (losses, tr)
+    };
+    let ((full, _), (half, trainer)) = (losses(false), losses(true));
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let var = |v: &[f64]| {
+        let m = mean(v);
+        v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64
+    };
+    let (a, b) = (&full[200..], &half[200..]);
+    let stderr = ((var(a) + var(b)) / a.len() as f64).sqrt();
+    assert!(
+        (mean(a) - mean(b)).abs() <= 3.0 * stderr,
+        "last 100 steps' mean loss: f32 {} and f16 {} differ by more than 3 standard errors ({stderr})",
+        mean(a),
+        mean(b)
+    );
+    for (name, l) in [("f32", &full), ("f16", &half)] {
+        assert!(
+            mean(&l[200..]) < 0.9 * mean(&l[..20]),
+            "{name} run did not learn: {} -> {}",
+            mean(&l[..20]),
+            mean(&l[200..])
+        );
+    }
+    // Its checkpoint samples with f16 weights where the adapter has SHADER_F16, and with the
+    // f32 master weights on one without.
+    let dir = common::tiny::temp_dir("f16-pipeline");
+    let path = dir.join("checkpoint.safetensors");
+    trainer.save(&path).unwrap();
+    let pipe = rectiflow::Pipeline::load(gpu(), &path, rectiflow::Weights::Ema).unwrap();
+    assert!(pipe.stores_f16());
+    let without = rectiflow::Gpu::with_options(&rectiflow::gpu::GpuOptions {
+        no_f16: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let pipe = rectiflow::Pipeline::load(&without, &path, rectiflow::Weights::Ema).unwrap();
+    assert!(!pipe.stores_f16());
+}

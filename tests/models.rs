@@ -240,3 +240,163 @@ fn an_older_mmdit_checkpoint_loads_as_the_same_network() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// f16 weights (`Params::store_f16`): the linear layers' matmuls read an f16 copy of the
+/// weights and sum in f32, so the network computes exactly what the f32 network computes with
+/// weights rounded to f16, forward and backward (every parameter's gradient), for the DiT, the
+/// MM-DiT and the MLP. The copy follows the f32 values: new values written between two forward
+/// passes are what the second one uses.
+#[test]
+fn f16_weights_compute_the_network_of_their_rounded_values() {
+    use rectiflow::autograd::Tape;
+    let gpu = rectiflow::Gpu::new().unwrap();
+    if !gpu.has_f16() {
+        eprintln!("skipped: {} has no SHADER_F16", gpu.adapter_info().name);
+        return;
+    }
+    let digits = ModelConfig {
+        kind: "dit".into(),
+        width: 16,
+        depth: 2,
+        heads: 2,
+        patch: 2,
+        shape: vec![1, 8, 8],
+        classes: 10,
+        context_dim: 0,
+    };
+    let mmdit = ModelConfig {
+        kind: "mmdit".into(),
+        ..digits.clone()
+    };
+    let mlp = ModelConfig {
+        kind: "mlp".into(),
+        width: 32,
+        depth: 2,
+        shape: vec![2],
+        classes: 3,
+        ..digits.clone()
+    };
+    let rounded =
+        |v: &[f32]| -> Vec<f32> { v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect() };
+    for config in [digits, mmdit, mlp] {
+        let build = || {
+            let mut b = ParamsBuilder::new();
+            let model = Model::build(&config, &mut b).unwrap();
+            (model, b.build(&gpu, 3).unwrap())
+        };
+        let (model, exact) = build();
+        let (_, mut half_params) = build();
+        half_params.store_f16().unwrap();
+        assert!(half_params.stores_f16() && !exact.stores_f16());
+        let n = exact.values().numel();
+        let (batch, dim) = (3, config.shape.iter().product::<usize>());
+        let z: Vec<f32> = (0..batch * dim).map(|i| (i as f32 * 0.37).sin()).collect();
+        // Output and every parameter's gradient of sum(output * r).
+        let run = |params: &rectiflow::params::Params| {
+            params.zero_grads().unwrap();
+            let mut tape = Tape::new();
+            let zv = tape.constant(rectiflow::Tensor::from_slice(&gpu, &[batch, dim], &z).unwrap());
+            let tv = tape
+                .constant(rectiflow::Tensor::from_slice(&gpu, &[batch], &[0.1, 0.5, 0.9]).unwrap());
+            let labels =
+                rectiflow::Tensor::from_slice(&gpu, &[batch], &[1.0, 2.0, config.classes as f32])
+                    .unwrap();
+            let out = model.forward(&mut tape, params, &zv, &tv, &labels).unwrap();
+            let r: Vec<f32> = (0..batch * dim).map(|i| (i as f32 * 0.91).cos()).collect();
+            tape.backward_with(
+                &out,
+                rectiflow::Tensor::from_slice(&gpu, &[batch, dim], &r).unwrap(),
+            )
+            .unwrap();
+            (
+                out.value().to_vec().unwrap(),
+                params.grads().unwrap().to_vec().unwrap(),
+            )
+        };
+        for round in 0..2 {
+            // Random weights everywhere (no zero-initialised layer hides a path), new ones in
+            // the second round (the f16 copy must follow them).
+            let values: Vec<f32> = (0..n)
+                .map(|i| ((((i + 31 * round) * 7919) % 1000) as f32 / 1000.0 - 0.5) * 0.6 + 1e-4)
+                .collect();
+            let values = rounded(&values);
+            exact.values().write(&values).unwrap();
+            half_params.values().write(&values).unwrap();
+            let (want, want_grads) = run(&exact);
+            let (got, got_grads) = run(&half_params);
+            let close = |what: &str, got: &[f32], want: &[f32]| {
+                for (i, (g, w)) in got.iter().zip(want).enumerate() {
+                    assert!(
+                        g.is_finite() && (g - w).abs() <= 1e-6 * (1.0 + w.abs()),
+                        "{} round {round}, {what} {i}: f16 weights {g}, f32 weights {w}",
+                        config.kind
+                    );
+                }
+            };
+            close("output", &got, &want);
+            close("gradient", &got_grads, &want_grads);
+        }
+        // Weights f16 cannot hold: the f16 network is the rounded one, so it differs from the
+        // f32 network (the matmuls did read the f16 copy), by about f16's precision.
+        let values: Vec<f32> = (0..n)
+            .map(|i| (((i * 7919) % 1000) as f32 / 1000.0 - 0.5) * 0.6 + 1.234_567e-4)
+            .collect();
+        exact.values().write(&values).unwrap();
+        half_params.values().write(&values).unwrap();
+        let (want, _) = run(&exact);
+        let (got, _) = run(&half_params);
+        let (diff, scale) = got.iter().zip(&want).fold((0f32, 0f32), |(d, s), (g, w)| {
+            (d.max((g - w).abs()), s.max(w.abs()))
+        });
+        assert!(
+            diff > 0.0 && diff <= 1e-2 * scale,
+            "{}: unrounded weights, f16 against f32 differ by {diff} (largest output {scale})",
+            config.kind
+        );
+    }
+}
+
+/// Without `SHADER_F16` (a device that lacks it, asked for here with `GpuOptions::no_f16`), f16
+/// weights are refused with an error that names the feature and the way out, at each entry: the
+/// parameters, a run configured with them, an f16 tensor. Nothing else changes.
+#[test]
+fn f16_weights_are_refused_without_shader_f16() {
+    use rectiflow::data::DataSpec;
+    use rectiflow::train::{ModelKind, TrainConfig, Trainer};
+    let gpu = rectiflow::Gpu::with_options(&rectiflow::gpu::GpuOptions {
+        no_f16: true,
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(!gpu.has_f16());
+    let model = ModelKind::Mlp.config(&[2], 0);
+    let mut b = ParamsBuilder::new();
+    Model::build(&model, &mut b).unwrap();
+    let mut params = b.build(&gpu, 0).unwrap();
+    let e = params.store_f16().unwrap_err().to_string();
+    assert!(e.contains("SHADER_F16") && e.contains("--f16"), "{e}");
+    assert!(!params.stores_f16());
+    let e = rectiflow::Tensor::from_slice_f16(&gpu, &[4], &[1.0; 4])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("SHADER_F16"), "{e}");
+    let config = TrainConfig {
+        f16: true,
+        ..TrainConfig::new(DataSpec::parse("toy:moons").unwrap(), model)
+    };
+    let e = Trainer::without_data(&gpu, config.clone())
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(e.contains("SHADER_F16"), "{e}");
+    // The same run in f32 trains here.
+    let tr = Trainer::without_data(
+        &gpu,
+        TrainConfig {
+            f16: false,
+            ..config
+        },
+    )
+    .unwrap();
+    assert!(!tr.params.stores_f16());
+}

@@ -57,3 +57,62 @@ fn every_file_in_shaders_is_registered() {
         }
     }
 }
+
+/// The f16 variants (the matmuls with f16 operands) are their file with exactly the named type
+/// aliases made f16: a renamed alias would otherwise leave an "f16" module that is f32 and
+/// still validates.
+#[test]
+fn every_f16_variant_makes_its_aliases_f16_and_nothing_else() {
+    let variants: Vec<_> = ALL.iter().filter(|s| !s.f16_aliases.is_empty()).collect();
+    assert_eq!(variants.len(), 6, "three per matmul file");
+    for s in variants {
+        let text = s.wgsl();
+        assert!(
+            text.starts_with("enable f16;\n"),
+            "{} opens with enable f16",
+            s.name
+        );
+        let plain = ALL
+            .iter()
+            .find(|p| p.name == s.file())
+            .unwrap_or_else(|| panic!("{} is made from a registered file", s.name));
+        assert_eq!(plain.source, s.source, "{} has its file's text", s.name);
+        for alias in ["A_ELEM", "B_ELEM"] {
+            let (f16, f32) = (
+                format!("alias {alias} = f16;"),
+                format!("alias {alias} = f32;"),
+            );
+            let made_f16 = s.f16_aliases.contains(&alias);
+            assert_eq!(
+                text.matches(&f16).count(),
+                made_f16 as usize,
+                "{} {alias}",
+                s.name
+            );
+            assert_eq!(
+                text.matches(&f32).count(),
+                !made_f16 as usize,
+                "{} {alias}",
+                s.name
+            );
+            assert_eq!(
+                plain.wgsl().matches(&f32).count(),
+                1,
+                "{} {alias}",
+                plain.name
+            );
+        }
+        // Apart from those lines (and the directive) the module is its file's.
+        let strip = |t: &str| -> String {
+            t.lines()
+                .filter(|l| {
+                    !l.starts_with("alias ")
+                        && !l.starts_with("enable ")
+                        && !l.starts_with("// ----")
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert_eq!(strip(&text), strip(&plain.wgsl()), "{}", s.name);
+    }
+}

@@ -127,6 +127,14 @@ impl Tape {
         self.var(params.value(id), true, grad)
     }
 
+    /// A linear layer's weight: [`Tape::param`], whose value is the f16 copy where the
+    /// parameters store f16 weights ([`Params::store_f16`]; only matmuls read it, and the
+    /// gradient still accumulates in f32).
+    pub fn weight(&mut self, params: &Params, id: ParamId) -> Var {
+        let grad = self.recording.then(|| params.grad(id).ok()).flatten();
+        self.var(params.matmul_weight(id), true, grad)
+    }
+
     /// Record the output of a function of `inputs`, with the closure that back-propagates
     /// through it. Nothing is recorded when no input needs a gradient.
     pub fn record(

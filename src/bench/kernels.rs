@@ -33,10 +33,26 @@ fn bench_matmul(
     gpu: &Gpu,
     name: &str,
     batch: usize,
+    mkn: (usize, usize, usize),
+    spec: MatmulSpec,
+    budget: Duration,
+    with_cpu: bool,
+) -> Result<Row> {
+    bench_matmul_stored(gpu, name, batch, mkn, spec, budget, with_cpu, false)
+}
+
+/// [`bench_matmul`] with B (the weight) stored as f16 where `b_f16`. Every matmul row's GB/s
+/// counts the bytes of A, B and C once.
+#[allow(clippy::too_many_arguments)]
+fn bench_matmul_stored(
+    gpu: &Gpu,
+    name: &str,
+    batch: usize,
     (m, k, n): (usize, usize, usize),
     spec: MatmulSpec,
     budget: Duration,
     with_cpu: bool,
+    b_f16: bool,
 ) -> Result<Row> {
     let (ra, ca) = if spec.trans_a { (k, m) } else { (m, k) };
     let (rb, cb) = if spec.trans_b { (n, k) } else { (k, n) };
@@ -46,7 +62,11 @@ fn bench_matmul(
         vec![ra, ca]
     };
     let a = Tensor::from_slice(gpu, &a_shape, &rand_vec(batch * m * k, 1))?;
-    let b = Tensor::from_slice(gpu, &[rb, cb], &rand_vec(k * n, 2))?;
+    let b = if b_f16 {
+        Tensor::from_slice_f16(gpu, &[rb, cb], &rand_vec(k * n, 2))?
+    } else {
+        Tensor::from_slice(gpu, &[rb, cb], &rand_vec(k * n, 2))?
+    };
     let mut out_shape = a_shape.clone();
     let last = out_shape.len() - 1;
     out_shape[last - 1] = m;
@@ -75,12 +95,13 @@ fn bench_matmul(
     } else {
         format!("{m}x{k}x{n}")
     };
+    let bytes = a.byte_len() + b.byte_len() + out.byte_len();
     Ok(Row {
         kernel: name.into(),
         shape,
         seconds: secs,
         gflops: Some(flops / secs / 1e9),
-        gbs: None,
+        gbs: Some(bytes as f64 / secs / 1e9),
         cpu_seconds: cpu_secs,
     })
 }
@@ -270,6 +291,29 @@ pub fn kernels(gpu: &Gpu, opts: &Options) -> Result<Vec<Row>> {
         ];
         for (name, mkn, spec) in rows_of {
             rows.push(bench_matmul(gpu, name, 1, mkn, spec, budget, true)?);
+        }
+    }
+    // Products reading their weight (B) as f16, as `--f16` runs them, whenever the adapter has
+    // f16: the default DiT's linear layers and a product whose bytes are mostly its weight (16
+    // rows: sampling a few images), where halving them should show on a GPU; each beside its
+    // f32 row.
+    if gpu.has_f16() {
+        let weight_bound = MatmulSpec {
+            trans_b: true,
+            ..Default::default()
+        };
+        let f16_rows = [
+            ("linear fwd (A W^T, gelu)", (1024, 64, 256), fwd),
+            ("linear dX (dY W)", (1024, 256, 64), MatmulSpec::default()),
+            ("weight-bound (A W^T)", (16, 1024, 4096), weight_bound),
+        ];
+        for (name, mkn, spec) in f16_rows {
+            for b_f16 in [false, true] {
+                let name = format!("{name}{}", if b_f16 { ", f16 W" } else { ", f32 W" });
+                rows.push(bench_matmul_stored(
+                    gpu, &name, 1, mkn, spec, budget, false, b_f16,
+                )?);
+            }
         }
     }
     rows.extend(tuned_classes(gpu, budget)?);

@@ -27,6 +27,8 @@ pub struct Options {
     pub quick: bool,
     /// Matmul tile shapes compared at one size instead of the kernel table.
     pub sweep: Option<usize>,
+    /// Steps and sampling with f16 weights (`--f16`: the linear layers read f16 copies).
+    pub f16: bool,
 }
 
 impl Options {

@@ -154,7 +154,11 @@ pub struct StepReport {
 /// profile by kernel.
 pub fn step(gpu: &Gpu, workload: Workload, opts: &Options) -> Result<StepReport> {
     let data = workload.data()?;
-    let mut tr = Trainer::new(gpu, workload.config(&data)?, &data)?;
+    let config = TrainConfig {
+        f16: opts.f16,
+        ..workload.config(&data)?
+    };
+    let mut tr = Trainer::new(gpu, config, &data)?;
     // Compile every pipeline and fill the pool.
     for _ in 0..3 {
         tr.step()?;
@@ -185,7 +189,7 @@ pub fn step(gpu: &Gpu, workload: Workload, opts: &Options) -> Result<StepReport>
         .ok_or_else(|| Error::Gpu("the profile was not recorded".into()))?;
     Ok(StepReport {
         workload: workload.name.into(),
-        description: workload.description.into(),
+        description: format!("{}{}", workload.description, f16_note(opts)),
         ms_per_step: secs * 1e3,
         samples_per_second: workload.batch as f64 / secs,
         dispatches_per_step: dispatches,
@@ -203,6 +207,15 @@ pub fn step(gpu: &Gpu, workload: Workload, opts: &Options) -> Result<StepReport>
             profile.total_seconds(),
         ),
     })
+}
+
+/// What a description adds when the weights are f16.
+fn f16_note(opts: &Options) -> &'static str {
+    if opts.f16 {
+        ", f16 weights"
+    } else {
+        ""
+    }
 }
 
 /// Sampling, measured.
@@ -224,7 +237,11 @@ pub struct SampleReport {
 pub fn sample(gpu: &Gpu, opts: &Options) -> Result<SampleReport> {
     let workload = WORKLOADS[1];
     let data = workload.data()?;
-    let tr = Trainer::new(gpu, workload.config(&data)?, &data)?;
+    let config = TrainConfig {
+        f16: opts.f16,
+        ..workload.config(&data)?
+    };
+    let tr = Trainer::new(gpu, config, &data)?;
     let n = if opts.quick { 100 } else { 500 };
     let classes = data.classes;
     // 20 Euler steps from seed 0, guided.
@@ -258,7 +275,8 @@ pub fn sample(gpu: &Gpu, opts: &Options) -> Result<SampleReport> {
         .ok_or_else(|| Error::Gpu("the profile was not recorded".into()))?;
     Ok(SampleReport {
         description: format!(
-            "{n} digits from the default DiT, 20 Euler steps, guidance 2 (one doubled batch)"
+            "{n} digits from the default DiT, 20 Euler steps, guidance 2 (one doubled batch){}",
+            f16_note(opts)
         ),
         seconds: secs,
         samples_per_second: n as f64 / secs,

@@ -254,6 +254,9 @@ fn run(a: ReflowArgs, t_sampler: TimeSampler, t_sampler_given: bool, what: &str)
     };
     // Everything the run will check, checked before the pairs are drawn.
     config.check_fits(&Budget::of(&gpu))?;
+    if config.f16 {
+        rectiflow::params::Params::check_f16(&gpu)?;
+    }
     config.flow().validate()?;
 
     let lock = RunLock::acquire(&out)?;

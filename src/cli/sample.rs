@@ -46,6 +46,10 @@ pub struct SamplingArgs {
     /// Use the EMA weights.
     #[arg(long)]
     ema: bool,
+    /// f16 weights: the linear layers read f16 copies of the weights (f32 sums; needs an
+    /// adapter with SHADER_F16). A run trained with --f16 samples so wherever it can.
+    #[arg(long)]
+    f16: bool,
     /// Clamp the predicted x0 to [-V, V] at each step (0: never). Default: the data range for
     /// eps-prediction, whose x0 = (z - b eps) / a is ill-conditioned near t = 1; off otherwise.
     #[arg(long, allow_negative_numbers = true)]
@@ -89,6 +93,15 @@ impl SamplingArgs {
             atol: self.atol,
         }
         .validate()
+    }
+
+    /// The checkpoint's network with the chosen weights, f16 where asked.
+    fn load(&self, gpu: &Gpu) -> Result<Pipeline> {
+        let mut pipe = Pipeline::load(gpu, &self.checkpoint, self.weights())?;
+        if self.f16 {
+            pipe.store_f16()?;
+        }
+        Ok(pipe)
     }
 
     fn weights(&self) -> Weights {
@@ -140,7 +153,7 @@ pub fn sample(a: SampleArgs) -> Result<()> {
     a.sampling.check()?;
     let gpu = Gpu::new()?;
     let budget = Budget::of(&gpu);
-    let pipe = Pipeline::load(&gpu, &a.sampling.checkpoint, a.sampling.weights())?;
+    let pipe = a.sampling.load(&gpu)?;
     let classes = pipe.classes();
     let image = pipe.example_shape().len() == 3;
     let n = a.n.unwrap_or(if image { 100 } else { 5000 });
@@ -215,7 +228,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     let gpu = Gpu::new()?;
     let budget = Budget::of(&gpu);
     let ckpt = &a.sampling.checkpoint;
-    let pipe = Pipeline::load(&gpu, ckpt, a.sampling.weights())?;
+    let pipe = a.sampling.load(&gpu)?;
     let data = load_data(&pipe, &ckpt.display().to_string())?;
     let n = a.n.unwrap_or(default_count(&data));
     check_sample_count(pipe.model_config(), n, &budget)?;

@@ -60,6 +60,11 @@ pub struct TrainArgs {
     /// [default: 0]
     #[arg(long)]
     seed: Option<u64>,
+    /// f16 weights: the linear layers read f16 copies of the weights (f32 sums, f32 master
+    /// weights; needs an adapter with SHADER_F16). A run trained so keeps it when resumed;
+    /// --f16=false (with --allow-changes) resumes it in f32.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    f16: Option<bool>,
     /// Model width (default: 64 for dit and mmdit, 256 for mlp).
     #[arg(long)]
     width: Option<usize>,
@@ -270,6 +275,7 @@ pub(super) fn open_run(a: &TrainArgs, gpu: &Gpu) -> Result<Run> {
             .or(base.map(|b| b.label_dropout))
             .unwrap_or(defaults.label_dropout),
         seed,
+        f16: a.f16.or(base.map(|b| b.f16)).unwrap_or(false),
         ..defaults.clone()
     };
     let opts = a.cadence.options();

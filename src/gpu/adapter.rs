@@ -142,6 +142,9 @@ pub struct GpuOptions {
     /// Use no subgroup operations even where the adapter has them (also
     /// `RECTIFLOW_NO_SUBGROUPS=1`).
     pub no_subgroups: bool,
+    /// Request no `SHADER_F16` even where the adapter has it: no f16 tensors or f16 weights
+    /// (what a device without it does, on any machine).
+    pub no_f16: bool,
     /// Matmul tile tuning (overrides `RECTIFLOW_TUNE`).
     pub tune: Option<TuneMode>,
     /// Where the tuned table is cached (overrides `RECTIFLOW_CACHE_DIR` and its defaults).
@@ -312,7 +315,10 @@ pub(super) fn open(opts: &GpuOptions) -> Result<Opened> {
     let info = adapter.get_info();
     requirements::check(&adapter.limits(), &info.name)?;
 
-    let features = adapter.features() & WANTED_FEATURES;
+    let mut features = adapter.features() & WANTED_FEATURES;
+    if opts.no_f16 {
+        features.remove(wgpu::Features::SHADER_F16);
+    }
     let desc = wgpu::DeviceDescriptor {
         label: Some("rectiflow"),
         required_features: features,

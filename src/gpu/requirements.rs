@@ -22,8 +22,8 @@ pub const BIND_GROUPS: u32 = 2;
 /// The parameter block's size: an arena slot (a uniform binding with a dynamic offset) where
 /// the device has no immediates of that size.
 pub const PARAMS_BYTES: u32 = super::PARAMS_BYTES as u32;
-/// The parameter buffer lays its views out 256 bytes apart on every device, so a device must
-/// accept storage bindings at that alignment.
+/// The parameter buffer lays its views out at multiples of 512 bytes on every device (its f16
+/// copy's at multiples of 256), so a device must accept storage bindings at 256 bytes.
 pub const STORAGE_OFFSET_ALIGNMENT: u32 = 256;
 
 /// One limit: its wgpu name, what the kernels need, and whether that is a floor or a ceiling.

@@ -83,6 +83,7 @@ impl VelocityModel for Dit {
         t: &Var,
         labels: &Tensor,
     ) -> Result<Var> {
+        p.refresh_f16()?;
         let heads = self.io.config.heads;
         let mut cond = self.io.time(tape, p, t)?;
         if let Some(table) = self.y_embed {

@@ -10,7 +10,8 @@ use crate::params::{Init, ParamId, Params, ParamsBuilder};
 pub const EPS: f32 = 1e-6;
 
 /// `x W^T + b` over the last dimension, `W` `[out, in]` (PyTorch's `nn.Linear`): the parameters
-/// `NAME.weight` and `NAME.bias` (zero to begin with).
+/// `NAME.weight` and `NAME.bias` (zero to begin with). The matmuls read the weight's f16 copy
+/// where the parameters store one ([`Tape::weight`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Linear {
     pub weight: ParamId,
@@ -28,7 +29,7 @@ impl Linear {
 
     /// The layer applied to `x` `[.., in]`.
     pub fn forward(&self, tape: &mut Tape, p: &Params, x: &Var) -> Result<Var> {
-        let (w, b) = (tape.param(p, self.weight), tape.param(p, self.bias));
+        let (w, b) = (tape.weight(p, self.weight), tape.param(p, self.bias));
         f::linear(tape, x, &w, Some(&b))
     }
 
@@ -41,7 +42,7 @@ impl Linear {
         x: &Var,
         act: Activation,
     ) -> Result<Var> {
-        let (w, b) = (tape.param(p, self.weight), tape.param(p, self.bias));
+        let (w, b) = (tape.weight(p, self.weight), tape.param(p, self.bias));
         f::linear_act(tape, x, &w, Some(&b), act)
     }
 }

@@ -53,6 +53,7 @@ impl VelocityModel for Mlp {
         t: &Var,
         labels: &Tensor,
     ) -> Result<Var> {
+        p.refresh_f16()?;
         let temb = f::timestep_embedding(tape, t, TIME_DIM, TIME_SCALE)?;
         let hy = match self.classes {
             Some(table) => {
@@ -62,7 +63,7 @@ impl VelocityModel for Mlp {
             None => None,
         };
         // The input, time and class terms summed and activated in the matmuls' epilogues.
-        let term = |tape: &mut Tape, l: &Linear| (tape.param(p, l.weight), tape.param(p, l.bias));
+        let term = |tape: &mut Tape, l: &Linear| (tape.weight(p, l.weight), tape.param(p, l.bias));
         let (wt, bt) = term(tape, &self.time);
         let (wz, bz) = term(tape, &self.input);
         let mut h = f::linear_sum_act(

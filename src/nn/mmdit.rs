@@ -192,6 +192,7 @@ impl Mmdit {
         t: &Var,
         labels: &Tensor,
     ) -> Result<Var> {
+        p.refresh_f16()?;
         let Context::Labels(table) = self.context else {
             return Err(Error::Config(
                 "this MM-DiT was built to take a context sequence: call Mmdit::forward_with_context".into(),
@@ -215,6 +216,7 @@ impl Mmdit {
         labels: &Tensor,
         context: &Var,
     ) -> Result<Var> {
+        p.refresh_f16()?;
         let Context::Sequence(proj) = self.context else {
             return Err(Error::Config(
                 "this MM-DiT takes its context from the labels (context_dim 0): call forward"

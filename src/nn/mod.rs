@@ -146,7 +146,8 @@ impl ModelConfig {
 /// A velocity network: computes its output (the configured prediction) from `z` `[B, dim]`, `t`
 /// `[B]` and labels `[B]` (f32 class numbers; the null class for unconditional) on a tape, with
 /// its parameters' values in `params` (the model holds only their ids, so one model serves the
-/// raw weights and their EMA alike).
+/// raw weights and their EMA alike). Where the parameters store f16 weights, a forward pass
+/// first brings their copy up to date ([`Params::refresh_f16`]).
 pub trait VelocityModel {
     fn forward(
         &self,

@@ -11,8 +11,11 @@
 
 use super::ensure_f32;
 use crate::error::{ensure_shape, Error, Result};
-use crate::gpu::{kernel_params, kernels, Cost, Gpu, KernelProfile, MatmulShape};
-use crate::shaders::{activation, matmul_aux, MATMUL, MATMUL_SUBGROUP};
+use crate::gpu::{kernel_params, kernels, Cost, Gpu, Kernel, KernelProfile, MatmulShape};
+use crate::shaders::{
+    activation, matmul_aux, MATMUL, MATMUL_F16A, MATMUL_F16AB, MATMUL_F16B, MATMUL_SUBGROUP,
+    MATMUL_SUBGROUP_F16A, MATMUL_SUBGROUP_F16AB, MATMUL_SUBGROUP_F16B,
+};
 use crate::tensor::{DType, Tensor};
 
 /// Lanes per subgroup the subgroup kernel is written for (a CPU driver's SIMD width).
@@ -272,6 +275,72 @@ kernels! {
     MATMUL_SUBGROUP, Params {
         SUBGROUP = matmul_subgroup(Read, Read, Read, ReadWrite, ReadWrite);
     }
+    // The same kernels with f16 operands (A, B, both).
+    MATMUL_F16A, Params {
+        SCALAR_F16A = matmul(Read, Read, Read, ReadWrite, ReadWrite);
+        VEC4_F16A = matmul_vec4(Read, Read, Read, ReadWrite, ReadWrite);
+        LANES_F16A = matmul_lanes(Read, Read, Read, ReadWrite, ReadWrite);
+        LANES_VEC4_F16A = matmul_lanes_vec4(Read, Read, Read, ReadWrite, ReadWrite);
+    }
+    MATMUL_F16B, Params {
+        SCALAR_F16B = matmul(Read, Read, Read, ReadWrite, ReadWrite);
+        VEC4_F16B = matmul_vec4(Read, Read, Read, ReadWrite, ReadWrite);
+        LANES_F16B = matmul_lanes(Read, Read, Read, ReadWrite, ReadWrite);
+        LANES_VEC4_F16B = matmul_lanes_vec4(Read, Read, Read, ReadWrite, ReadWrite);
+    }
+    MATMUL_F16AB, Params {
+        SCALAR_F16AB = matmul(Read, Read, Read, ReadWrite, ReadWrite);
+        VEC4_F16AB = matmul_vec4(Read, Read, Read, ReadWrite, ReadWrite);
+        LANES_F16AB = matmul_lanes(Read, Read, Read, ReadWrite, ReadWrite);
+        LANES_VEC4_F16AB = matmul_lanes_vec4(Read, Read, Read, ReadWrite, ReadWrite);
+    }
+    MATMUL_SUBGROUP_F16A, Params {
+        SUBGROUP_F16A = matmul_subgroup(Read, Read, Read, ReadWrite, ReadWrite);
+    }
+    MATMUL_SUBGROUP_F16B, Params {
+        SUBGROUP_F16B = matmul_subgroup(Read, Read, Read, ReadWrite, ReadWrite);
+    }
+    MATMUL_SUBGROUP_F16AB, Params {
+        SUBGROUP_F16AB = matmul_subgroup(Read, Read, Read, ReadWrite, ReadWrite);
+    }
+}
+
+/// The kernel for a design and access width (`kernel_slot`), by operand storage: f32, A f16,
+/// B f16, both.
+static BY_STORAGE: [[&Kernel; 5]; 4] = [
+    [&SUBGROUP, &SCALAR, &VEC4, &LANES, &LANES_VEC4],
+    [
+        &SUBGROUP_F16A,
+        &SCALAR_F16A,
+        &VEC4_F16A,
+        &LANES_F16A,
+        &LANES_VEC4_F16A,
+    ],
+    [
+        &SUBGROUP_F16B,
+        &SCALAR_F16B,
+        &VEC4_F16B,
+        &LANES_F16B,
+        &LANES_VEC4_F16B,
+    ],
+    [
+        &SUBGROUP_F16AB,
+        &SCALAR_F16AB,
+        &VEC4_F16AB,
+        &LANES_F16AB,
+        &LANES_VEC4_F16AB,
+    ],
+];
+
+/// A design's column in [`BY_STORAGE`].
+fn kernel_slot(design: MatmulDesign, vec4: bool) -> usize {
+    match (design, vec4) {
+        (MatmulDesign::Subgroup, _) => 0,
+        (MatmulDesign::Tiled, false) => 1,
+        (MatmulDesign::Tiled, true) => 2,
+        (MatmulDesign::Lanes, false) => 3,
+        (MatmulDesign::Lanes, true) => 4,
+    }
 }
 
 /// Shapes of a matmul after checking: (batch dims, m, k, n, a batched, b batched).
@@ -374,8 +443,15 @@ fn record(
     out: &Tensor,
     accumulate: bool,
 ) -> Result<()> {
-    ensure_f32("matmul", a)?;
-    ensure_f32("matmul", b)?;
+    // Operands may be stored as f16 (the loads convert; the sums and the output are f32).
+    // Tensors of f16 exist only on devices with SHADER_F16, which the f16 kernels need.
+    for (name, t) in [("A", a), ("B", b)] {
+        ensure_shape!(
+            matches!(t.dtype(), DType::F32 | DType::F16),
+            "matmul operand {name} must be f32 or f16, got {:?}",
+            t.dtype()
+        );
+    }
     for t in [a, b].into_iter().chain(spec.bias) {
         ensure_shape!(
             !t.same_buffer(out),
@@ -450,6 +526,7 @@ fn record(
             .tiling
             .unwrap_or_else(|| MatmulTiling::choose(gpu, d.m, d.n, d.k, 1));
         if tiling.design != MatmulDesign::Subgroup || transposed_output(&tiling, d) {
+            ensure_f32("matmul with row sums: A", a)?;
             let plain = MatmulSpec {
                 aux: MatmulAux::None,
                 ..*spec
@@ -458,7 +535,7 @@ fn record(
             return super::reduce::sum_tokens_into(a, sums, accumulate);
         }
     }
-    if let Some(chunk) = k_chunk(gpu, spec, d) {
+    if let Some(chunk) = k_chunk(gpu, a, b, spec, d) {
         // One dispatch per slice of K, each adding into the output.
         for k0 in (0..d.k).step_by(chunk) {
             let kc = chunk.min(d.k - k0);
@@ -577,20 +654,14 @@ fn record(
     let bias = spec.bias.map_or(gpu.absent(), |t| t.binding());
     let aux_binding = aux.map_or(gpu.absent_writable(), |t| t.binding());
     let groups = (batch * tiles_m * tiles_n) as u64;
-    let kernel = match (tiling.design, vec4) {
-        (MatmulDesign::Subgroup, _) => &SUBGROUP,
-        (MatmulDesign::Tiled, false) => &SCALAR,
-        (MatmulDesign::Tiled, true) => &VEC4,
-        (MatmulDesign::Lanes, false) => &LANES,
-        (MatmulDesign::Lanes, true) => &LANES_VEC4,
-    };
+    let storage = (a.dtype() == DType::F16) as usize + 2 * (b.dtype() == DType::F16) as usize;
+    let kernel = BY_STORAGE[storage][kernel_slot(tiling.design, vec4)];
     let cost = Cost {
         flops: 2.0 * (batch * d.m * d.n * d.k) as f64,
-        bytes: 4.0
-            * (a.numel()
-                + b.numel()
-                + batch * d.m * d.n * (1 + accumulate as usize + aux.is_some() as usize))
-                as f64,
+        bytes: (a.byte_len()
+            + b.byte_len()
+            + 4 * (batch * d.m * d.n * (1 + accumulate as usize + aux.is_some() as usize)) as u64)
+            as f64,
         matmul: Some(MatmulShape {
             m: d.m as u32,
             n: d.n as u32,
@@ -625,12 +696,14 @@ const CPU_K_CHUNK: usize = 1024;
 /// The K slice for [`record`] to split a product into, if it should: `A^T B` with K beyond
 /// two slices, unbatched, without an epilogue that is not linear in the sum (an activation,
 /// an auxiliary tensor other than row sums, which add up over slices as C does), on the CPU
-/// profile, where every slice's views are aligned (a slice is 4096 bytes per column, so with
-/// wgpu's alignments of at most 256 bytes always: checked because a misaligned view would be
-/// refused).
-fn k_chunk(gpu: &Gpu, spec: &MatmulSpec, d: &Dims) -> Option<usize> {
+/// profile, where every slice's views are aligned (a slice is 4096 bytes per column, 2048 for
+/// f16, so with wgpu's alignments of at most 256 bytes always: checked because a misaligned
+/// view would be refused).
+fn k_chunk(gpu: &Gpu, a: &Tensor, b: &Tensor, spec: &MatmulSpec, d: &Dims) -> Option<usize> {
     let align = gpu.limits().min_storage_buffer_offset_alignment as usize;
-    let aligned = |cols: usize| (CPU_K_CHUNK * cols * 4).is_multiple_of(align);
+    let aligned = |cols: usize, t: &Tensor| {
+        (CPU_K_CHUNK * cols * t.dtype().size() as usize).is_multiple_of(align)
+    };
     (gpu.profile() == KernelProfile::Cpu
         && spec.trans_a
         && !spec.trans_b
@@ -639,8 +712,8 @@ fn k_chunk(gpu: &Gpu, spec: &MatmulSpec, d: &Dims) -> Option<usize> {
         && spec.activation == Activation::None
         && matches!(spec.aux, MatmulAux::None | MatmulAux::RowSums(_))
         && spec.tiling.is_none()
-        && aligned(d.m)
-        && aligned(d.n))
+        && aligned(d.m, a)
+        && aligned(d.n, b))
     .then_some(CPU_K_CHUNK)
 }
 

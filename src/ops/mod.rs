@@ -22,7 +22,7 @@ pub mod texture;
 pub mod tune;
 
 pub use attention::{attention, attention_backward, MAX_HEAD_DIM};
-pub use cast::{to_f16, to_f32};
+pub use cast::{cast_into, to_f16, to_f32};
 pub use elementwise::{
     add, axpy, clamp, fill, gelu, gelu_backward, mul, scale, scale_by, silu, silu_backward, sub,
 };

@@ -175,13 +175,18 @@ pub struct TrainConfig {
     pub label_dropout: f32,
     /// Seed of the initial weights and of every random number of the run.
     pub seed: u64,
+    /// f16 weights: the linear layers' matmuls read an f16 copy of the weights, refreshed from
+    /// the f32 master weights at every forward pass, and sum in f32 (`--f16`; needs
+    /// `SHADER_F16`). Absent from the JSON when off.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub f16: bool,
 }
 
 impl TrainConfig {
     /// The default run on `data` with `model`: rectified flow, velocity prediction with its own
     /// weighting, logit-normal(0, 1) times, 1600 steps of 64 images or 1500 steps of 256 points,
     /// learning rate 2e-3 with 100 warm-up steps, EMA 0.999, clipping at norm 1, label dropout
-    /// 0.1, seed 0.
+    /// 0.1, seed 0, f32 weights.
     pub fn new(data: DataSpec, model: ModelConfig) -> TrainConfig {
         let image = model.shape.len() == 3;
         TrainConfig {
@@ -200,6 +205,7 @@ impl TrainConfig {
             max_grad_norm: 1.0,
             label_dropout: 0.1,
             seed: 0,
+            f16: false,
         }
     }
 

@@ -250,9 +250,12 @@ impl Trainer {
     pub(crate) fn assemble(
         config: TrainConfig,
         model: Model,
-        params: Params,
+        mut params: Params,
         flow: Objective,
     ) -> Result<Trainer> {
+        if config.f16 {
+            params.store_f16()?;
+        }
         let opt = AdamW::new(&params, config.adamw())?;
         Ok(Trainer {
             config,

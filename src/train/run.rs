@@ -150,17 +150,28 @@ pub fn changes(old: &TrainConfig, new: &TrainConfig) -> Vec<Change> {
         "kind" => "--model".to_string(),
         k => format!("--{}", k.replace('_', "-")),
     };
-    flatten(new)
-        .into_iter()
-        .filter_map(|(k, v)| {
-            let was = before
-                .iter()
-                .find(|(bk, _)| *bk == k)
-                .map(|(_, bv)| bv.clone());
-            (was.as_ref() != Some(&v)).then(|| Change {
-                flag: flag(&k),
-                old: was.unwrap_or_default(),
-                new: v,
+    let after = flatten(new);
+    // A setting at its default may be absent from the JSON (`f16`, `preconditioning`): one
+    // side having it is a change too, shown as "unset" on the other.
+    let value = |side: &[(String, String)], k: &str| {
+        side.iter()
+            .find(|(sk, _)| sk == k)
+            .map_or_else(|| "unset".to_string(), |(_, v)| v.clone())
+    };
+    let mut keys: Vec<&String> = after.iter().map(|(k, _)| k).collect();
+    keys.extend(
+        before
+            .iter()
+            .map(|(k, _)| k)
+            .filter(|k| !after.iter().any(|(a, _)| a == *k)),
+    );
+    keys.into_iter()
+        .filter_map(|k| {
+            let (old, new) = (value(&before, k), value(&after, k));
+            (old != new).then(|| Change {
+                flag: flag(k),
+                old,
+                new,
             })
         })
         .collect()

@@ -34,6 +34,7 @@ pub fn config(data: &Dataset, kind: &str, width: usize) -> TrainConfig {
         max_grad_norm: 1.0,
         label_dropout: 0.1,
         seed: 3,
+        f16: false,
     }
 }
 

@@ -4,7 +4,9 @@
 //! workgroup-index fold every kernel uses, `PI`), the numbers it shares with Rust as generated
 //! `const` lines (op codes, enum numbers: declared once, here, by `codes!`), the libraries it
 //! uses (`shaders/common/*.wgsl`: the Philox generator, the matmul activation), then the file
-//! itself. A user's shader ([`Shader::new`]) is compiled as written.
+//! itself. A variant of a file may make some of its type aliases f16 (the matmuls with f16
+//! operands, [`MATMUL_F16`]): a module of its own, opened by `enable f16;`. A user's shader
+//! ([`Shader::new`]) is compiled as written.
 //!
 //! This is the lowest layer: the GPU context compiles these, the ops name their kernels in them.
 

@@ -107,12 +107,9 @@ fn older_mmdit_checkpoints_map_onto_the_pre_only_block() {
     assert_eq!(upgraded, now);
 }
 
-/// Sampling (a tape that records nothing) fuses activations into the matmuls; it computes the
-/// same network as training's forward pass.
-#[test]
-fn the_sampling_forward_equals_the_training_forward() {
-    use rectiflow::autograd::Tape;
-    let gpu = rectiflow::Gpu::new().unwrap();
+/// A two-block DiT and MM-DiT on 8x8 digits (16 wide) and a two-layer MLP on points (32 wide,
+/// `mlp_classes` classes).
+fn small_networks(mlp_classes: usize) -> [ModelConfig; 3] {
     let digits = ModelConfig {
         kind: "dit".into(),
         width: 16,
@@ -132,10 +129,19 @@ fn the_sampling_forward_equals_the_training_forward() {
         width: 32,
         depth: 2,
         shape: vec![2],
-        classes: 0,
+        classes: mlp_classes,
         ..digits.clone()
     };
-    for config in [digits, mmdit, mlp] {
+    [digits, mmdit, mlp]
+}
+
+/// Sampling (a tape that records nothing) fuses activations into the matmuls; it computes the
+/// same network as training's forward pass.
+#[test]
+fn the_sampling_forward_equals_the_training_forward() {
+    use rectiflow::autograd::Tape;
+    let gpu = rectiflow::Gpu::new().unwrap();
+    for config in small_networks(0) {
         let mut b = ParamsBuilder::new();
         let model = Model::build(&config, &mut b).unwrap();
         let params = b.build(&gpu, 3).unwrap();
@@ -254,31 +260,9 @@ fn f16_weights_compute_the_network_of_their_rounded_values() {
         eprintln!("skipped: {} has no SHADER_F16", gpu.adapter_info().name);
         return;
     }
-    let digits = ModelConfig {
-        kind: "dit".into(),
-        width: 16,
-        depth: 2,
-        heads: 2,
-        patch: 2,
-        shape: vec![1, 8, 8],
-        classes: 10,
-        context_dim: 0,
-    };
-    let mmdit = ModelConfig {
-        kind: "mmdit".into(),
-        ..digits.clone()
-    };
-    let mlp = ModelConfig {
-        kind: "mlp".into(),
-        width: 32,
-        depth: 2,
-        shape: vec![2],
-        classes: 3,
-        ..digits.clone()
-    };
     let rounded =
         |v: &[f32]| -> Vec<f32> { v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect() };
-    for config in [digits, mmdit, mlp] {
+    for config in small_networks(3) {
         let build = || {
             let mut b = ParamsBuilder::new();
             let model = Model::build(&config, &mut b).unwrap();

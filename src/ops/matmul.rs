@@ -7,7 +7,9 @@
 //!
 //! Shapes: `A` is `[.., M, K]` (`[.., K, M]` with `trans_a`), `B` is `[.., K, N]` (`[.., N, K]`
 //! with `trans_b`). Leading (batch) dimensions must match, or one side may have none, in which
-//! case it is shared by every batch item. The result is `[.., M, N]`.
+//! case it is shared by every batch item. The result is `[.., M, N]`, f32. Either operand may be
+//! stored as f16 (on devices with `SHADER_F16`): the kernels of `shaders::MATMUL_F16` convert it
+//! as they load it, and sum in f32 (the f16 weights of `--f16`).
 
 use super::ensure_f32;
 use crate::error::{ensure_shape, Error, Result};

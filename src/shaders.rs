@@ -24,8 +24,12 @@ pub struct Library {
 /// One WGSL source file and what goes in front of it.
 #[derive(Clone, Copy, Debug)]
 pub struct Shader {
-    /// The file's stem (`matmul`); errors and profiles name kernels `shader::entry`.
+    /// The module's name (`matmul`, `matmul_f16b`); errors and profiles name kernels
+    /// `shader::entry`.
     pub name: &'static str,
+    /// The stem of the file its text comes from (`shaders/{file}.wgsl`): the name, except for
+    /// a variant (`matmul_f16b` is made from `matmul`).
+    pub file: &'static str,
     /// The file's own text.
     pub source: &'static str,
     /// Device features the file needs (e.g. `SHADER_F16` for `enable f16;`).
@@ -47,6 +51,7 @@ impl Shader {
     pub const fn new(name: &'static str, source: &'static str) -> Shader {
         Shader {
             name,
+            file: name,
             source,
             requires: wgpu::Features::empty(),
             prelude: false,
@@ -91,15 +96,6 @@ impl Shader {
         }
     }
 
-    /// The file this shader's text comes from (`shaders/{file}.wgsl`): its name, or for an f16
-    /// variant the name it was made from (`matmul_f16b` is made from `matmul`).
-    pub fn file(&self) -> &'static str {
-        match self.name.find("_f16") {
-            Some(i) if !self.f16_aliases.is_empty() => &self.name[..i],
-            _ => self.name,
-        }
-    }
-
     /// The module's full text: prelude, generated constants, libraries, then the file.
     pub fn wgsl(&self) -> Cow<'static, str> {
         if !self.prelude
@@ -135,7 +131,7 @@ impl Shader {
             text.push_str(&format!("\n// ---- library {} ----\n", library.name));
             text.push_str(library.source);
         }
-        text.push_str(&format!("\n// ---- {}.wgsl ----\n", self.file()));
+        text.push_str(&format!("\n// ---- {}.wgsl ----\n", self.file));
         let f16_alias = |line: &str| {
             self.f16_aliases
                 .iter()

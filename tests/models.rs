@@ -135,6 +135,24 @@ fn small_networks(mlp_classes: usize) -> [ModelConfig; 3] {
     [digits, mmdit, mlp]
 }
 
+/// The network on a batch of three: fixed inputs, times 0.1, 0.5 and 0.9, labels 1, 2 and the
+/// null class.
+fn forward_three(
+    gpu: &rectiflow::Gpu,
+    model: &Model,
+    config: &ModelConfig,
+    tape: &mut rectiflow::autograd::Tape,
+    params: &rectiflow::params::Params,
+) -> rectiflow::autograd::Var {
+    let (batch, dim) = (3, config.shape.iter().product::<usize>());
+    let z: Vec<f32> = (0..batch * dim).map(|i| (i as f32 * 0.37).sin()).collect();
+    let zv = tape.constant(rectiflow::Tensor::from_slice(gpu, &[batch, dim], &z).unwrap());
+    let tv = tape.constant(rectiflow::Tensor::from_slice(gpu, &[batch], &[0.1, 0.5, 0.9]).unwrap());
+    let labels =
+        rectiflow::Tensor::from_slice(gpu, &[batch], &[1.0, 2.0, config.classes as f32]).unwrap();
+    model.forward(tape, params, &zv, &tv, &labels).unwrap()
+}
+
 /// Sampling (a tape that records nothing) fuses activations into the matmuls; it computes the
 /// same network as training's forward pass.
 #[test]
@@ -151,18 +169,8 @@ fn the_sampling_forward_equals_the_training_forward() {
             .map(|i| ((i * 7919 % 1000) as f32 / 1000.0 - 0.5) * 0.6)
             .collect();
         params.values().write(&values).unwrap();
-        let (batch, dim) = (3, config.shape.iter().product::<usize>());
-        let z: Vec<f32> = (0..batch * dim).map(|i| (i as f32 * 0.37).sin()).collect();
         let run = |mut tape: Tape| {
-            let zv = tape.constant(rectiflow::Tensor::from_slice(&gpu, &[batch, dim], &z).unwrap());
-            let tv = tape
-                .constant(rectiflow::Tensor::from_slice(&gpu, &[batch], &[0.1, 0.5, 0.9]).unwrap());
-            let labels =
-                rectiflow::Tensor::from_slice(&gpu, &[batch], &[1.0, 4.0, config.classes as f32])
-                    .unwrap();
-            model
-                .forward(&mut tape, &params, &zv, &tv, &labels)
-                .unwrap()
+            forward_three(&gpu, &model, &config, &mut tape, &params)
                 .value()
                 .to_vec()
                 .unwrap()
@@ -274,18 +282,11 @@ fn f16_weights_compute_the_network_of_their_rounded_values() {
         assert!(half_params.stores_f16() && !exact.stores_f16());
         let n = exact.values().numel();
         let (batch, dim) = (3, config.shape.iter().product::<usize>());
-        let z: Vec<f32> = (0..batch * dim).map(|i| (i as f32 * 0.37).sin()).collect();
         // Output and every parameter's gradient of sum(output * r).
         let run = |params: &rectiflow::params::Params| {
             params.zero_grads().unwrap();
             let mut tape = Tape::new();
-            let zv = tape.constant(rectiflow::Tensor::from_slice(&gpu, &[batch, dim], &z).unwrap());
-            let tv = tape
-                .constant(rectiflow::Tensor::from_slice(&gpu, &[batch], &[0.1, 0.5, 0.9]).unwrap());
-            let labels =
-                rectiflow::Tensor::from_slice(&gpu, &[batch], &[1.0, 2.0, config.classes as f32])
-                    .unwrap();
-            let out = model.forward(&mut tape, params, &zv, &tv, &labels).unwrap();
+            let out = forward_three(&gpu, &model, &config, &mut tape, params);
             let r: Vec<f32> = (0..batch * dim).map(|i| (i as f32 * 0.91).cos()).collect();
             tape.backward_with(
                 &out,

@@ -74,7 +74,7 @@ fn every_f16_variant_makes_its_aliases_f16_and_nothing_else() {
         );
         let plain = ALL
             .iter()
-            .find(|p| p.name == s.file())
+            .find(|p| p.name == s.file)
             .unwrap_or_else(|| panic!("{} is made from a registered file", s.name));
         assert_eq!(plain.source, s.source, "{} has its file's text", s.name);
         for alias in ["A_ELEM", "B_ELEM"] {

@@ -123,16 +123,20 @@ impl Tape {
     /// matching view of the flat gradient buffer (parameters built for inference have none:
     /// their gradient comes back in the [`Grads`], like an input's).
     pub fn param(&mut self, params: &Params, id: ParamId) -> Var {
-        let grad = self.recording.then(|| params.grad(id).ok()).flatten();
-        self.var(params.value(id), true, grad)
+        self.param_as(params, id, params.value(id))
     }
 
     /// A linear layer's weight: [`Tape::param`], whose value is the f16 copy where the
     /// parameters store f16 weights ([`Params::store_f16`]; only matmuls read it, and the
     /// gradient still accumulates in f32).
     pub fn weight(&mut self, params: &Params, id: ParamId) -> Var {
+        self.param_as(params, id, params.matmul_weight(id))
+    }
+
+    /// Parameter `id` seen as `value`, its gradient into the flat gradient buffer.
+    fn param_as(&mut self, params: &Params, id: ParamId, value: Tensor) -> Var {
         let grad = self.recording.then(|| params.grad(id).ok()).flatten();
-        self.var(params.matmul_weight(id), true, grad)
+        self.var(value, true, grad)
     }
 
     /// Record the output of a function of `inputs`, with the closure that back-propagates
